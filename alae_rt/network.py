@@ -1,0 +1,241 @@
+"""The StyleALAE network (mapping F, generator G, encoder E, discriminator head D), numerically as the official code.
+
+Every stored weight is the *effective* weight (learning-rate equalisation lives in the optimiser), so the
+forward passes are plain `F.linear` / `F.conv2d` on the stored tensors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig
+
+LRELU_SLOPE = 0.2
+GEN_NORM_EPS = 1e-8  # generator instance norm (official: InstanceNorm2d(eps=1e-8))
+ENC_NORM_EPS = 1e-5  # encoder instance norm (official: InstanceNorm2d default eps)
+PIXEL_NORM_EPS = 1e-8
+HEAD_LAYERS = 3  # the discriminator head (official MappingToLatent) always has three layers
+
+
+def blur_weight(channels: int, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+    """Depthwise [1, 2, 1] x [1, 2, 1] / 16 kernel, [channels, 1, 3, 3] (the official Blur buffer)."""
+    f = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float32)
+    k = f[:, None] * f[None, :]
+    k = k / k.sum()
+    return k.expand(channels, 1, 3, 3).to(dtype=dtype, device=device)
+
+
+def blur(x: Tensor) -> Tensor:
+    return F.conv2d(x, blur_weight(x.shape[1], x.dtype, x.device), padding=1, groups=x.shape[1])
+
+
+def corner_sum_kernel(weight: Tensor) -> Tensor:
+    """The 4x4 kernel of the fused up/down-sampling convs: the 3x3 weight padded to 5x5, its 4 corner shifts summed."""
+    w = F.pad(weight, (1, 1, 1, 1))
+    return w[:, :, 1:, 1:] + w[:, :, :-1, 1:] + w[:, :, 1:, :-1] + w[:, :, :-1, :-1]
+
+
+def pixel_norm(z: Tensor) -> Tensor:
+    return z * torch.rsqrt(torch.mean(z.pow(2.0), dim=1, keepdim=True) + PIXEL_NORM_EPS)
+
+
+def channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sample, per-channel mean and biased std over HxW (no eps), each [N, C]."""
+    m = torch.mean(x, dim=[2, 3], keepdim=True)
+    std = torch.sqrt(torch.mean((x - m) ** 2, dim=[2, 3], keepdim=True))
+    return m.flatten(1), std.flatten(1)
+
+
+def generator_epilogue(x: Tensor, noise: Tensor | None, noise_weight: Tensor, bias: Tensor, style: Tensor) -> Tensor:
+    """x + noise_weight*noise + bias, leaky_relu, instance norm (eps 1e-8), AdaIN x*(1+gamma)+beta.
+
+    x [N or 1, C, H, W]; noise [N or 1, 1, H, W] or None; noise_weight, bias [C]; style [N, 2C] (gamma, beta).
+    """
+    c = x.shape[1]
+    if noise is not None:
+        x = torch.addcmul(x, noise_weight.view(1, c, 1, 1), noise)
+    x = x + bias.view(1, c, 1, 1)
+    x = F.leaky_relu(x, LRELU_SLOPE)
+    x = F.instance_norm(x, eps=GEN_NORM_EPS)
+    style = style.view(style.shape[0], 2, c, 1, 1)
+    return torch.addcmul(style[:, 1], x, style[:, 0] + 1)
+
+
+def encoder_epilogue(x: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """+ bias, leaky_relu, style statistics cat(mean, std) [N, 2C], instance norm (eps 1e-5)."""
+    x = F.leaky_relu(x + bias.view(1, -1, 1, 1), LRELU_SLOPE)
+    m, std = channel_stats(x)
+    return F.instance_norm(x, eps=ENC_NORM_EPS), torch.cat((m, std), dim=1)
+
+
+def _init_linear(layer: nn.Linear | nn.Conv2d, gain: float) -> None:
+    # He init of the effective weight, as the official code's implicit learning-rate equalisation stores it.
+    fan_in = layer.weight[0].numel()
+    nn.init.normal_(layer.weight, 0.0, gain / math.sqrt(fan_in))
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+class MappingF(nn.Module):
+    """F: z [N, D] -> w [N, D]; pixel norm then M x (Linear, leaky_relu)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.latent_size
+        self.layers = nn.ModuleList(nn.Linear(d, d) for _ in range(cfg.mapping_layers))
+        for layer in self.layers:
+            _init_linear(layer, math.sqrt(2.0))
+
+    def forward(self, z: Tensor) -> Tensor:
+        x = pixel_norm(z)
+        for layer in self.layers:
+            x = F.leaky_relu(layer(x), LRELU_SLOPE)
+        return x
+
+
+class DiscriminatorHead(nn.Module):
+    """D: w [N, D] -> real/fake logit [N]; three Linear layers with no activation, logit = output index D."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.latent_size
+        dims = [d] * HEAD_LAYERS + [2 * d]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        for layer in self.layers:
+            _init_linear(layer, math.sqrt(2.0))
+
+    def forward(self, w: Tensor) -> Tensor:
+        x = w
+        for layer in self.layers:
+            x = layer(x)
+        return x[:, w.shape[1]]
+
+
+class GeneratorBlock(nn.Module):
+    """One generator block: [upsample + conv_1 + blur], then twice (noise, bias, lrelu, IN, AdaIN), conv_2 between."""
+
+    def __init__(self, in_ch: int, out_ch: int, latent_size: int, upsample: bool, fused: bool):
+        super().__init__()
+        self.upsample, self.fused = upsample, fused
+        if upsample:
+            # Fused: transposed-conv layout [in, out, 3, 3]; otherwise a plain conv [out, in, 3, 3].
+            shape = (in_ch, out_ch, 3, 3) if fused else (out_ch, in_ch, 3, 3)
+            self.conv_1 = nn.Parameter(torch.randn(shape) * math.sqrt(2.0 / (in_ch * 9)))
+        self.noise_weight_1 = nn.Parameter(torch.zeros(out_ch))
+        self.bias_1 = nn.Parameter(torch.zeros(out_ch))
+        self.style_1 = nn.Linear(latent_size, 2 * out_ch)
+        self.conv_2 = nn.Parameter(torch.randn(out_ch, out_ch, 3, 3) * math.sqrt(2.0 / (out_ch * 9)))
+        self.noise_weight_2 = nn.Parameter(torch.zeros(out_ch))
+        self.bias_2 = nn.Parameter(torch.zeros(out_ch))
+        self.style_2 = nn.Linear(latent_size, 2 * out_ch)
+        for style in (self.style_1, self.style_2):
+            _init_linear(style, 1.0)
+
+    def forward(self, x: Tensor, w1: Tensor, w2: Tensor, noise1: Tensor | None, noise2: Tensor | None) -> Tensor:
+        if self.upsample:
+            if self.fused:
+                x = F.conv_transpose2d(x, corner_sum_kernel(self.conv_1), stride=2, padding=1)
+            else:
+                x = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), self.conv_1, padding=1)
+            x = blur(x)
+        x = generator_epilogue(x, noise1, self.noise_weight_1, self.bias_1, self.style_1(w1))
+        x = F.conv2d(x, self.conv_2, padding=1)
+        return generator_epilogue(x, noise2, self.noise_weight_2, self.bias_2, self.style_2(w2))
+
+
+class Generator(nn.Module):
+    """G: styles [N, 2L, D] + 2L noise maps -> images [N, C, R, R]."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        chans = cfg.generator_channels
+        self.const = nn.Parameter(torch.ones(1, chans[0], 4, 4))
+        self.blocks = nn.ModuleList(
+            GeneratorBlock(chans[max(i - 1, 0)], chans[i], cfg.latent_size, upsample=i > 0,
+                           fused=cfg.generator_fused[i])
+            for i in range(cfg.layer_count)
+        )
+        # One to_rgb per resolution for progressive training; inference uses the last.
+        self.to_rgb = nn.ModuleList(nn.Conv2d(c, cfg.channels, 1) for c in chans)
+        for conv in self.to_rgb:
+            _init_linear(conv, 0.03)
+
+    def forward(self, styles: Tensor, noise: list[Tensor | None]) -> Tensor:
+        x = self.const  # [1, c0, 4, 4]; the batch axis appears with the first noise or AdaIN
+        for i, block in enumerate(self.blocks):
+            x = block(x, styles[:, 2 * i], styles[:, 2 * i + 1], noise[2 * i], noise[2 * i + 1])
+        return self.to_rgb[-1](x)
+
+
+class EncoderBlock(nn.Module):
+    """One encoder block: conv_1, epilogue (style 1), blur, downsampling conv_2, epilogue (style 2)."""
+
+    def __init__(self, in_ch: int, out_ch: int, latent_size: int, fused: bool):
+        super().__init__()
+        self.fused = fused
+        self.conv_1 = nn.Parameter(torch.randn(in_ch, in_ch, 3, 3) * math.sqrt(2.0 / (in_ch * 9)))
+        self.bias_1 = nn.Parameter(torch.zeros(in_ch))
+        self.conv_2 = nn.Parameter(torch.randn(out_ch, in_ch, 3, 3) * math.sqrt(2.0 / (in_ch * 9)))
+        self.bias_2 = nn.Parameter(torch.zeros(out_ch))
+        self.style_1 = nn.Linear(2 * in_ch, latent_size)
+        self.style_2 = nn.Linear(2 * out_ch, latent_size)
+        for style in (self.style_1, self.style_2):
+            _init_linear(style, math.sqrt(2.0))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x, stats_1 = encoder_epilogue(F.conv2d(x, self.conv_1, padding=1), self.bias_1)
+        x = blur(x)
+        if self.fused:
+            x = F.conv2d(x, corner_sum_kernel(self.conv_2) * 0.25, stride=2, padding=1)
+        else:
+            x = F.avg_pool2d(F.conv2d(x, self.conv_2, padding=1), 2, 2)
+        x, stats_2 = encoder_epilogue(x, self.bias_2)
+        return x, self.style_1(stats_1) + self.style_2(stats_2)
+
+
+class Encoder(nn.Module):
+    """E: images [N, C, R, R] -> w [N, D], the sum of the 2L style terms."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.latent_size = cfg.latent_size
+        # One from_rgb per resolution for progressive training; inference uses the first.
+        self.from_rgb = nn.ModuleList(nn.Conv2d(cfg.channels, c_in, 1) for c_in, _ in cfg.encoder_channels)
+        for conv in self.from_rgb:
+            _init_linear(conv, math.sqrt(2.0))
+        self.blocks = nn.ModuleList(
+            EncoderBlock(c_in, c_out, cfg.latent_size, fused=cfg.encoder_fused[i])
+            for i, (c_in, c_out) in enumerate(cfg.encoder_channels)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        # leaky_relu twice: once inside the official FromRGB, once after it.
+        x = F.leaky_relu(F.leaky_relu(self.from_rgb[0](x), LRELU_SLOPE), LRELU_SLOPE)
+        w = x.new_zeros(x.shape[0], self.latent_size)
+        for block in self.blocks:
+            x, style = block(x)
+            w = w + style
+        return w
+
+
+class StyleALAE(nn.Module):
+    """The four networks and `dlatent_avg` [2L, D]: the whole inference state of a StyleALAE model."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.mapping = MappingF(cfg)
+        self.generator = Generator(cfg)
+        self.encoder = Encoder(cfg)
+        self.head = DiscriminatorHead(cfg)
+        self.register_buffer("dlatent_avg", torch.zeros(cfg.num_styles, cfg.latent_size))
+
+    def truncate(self, styles: Tensor, psi: float, cutoff: int) -> Tensor:
+        """lerp(dlatent_avg, styles, psi) on style inputs < cutoff, as the official code. styles [N, 2L, D]."""
+        layer = torch.arange(styles.shape[1], device=styles.device)[None, :, None]
+        coefs = torch.where(layer < cutoff, psi, 1.0).to(styles.dtype)
+        return torch.lerp(self.dlatent_avg.to(styles.dtype), styles, coefs)

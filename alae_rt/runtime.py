@@ -1,0 +1,430 @@
+"""The Runtime: the one API for encode / decode / generate / reconstruct / mix / edit / interpolate."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .backends import Backend, create_backend
+from .checkpoint import Checkpoint, load_checkpoint
+from .config import ModelConfig, resolve_config
+from .errors import CheckpointError, InputError
+from .images import images_to_tensor, list_images, read_image, to_uint8
+from .network import StyleALAE
+
+NoiseArg = str | Sequence[Tensor]
+DirectionArg = str | Path | np.ndarray | Tensor
+
+CONST_NOISE_SEED = 0  # the "const" noise maps are drawn once, from this seed, on the CPU
+DEFAULT_MAX_BATCH = 8
+# Labels of the principal directions published with the official FFHQ model (its demo's attribute names).
+OFFICIAL_FFHQ_DIRECTION_LABELS = {
+    0: "gender", 1: "smile", 2: "attractive", 3: "wavy_hair", 4: "young",
+    10: "big_lips", 11: "big_nose", 17: "chubby", 19: "glasses",
+}
+_DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}
+
+
+def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """torch.float32 / "fp32" / "fp16" / "bf16" ... -> torch.dtype."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise InputError(f"dtype {dtype} is not supported; use fp32, fp16 or bf16")
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise InputError(f"unknown dtype {dtype!r}; use fp32, fp16 or bf16") from None
+
+
+def parse_device(device: torch.device | str) -> torch.device:
+    """"cpu", "cuda", "cuda:1" or "auto" (CUDA when present) -> torch.device, checked to exist."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r} asked for, but this machine has no usable CUDA GPU")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"device {device!r} asked for, but there are {torch.cuda.device_count()} CUDA GPU(s)")
+    elif dev.type != "cpu":
+        raise InputError(f"device type {dev.type!r} is not supported; use cpu or cuda")
+    return dev
+
+
+def default_checkpoint() -> Path | None:
+    """The bundled default model, when this install has one."""
+    path = Path(__file__).with_name("models") / "default.safetensors"
+    return path if path.is_file() else None
+
+
+class Runtime:
+    """A StyleALAE model on one device, in one dtype, run by one backend.
+
+    Images are float [N, C, R, R] in [-1, 1] (or uint8 HWC arrays on input); latents are w [N, D] or per-layer
+    styles [N, 2L, D]. Results stay on the Runtime's device, in its dtype. Large batches run in chunks of
+    `max_batch` so memory stays bounded.
+    """
+
+    def __init__(self, model: StyleALAE, *, device: torch.device | str = "cpu",
+                 dtype: torch.dtype | str = torch.float32, backend: str = "eager", source: str = "",
+                 max_batch: int = DEFAULT_MAX_BATCH):
+        if max_batch < 1:
+            raise InputError(f"max_batch must be >= 1, got {max_batch}")
+        self.device = parse_device(device)
+        self.dtype = parse_dtype(dtype)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        self.backend: Backend = create_backend(backend, self.model, self.device)
+        self.source = source or "weights given in memory"
+        self.max_batch = max_batch
+        self.directions: dict[str, Tensor] = {}
+        gen = torch.Generator().manual_seed(CONST_NOISE_SEED)
+        self._const_noise = [
+            torch.randn(1, 1, r, r, generator=gen).to(self.device, self.dtype) for r in self._noise_resolutions()
+        ]
+
+    # ---- construction -----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path | None = None, config: ModelConfig | str | Path | None = None,
+             device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.float32, backend: str = "eager",
+             *, max_batch: int = DEFAULT_MAX_BATCH, trust_pickle: bool = False) -> Runtime:
+        """Load our .safetensors or an official ALAE .pth (EMA weights); no path: the bundled default model.
+
+        config: preset name, ModelConfig or official YAML; by default the checkpoint's own or inferred.
+        """
+        if path is None:
+            path = default_checkpoint()
+            if path is None:
+                raise CheckpointError(
+                    "no checkpoint given and this install has no bundled default model; pass the path of a "
+                    ".safetensors or official ALAE .pth file"
+                )
+        return cls.from_checkpoint(load_checkpoint(path, config, trust_pickle=trust_pickle),
+                                   device=device, dtype=dtype, backend=backend, max_batch=max_batch)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint, **kwargs: Any) -> Runtime:
+        with torch.device("meta"):
+            model = StyleALAE(ckpt.config)
+        model.load_state_dict({k: v.float() for k, v in ckpt.state.items()}, assign=True)
+        return cls(model, source=ckpt.source, **kwargs)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig | str, seed: int = 0, **kwargs: Any) -> Runtime:
+        """Random weights (official-style initialisation) for a config: tests, benchmarks, smoke runs."""
+        cfg = resolve_config(config)
+        torch_state = torch.random.get_rng_state()
+        try:
+            torch.manual_seed(seed)
+            model = StyleALAE(cfg)
+            with torch.no_grad():
+                # dlatent_avg as training would track it: the mean of F(z).
+                model.dlatent_avg.copy_(model.mapping(torch.randn(1024, cfg.latent_size)).mean(0).expand_as(
+                    model.dlatent_avg))
+        finally:
+            torch.random.set_rng_state(torch_state)
+        return cls(model, source=f"random weights (preset {cfg.name}, seed {seed}): not a trained model", **kwargs)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Runtime({c.name}: {c.resolution}x{c.resolution}x{c.channels}, D={c.latent_size}, "
+                f"backend={self.backend.name}, device={self.device}, dtype={str(self.dtype).replace('torch.', '')})")
+
+    # ---- inputs -------------------------------------------------------------------------------------
+    def prepare_images(self, x: Any) -> Tensor:
+        """Model input float [N, C, R, R] on the device from: that tensor; uint8 [N, H, W, C] / [H, W, C]
+        arrays or tensors; a list of uint8 HWC arrays; image file paths."""
+        c, r = self.config.channels, self.config.resolution
+        if isinstance(x, (str, Path)):
+            x = [x]
+        if isinstance(x, (list, tuple)):
+            if len(x) == 0:
+                raise InputError("x: empty batch")
+            if all(isinstance(item, (str, Path)) for item in x):
+                paths = list_images(x)
+                x = images_to_tensor([read_image(p) for p in paths], r, c, names=[str(p) for p in paths])
+            else:
+                x = images_to_tensor(x, r, c)
+        elif isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        if not isinstance(x, Tensor):
+            raise InputError(f"x: expected images (tensor, array, list or paths), got {type(x).__name__}")
+        if x.dtype == torch.uint8:
+            x = images_to_tensor(x[None] if x.ndim == 3 else x, r, c)
+        elif not x.is_floating_point():
+            raise InputError(f"x: expected float images in [-1, 1] or uint8 images, got {x.dtype}")
+        if x.ndim != 4 or tuple(x.shape[1:]) != (c, r, r) or x.shape[0] == 0:
+            raise InputError(f"x: expected float images [N, {c}, {r}, {r}] in [-1, 1], got {list(x.shape)}")
+        return x.to(self.device, self.dtype)
+
+    def _latent(self, w: Any, name: str, allow_styles: bool = True) -> Tensor:
+        """w [N, D] (or [N, 2L, D] when allowed) on the device; errors name the argument and the shape."""
+        if isinstance(w, np.ndarray):
+            w = torch.from_numpy(w)
+        if not isinstance(w, Tensor) or not w.is_floating_point():
+            raise InputError(f"{name}: expected a float tensor or array, got {getattr(w, 'dtype', type(w).__name__)}")
+        d, s = self.config.latent_size, self.config.num_styles
+        ok = (w.ndim == 2 and w.shape[1] == d) or (allow_styles and w.ndim == 3 and tuple(w.shape[1:]) == (s, d))
+        if not ok or w.shape[0] == 0:
+            want = f"[N, {d}]" + (f" or [N, {s}, {d}]" if allow_styles else "")
+            raise InputError(f"{name}: expected {want}, got {list(w.shape)}")
+        return w.to(self.device, self.dtype)
+
+    def styles(self, w: Any, name: str = "w") -> Tensor:
+        """w [N, D] broadcast to all 2L style inputs, or [N, 2L, D] as given -> [N, 2L, D]."""
+        w = self._latent(w, name)
+        return w[:, None].expand(-1, self.config.num_styles, -1) if w.ndim == 2 else w
+
+    # ---- noise ----------------------------------------------------------------------------------------
+    def _noise_resolutions(self) -> list[int]:
+        return [r for r in self.config.block_resolutions for _ in (1, 2)]
+
+    def noise(self, n: int, mode: NoiseArg = "random", seed: int | None = None) -> list[Tensor | None]:
+        """The 2L noise inputs for a batch of n, in the generator's order (block 0 noise 1, block 0 noise 2, ...).
+
+        "random": fresh maps (reproducible with `seed`); "const": fixed maps made at load; "none": no noise;
+        or a list of 2L tensors [1 or n, 1, h, w].
+        """
+        if isinstance(mode, str):
+            if mode == "none":
+                return [None] * self.config.num_styles
+            if mode == "const":
+                return list(self._const_noise)
+            if mode == "random":
+                gen = torch.Generator(device=self.device)
+                gen.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
+                # Block 0's first map has batch 1, as in the official code: it is added to `const`.
+                return [torch.randn(1 if i == 0 else n, 1, r, r, generator=gen, device=self.device).to(self.dtype)
+                        for i, r in enumerate(self._noise_resolutions())]
+            raise InputError(f"noise: unknown mode {mode!r}; use random, const, none or a list of tensors")
+        maps = list(mode)
+        resolutions = self._noise_resolutions()
+        if len(maps) != len(resolutions):
+            raise InputError(f"noise: expected {len(resolutions)} tensors, got {len(maps)}")
+        out = []
+        for i, (t, r) in enumerate(zip(maps, resolutions)):
+            if t is None:
+                out.append(None)
+                continue
+            t = torch.as_tensor(t)
+            if t.ndim != 4 or t.shape[0] not in (1, n) or tuple(t.shape[1:]) != (1, r, r):
+                raise InputError(f"noise[{i}]: expected [1 or {n}, 1, {r}, {r}], got {list(t.shape)}")
+            out.append(t.to(self.device, self.dtype))
+        return out
+
+    def seed_noise(self, seeds: Sequence[int]) -> list[Tensor]:
+        """Random noise for a batch, one stream per seed: a seed gives the same maps alone or in any batch."""
+        per_seed = [self.noise(1, "random", seed=s) for s in seeds]
+        return [torch.cat(maps) for maps in zip(*per_seed)]
+
+    # ---- chunking ------------------------------------------------------------------------------------
+    def _chunks(self, n: int) -> Iterable[slice]:
+        for start in range(0, n, self.max_batch):
+            yield slice(start, min(start + self.max_batch, n))
+
+    def _run_chunked(self, fn: Callable[[slice], Tensor], n: int) -> Tensor:
+        with torch.inference_mode():
+            parts = [fn(sl) for sl in self._chunks(n)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    # ---- the operations -------------------------------------------------------------------------------
+    def encode(self, x: Any) -> Tensor:
+        """Images -> w [N, D]."""
+        x = self.prepare_images(x)
+        return self._run_chunked(lambda sl: self.backend.encode(x[sl]), x.shape[0])
+
+    def discriminate(self, w: Any) -> Tensor:
+        """w [N, D] -> the discriminator's real/fake logits [N]."""
+        w = self._latent(w, "w", allow_styles=False)
+        return self._run_chunked(lambda sl: self.model.head(w[sl]), w.shape[0])
+
+    def map(self, z: Any) -> Tensor:
+        """z [N, D] -> w [N, D] through the mapping network F."""
+        z = self._latent(z, "z", allow_styles=False)
+        return self._run_chunked(lambda sl: self.model.mapping(z[sl]), z.shape[0])
+
+    def decode(self, w: Any, noise: NoiseArg = "random", seed: int | None = None) -> Tensor:
+        """w [N, D] (broadcast to all 2L style inputs) or styles [N, 2L, D] -> images [N, C, R, R]."""
+        styles = self.styles(w)
+        maps = self.noise(styles.shape[0], noise, seed)
+        return self._decode(styles, maps)
+
+    def _decode(self, styles: Tensor, maps: list[Tensor | None]) -> Tensor:
+        def chunk(sl: slice) -> Tensor:
+            part = [m if m is None or m.shape[0] == 1 else m[sl] for m in maps]
+            return self.backend.decode(styles[sl], part)
+
+        return self._run_chunked(chunk, styles.shape[0])
+
+    def seeds_to_z(self, seeds: Sequence[int]) -> Tensor:
+        """One z [D] per seed, from a CPU generator seeded with it (the same on every device) -> [N, D]."""
+        if len(seeds) == 0:
+            raise InputError("seeds: empty list")
+        d = self.config.latent_size
+        z = torch.stack([torch.randn(d, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+        return z.to(self.device, self.dtype)
+
+    def truncate(self, w: Any, truncation_psi: float | None = None, truncation_cutoff: int | None = None) -> Tensor:
+        """Styles [N, 2L, D] pulled towards dlatent_avg by psi on style inputs < cutoff (config defaults)."""
+        psi = self.config.truncation_psi if truncation_psi is None else float(truncation_psi)
+        cutoff = self.config.truncation_cutoff if truncation_cutoff is None else int(truncation_cutoff)
+        if not np.isfinite(psi):
+            raise InputError(f"truncation_psi must be finite, got {psi}")
+        with torch.inference_mode():
+            return self.model.truncate(self.styles(w), psi, cutoff)
+
+    def generate(self, z: Any = None, seeds: Sequence[int] | None = None, truncation_psi: float | None = None,
+                 truncation_cutoff: int | None = None, noise: NoiseArg = "random", seed: int | None = None) -> Tensor:
+        """Images from z [N, D] or from seeds, through F and truncation (psi/cutoff default to the config's).
+
+        With seeds and random noise but no `seed`, each image's noise comes from its own seed too.
+        """
+        if (z is None) == (seeds is None):
+            raise InputError("generate: give exactly one of z and seeds")
+        z = self.seeds_to_z(seeds) if seeds is not None else self._latent(z, "z", allow_styles=False)
+        styles = self.truncate(self.map(z), truncation_psi, truncation_cutoff)
+        if seeds is not None and noise == "random" and seed is None:
+            maps = self.seed_noise(seeds)
+        else:
+            maps = self.noise(z.shape[0], noise, seed)
+        return self._decode(styles, maps)
+
+    def reconstruct(self, x: Any, noise: NoiseArg = "random", seed: int | None = None) -> Tensor:
+        """Images -> E -> G -> images (w broadcast to every style input)."""
+        return self.decode(self.encode(x), noise=noise, seed=seed)
+
+    def mix(self, w_a: Any, w_b: Any, cutoff: int, noise: NoiseArg = "random", seed: int | None = None) -> Tensor:
+        """Style mixing: style inputs < cutoff from w_a (coarse), the rest from w_b -> images [N, C, R, R]."""
+        return self.decode(self.mix_styles(w_a, w_b, cutoff), noise=noise, seed=seed)
+
+    def mix_styles(self, w_a: Any, w_b: Any, cutoff: int) -> Tensor:
+        """The mixed styles [N, 2L, D] of `mix`; a batch of 1 broadcasts against the other side."""
+        a, b = self.styles(w_a, "w_a"), self.styles(w_b, "w_b")
+        s = self.config.num_styles
+        if not 0 <= int(cutoff) <= s:
+            raise InputError(f"cutoff must be in [0, {s}], got {cutoff}")
+        if a.shape[0] != b.shape[0] and 1 not in (a.shape[0], b.shape[0]):
+            raise InputError(f"w_a and w_b: batch sizes {a.shape[0]} and {b.shape[0]} differ (and neither is 1)")
+        layer = torch.arange(s, device=self.device)[None, :, None]
+        return torch.where(layer < int(cutoff), a, b)
+
+    # ---- latent-space edits ----------------------------------------------------------------------------
+    def load_directions(self, source: str | Path | Mapping[str, DirectionArg]) -> list[str]:
+        """Register named W-space directions: a folder of .npy files (named by file stem; the official FFHQ
+        `direction_<k>.npy` also by attribute, e.g. `smile`), or a mapping name -> array / .npy path."""
+        if isinstance(source, Mapping):
+            items = dict(source)
+        else:
+            folder = Path(source)
+            if not folder.is_dir():
+                raise InputError(f"{folder}: no such directions folder")
+            items = {}
+            for f in sorted(folder.glob("*.npy")):
+                items[f.stem] = f
+                m = re.fullmatch(r"direction_(\d+)", f.stem)
+                if m and int(m.group(1)) in OFFICIAL_FFHQ_DIRECTION_LABELS:
+                    items[OFFICIAL_FFHQ_DIRECTION_LABELS[int(m.group(1))]] = f
+            if not items:
+                raise InputError(f"{folder}: holds no .npy direction files")
+        for name, value in items.items():
+            self.directions[name] = self._direction(value, name)
+        return list(items)
+
+    def _direction(self, value: DirectionArg, name: str) -> Tensor:
+        """A direction [D] or [2L, D] from a registered name, a .npy path, an array or a tensor."""
+        if isinstance(value, str) and value in self.directions:
+            return self.directions[value]
+        if isinstance(value, (str, Path)):
+            path = Path(value)
+            if path.suffix != ".npy" or not path.is_file():
+                known = ", ".join(sorted(self.directions)) or "none loaded"
+                raise InputError(f"direction {name!r}: neither a loaded direction ({known}) nor a .npy file")
+            try:
+                value = np.load(path, allow_pickle=False)
+            except (ValueError, OSError) as exc:
+                raise InputError(f"{path}: not a readable .npy array ({exc})") from None
+        t = torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value)
+        d, s = self.config.latent_size, self.config.num_styles
+        if not t.is_floating_point() or tuple(t.shape) not in ((d,), (s, d)):
+            raise InputError(f"direction {name!r}: expected float [{d}] or [{s}, {d}], got {t.dtype} {list(t.shape)}")
+        if not torch.isfinite(t).all():
+            raise InputError(f"direction {name!r}: holds NaN or Inf")
+        return t.to(self.device, self.dtype)
+
+    def edit(self, w: Any, edits: Mapping[Any, float], mode: str = "add",
+             layers: Iterable[int] | slice | None = None) -> Tensor:
+        """Move w along W-space directions, relative to dlatent_avg. Returns latents of w's shape ([N, 2L, D]
+        when a direction is per-layer or `layers` limits the edit).
+
+        edits: {direction: strength}; a direction is a name from `load_directions`, a .npy path, an array [D]
+        or [2L, D]. mode "add": w + strength * d. mode "set": the coordinate of (w - dlatent_avg) along d,
+        (w - avg) . d / |d|^2, becomes `strength` (the official demo's attribute sliders).
+        layers: style indices (or a slice) the edit applies to; the others keep w.
+        """
+        if mode not in ("add", "set"):
+            raise InputError(f"edit mode must be 'add' or 'set', got {mode!r}")
+        w = self._latent(w, "w")
+        s = self.config.num_styles
+        dirs = []
+        for key, strength in edits.items():
+            name = key if isinstance(key, (str, Path)) else f"#{len(dirs)}"
+            if not np.isfinite(float(strength)):
+                raise InputError(f"direction {name!r}: strength must be finite, got {strength}")
+            dirs.append((self._direction(key, str(name)), float(strength)))
+        per_layer = layers is not None or w.ndim == 3 or any(d.ndim == 2 for d, _ in dirs)
+        out = self.styles(w) if per_layer else w  # [N, 2L, D] or [N, D]
+        avg = self.model.dlatent_avg if per_layer else self.model.dlatent_avg[0]
+        edited = out
+        for d, strength in dirs:
+            if mode == "add":
+                edited = edited + strength * d
+            else:
+                norm2 = (d * d).sum(-1, keepdim=True)
+                if not bool((norm2 > 0).all()):
+                    raise InputError("edit mode 'set' needs non-zero directions")
+                coord = ((edited - avg) * d).sum(-1, keepdim=True) / norm2
+                edited = edited + (strength - coord) * d
+        if layers is not None:
+            keep = torch.zeros(s, dtype=torch.bool)
+            try:
+                keep[layers if isinstance(layers, slice) else list(layers)] = True
+            except (IndexError, TypeError):
+                raise InputError(f"layers: expected style indices in [0, {s}), got {layers!r}") from None
+            edited = torch.where(keep.to(self.device)[None, :, None], edited, out)
+        return edited
+
+    def interpolate(self, w_a: Any, w_b: Any, steps: int) -> Tensor:
+        """Linear interpolation in W from w_a to w_b (both ends included) -> [steps, *w.shape]."""
+        if int(steps) < 2:
+            raise InputError(f"steps must be >= 2, got {steps}")
+        a, b = self._latent(w_a, "w_a"), self._latent(w_b, "w_b")
+        if a.shape != b.shape:
+            a, b = self.styles(a, "w_a"), self.styles(b, "w_b")
+        if a.shape != b.shape:
+            raise InputError(f"w_a and w_b: shapes {list(a.shape)} and {list(b.shape)} differ")
+        t = torch.linspace(0, 1, int(steps), device=self.device, dtype=self.dtype).view(-1, *([1] * a.ndim))
+        return torch.lerp(a[None], b[None], t)
+
+    # ---- outputs -------------------------------------------------------------------------------------
+    @staticmethod
+    def to_uint8(images: Tensor) -> np.ndarray:
+        """float [N, C, R, R] in [-1, 1] -> uint8 [N, R, R, C]."""
+        return to_uint8(images)

@@ -1,0 +1,43 @@
+"""Packaging: one distribution, the alae_rt namespace, no stray top-level packages, one-way imports."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from importlib import metadata
+
+from conftest import ROOT
+
+SUBPACKAGES = ("kernels", "export", "training", "serve")
+
+
+def test_folders_import_under_alae_rt_only(tmp_path):
+    code = (
+        "import importlib, importlib.util\n"
+        f"for name in {SUBPACKAGES!r}:\n"
+        "    mod = importlib.import_module('alae_rt.' + name)\n"
+        "    assert mod.__file__.replace('\\\\', '/').endswith(name + '/__init__.py'), mod.__file__\n"
+        "    assert importlib.util.find_spec(name) is None, 'top-level package ' + name + ' is installed'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
+
+
+def test_distribution_metadata():
+    dist = metadata.distribution("alae-rt")
+    scripts = {ep.name: ep.value for ep in dist.entry_points if ep.group == "console_scripts"}
+    assert scripts == {"alae-rt": "alae_rt.cli:main"}
+    extras = set(dist.metadata.get_all("Provides-Extra"))
+    assert {"dev", "gpu", "serve"} <= extras
+    requires = " ".join(dist.requires)
+    assert "torch" in requires and "safetensors" in requires
+
+
+def test_core_never_imports_the_outer_packages():
+    """serve/export/training depend on alae_rt, not the other way round (the CLI loads them lazily)."""
+    pattern = re.compile(r"^\s*(from|import)\s+(alae_rt\.|\.\.?)(serve|export|training)\b", re.MULTILINE)
+    offenders = [p.name for p in (ROOT / "alae_rt").rglob("*.py")
+                 if p.name != "cli.py" and pattern.search(p.read_text())]
+    assert offenders == []
+    kernels = "\n".join(p.read_text() for p in (ROOT / "kernels").rglob("*.py"))
+    assert not re.search(r"^\s*(from|import)\s+(alae_rt|\.\.)", kernels, re.MULTILINE), "kernels must be leaf ops"
