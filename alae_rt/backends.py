@@ -7,7 +7,7 @@ is tested against `eager` on the same inputs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -31,7 +31,9 @@ class EagerBackend:
 
     name = "eager"
 
-    def __init__(self, model: StyleALAE, device: torch.device):
+    def __init__(self, model: StyleALAE, device: torch.device, **options: Any):
+        if options:
+            raise InputError(f"backend 'eager' takes no options, got {', '.join(options)}")
         self.model = model
 
     def encode(self, x: Tensor) -> Tensor:
@@ -41,14 +43,15 @@ class EagerBackend:
         return self.model.generator(styles, noise)
 
 
-BackendFactory = Callable[[StyleALAE, torch.device], Backend]
+# factory(model, device, **options): the model is already on the device, in the Runtime's dtype.
+BackendFactory = Callable[..., Backend]
 _BACKENDS: dict[str, BackendFactory] = {"eager": EagerBackend}
 # Named in the design; each lands with its own package (kernels, export, benchmarks).
 _PLANNED = ("triton", "compile", "onnxruntime", "tensorrt")
 
 
 def register_backend(name: str, factory: BackendFactory) -> None:
-    """Make `Runtime.load(..., backend=name)` build `factory(model, device)`."""
+    """Make `Runtime.load(..., backend=name)` build `factory(model, device, **backend_options)`."""
     _BACKENDS[name] = factory
 
 
@@ -56,13 +59,18 @@ def available_backends() -> list[str]:
     return list(_BACKENDS)
 
 
-def create_backend(name: str, model: StyleALAE, device: torch.device) -> Backend:
+def auto_backend(device: torch.device) -> str:
+    """The fastest backend available for the device."""
+    return "eager"
+
+
+def create_backend(name: str, model: StyleALAE, device: torch.device, **options: Any) -> Backend:
     """Build the named backend; "auto" picks the fastest one available for the device."""
     if name == "auto":
-        name = "eager"
+        name = auto_backend(device)
     factory = _BACKENDS.get(name)
     if factory is None:
         if name in _PLANNED:
             raise InputError(f"backend {name!r} is not available in this build; available: {', '.join(_BACKENDS)}")
         raise InputError(f"unknown backend {name!r}; choose from auto, {', '.join(_BACKENDS)}")
-    return factory(model, device)
+    return factory(model, device, **options)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import re
@@ -75,7 +76,7 @@ def load_latents(path: str | Path, latent_size: int, num_styles: int) -> np.ndar
     return arr.astype(np.float32)
 
 
-def _out_dir(path: str | Path) -> Path:
+def out_dir(path: str | Path) -> Path:
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a directory")
@@ -88,23 +89,23 @@ def _out_dir(path: str | Path) -> Path:
     return out
 
 
-def _out_file(path: str | Path, suffix: str) -> Path:
+def out_file(path: str | Path, suffix: str) -> Path:
     out = Path(path)
     if out.suffix != suffix:
         raise InputError(f"{out}: the output file must end in {suffix}")
     if out.is_dir():
         raise InputError(f"{out}: is a directory; give a file name ending in {suffix}")
-    _out_dir(out.parent)
+    out_dir(out.parent)
     return out
 
 
-def _progress(args: argparse.Namespace, total: int, desc: str):
+def progress_bar(args: argparse.Namespace, total: int, desc: str):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="img", disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
 
 
-def _say(args: argparse.Namespace, message: str) -> None:
+def say(args: argparse.Namespace, message: str) -> None:
     if not args.quiet:
         print(message, file=sys.stderr)
 
@@ -112,14 +113,14 @@ def _say(args: argparse.Namespace, message: str) -> None:
 # ---- the model -------------------------------------------------------------------------------------------
 
 
-def _runtime(args: argparse.Namespace, announce: bool = True):
+def make_runtime(args: argparse.Namespace, announce: bool = True):
     from .runtime import Runtime
 
     rt = Runtime.load(args.checkpoint, config=args.config, device=args.device, dtype=args.dtype,
                       backend=args.backend, max_batch=args.batch_size, trust_pickle=args.trust_pickle)
     if announce:
-        _say(args, f"weights: {rt.source}")
-    _say(args, f"model: {rt!r}")
+        say(args, f"weights: {rt.source}")
+    say(args, f"model: {rt!r}")
     return rt
 
 
@@ -130,7 +131,7 @@ def _encode_files(rt, args: argparse.Namespace, paths: list[Path], desc: str = "
     from .images import read_image
 
     ws, originals = [], []
-    with _progress(args, len(paths), desc) as bar:
+    with progress_bar(args, len(paths), desc) as bar:
         for start in range(0, len(paths), args.batch_size):
             batch = [read_image(p) for p in paths[start:start + args.batch_size]]
             x = rt.prepare_images(batch)
@@ -143,7 +144,7 @@ def _encode_files(rt, args: argparse.Namespace, paths: list[Path], desc: str = "
 def _decode_batches(rt, args: argparse.Namespace, w, desc: str = "decode", **decode_kwargs) -> np.ndarray:
     """Decode latents in batches with a progress bar -> uint8 [N, R, R, C]."""
     out = []
-    with _progress(args, len(w), desc) as bar:
+    with progress_bar(args, len(w), desc) as bar:
         for start in range(0, len(w), args.batch_size):
             part = w[start:start + args.batch_size]
             out.append(rt.to_uint8(rt.decode(part, **decode_kwargs)))
@@ -180,7 +181,7 @@ def _save_grid(rows, path: Path, args: argparse.Namespace) -> None:
     from .images import make_grid, save_image
 
     save_image(make_grid(rows), path)
-    _say(args, f"wrote {path}")
+    say(args, f"wrote {path}")
 
 
 def _columns(per_item: Sequence[Sequence[np.ndarray]], per_row: int) -> list[list[np.ndarray]]:
@@ -241,10 +242,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from .checkpoint import convert
 
-    out = _out_file(args.out, ".safetensors")
+    out = out_file(args.out, ".safetensors")
     ckpt = convert(args.src, out, config=args.config, dtype=_torch_dtype(args.dtype) if args.dtype else None,
                    trust_pickle=args.trust_pickle)
-    _say(args, f"read {ckpt.source}")
+    say(args, f"read {ckpt.source}")
     print(f"wrote {out} ({ckpt.config.name}, {len(ckpt.state)} tensors)")
     return 0
 
@@ -258,9 +259,9 @@ def _torch_dtype(name: str):
 def cmd_encode(args: argparse.Namespace) -> int:
     from .images import list_images
 
-    out = _out_file(args.out, ".npy")
+    out = out_file(args.out, ".npy")
     paths = list_images(args.images)
-    rt = _runtime(args)
+    rt = make_runtime(args)
     w, _ = _encode_files(rt, args, paths)
     np.save(out, w.numpy())
     print(f"wrote {out}: w {list(w.shape)} for {len(paths)} image(s), in input order")
@@ -268,8 +269,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    out = _out_dir(args.out)
-    rt = _runtime(args)
+    out = out_dir(args.out)
+    rt = make_runtime(args)
     import torch
 
     w = torch.from_numpy(load_latents(args.latents, rt.config.latent_size, rt.config.num_styles))
@@ -282,9 +283,9 @@ def cmd_decode(args: argparse.Namespace) -> int:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .images import list_images
 
-    out = _out_dir(args.out)
+    out = out_dir(args.out)
     paths = list_images(args.images)
-    rt = _runtime(args)
+    rt = make_runtime(args)
     w, originals = _encode_files(rt, args, paths)
     recs = _decode_batches(rt, args, w, noise=args.noise, seed=args.seed)
     _save_all(recs, [f"{i:04d}_{p.stem}" for i, p in enumerate(paths)], out)
@@ -294,11 +295,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    out = _out_dir(args.out)
+    out = out_dir(args.out)
     seeds = parse_int_list(args.seeds)
-    rt = _runtime(args)
+    rt = make_runtime(args)
     images, styles = [], []
-    with _progress(args, len(seeds), "generate") as bar:
+    with progress_bar(args, len(seeds), "generate") as bar:
         for start in range(0, len(seeds), args.batch_size):
             part = seeds[start:start + args.batch_size]
             # Mapped and truncated here to keep the styles; noise seeded per seed as Runtime.generate does.
@@ -316,8 +317,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_mix(args: argparse.Namespace) -> int:
-    out = _out_dir(args.out)
-    rt = _runtime(args)
+    out = out_dir(args.out)
+    rt = make_runtime(args)
     w_a, _, names_a = _sources(rt, args, args.a, "a")
     w_b, _, names_b = _sources(rt, args, args.b, "b")
     kw = {"noise": args.noise, "seed": args.seed}
@@ -325,7 +326,7 @@ def cmd_mix(args: argparse.Namespace) -> int:
     row_b = _decode_batches(rt, args, w_b, desc="decode b", **kw)
     blank = np.full_like(row_a[0], 255)
     rows = [[blank, *row_b]]
-    with _progress(args, len(w_a) * len(w_b), "mix") as bar:
+    with progress_bar(args, len(w_a) * len(w_b), "mix") as bar:
         for i in range(len(w_a)):
             mixed = rt.to_uint8(rt.mix(w_a[i:i + 1], w_b, args.cutoff, **kw))
             _save_all(mixed, [f"mix_{names_a[i]}__{nb}" for nb in names_b], out)
@@ -337,9 +338,9 @@ def cmd_mix(args: argparse.Namespace) -> int:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    out = _out_dir(args.out)
+    out = out_dir(args.out)
     edits = dict(parse_direction(d) for d in args.direction)
-    rt = _runtime(args)
+    rt = make_runtime(args)
     if args.directions_dir:
         rt.load_directions(args.directions_dir)
     layers = parse_int_list(args.layers, "--layers") if args.layers else None
@@ -360,17 +361,17 @@ def cmd_edit(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    out = _out_dir(args.out)
-    rt = _runtime(args, announce=False)  # the demo states the weights on stdout itself
+    out = out_dir(args.out)
+    rt = make_runtime(args, announce=False)  # the demo states the weights on stdout itself
     run_demo(rt, args.faces, out, count=args.count, strength=args.strength, directions_dir=args.directions_dir,
-             progress=lambda total, desc: _progress(args, total, desc), say=lambda m: print(m))
+             progress=lambda total, desc: progress_bar(args, total, desc), say=lambda m: print(m))
     return 0
 
 
 # ---- parser -------------------------------------------------------------------------------------------------
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("-c", "--checkpoint", metavar="PATH",
                    help="weights: an alae-rt .safetensors or an official ALAE .pth (default: the bundled model)")
@@ -384,13 +385,20 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="allow a .pth that holds Python objects besides tensors (only for files you trust)")
 
 
-def _noise_args(p: argparse.ArgumentParser, default: str = "const") -> None:
+def add_noise_args(p: argparse.ArgumentParser, default: str = "const") -> None:
     p.add_argument("--noise", default=default, choices=["const", "random", "none"],
                    help=f"per-layer noise: const (fixed maps, deterministic), random, none (default {default})")
     p.add_argument("--seed", type=int, default=None, help="seed for --noise random")
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Subcommands that live in the other packages, imported only when they run (the core never imports them):
+# name -> (module, one-line help). The module has `add_parser(subparsers, name, help)`, which adds the
+# subcommand's arguments and sets `func`; it may use add_model_args, make_runtime, progress_bar, ... above.
+EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; `command` names the subcommand about to run, so that only its package is imported."""
     parser = argparse.ArgumentParser(
         prog="alae-rt",
         description="StyleALAE runtime: encode photos into W, reconstruct, edit, mix and generate images. "
@@ -404,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=func)
         if model:
-            _model_args(p)
+            add_model_args(p)
         return p
 
     p = add("info", "show a model's config, parameter counts and GFLOPs per encode/decode", cmd_info, model=False)
@@ -430,19 +438,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("decode", "decode latents (.npy of [N, D] or [N, 2L, D]) into PNG images", cmd_decode)
     p.add_argument("latents", help=".npy file")
     p.add_argument("-o", "--out", required=True, help="output directory")
-    _noise_args(p)
+    add_noise_args(p)
 
     p = add("reconstruct", "encode and decode images: PNGs and a side-by-side grid", cmd_reconstruct)
     p.add_argument("images", nargs="+", help="image files or directories")
     p.add_argument("-o", "--out", required=True, help="output directory")
-    _noise_args(p)
+    add_noise_args(p)
 
     p = add("generate", "generate images from seeds (z -> F -> truncation -> G)", cmd_generate)
     p.add_argument("--seeds", default="0-7", help="seeds, e.g. 0-15 or 1,5,9 (default 0-7)")
     p.add_argument("--psi", type=float, default=None, help="truncation psi (default: the model's, 0.7)")
     p.add_argument("--cutoff", type=int, default=None, help="truncation cutoff in style inputs (default: 8)")
     p.add_argument("-o", "--out", required=True, help="output directory")
-    _noise_args(p, default="random")
+    add_noise_args(p, default="random")
 
     sources = "image files/directories, one .npy of latents, or seeds:SPEC (e.g. seeds:0-3)"
     p = add("mix", "style mixing: coarse styles from A, the rest from B; writes a grid", cmd_mix)
@@ -451,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cutoff", type=int, default=4, help="style inputs < cutoff come from A (default 4)")
     p.add_argument("--psi", type=float, default=None, help="truncation psi for seeds: sources")
     p.add_argument("-o", "--out", required=True, help="output directory")
-    _noise_args(p)
+    add_noise_args(p)
 
     p = add("edit", "move images or latents along W-space directions and decode them", cmd_edit)
     p.add_argument("inputs", nargs="+", help=sources)
@@ -465,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", help="style inputs to edit, e.g. 0-7 (default: all)")
     p.add_argument("--psi", type=float, default=None, help="truncation psi for seeds: sources")
     p.add_argument("-o", "--out", required=True, help="output directory")
-    _noise_args(p)
+    add_noise_args(p)
 
     p = add("demo", "reconstruct and edit sample faces into one image grid", cmd_demo)
     p.add_argument("--faces", required=True, help="folder of face images")
@@ -475,6 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--directions-dir", metavar="DIR",
                    help="official FFHQ principal directions; used when the model's latent size matches")
     p.add_argument("-o", "--out", default="out/demo", help="output directory (default out/demo)")
+
+    for name, (module, help_text) in EXTERNAL_COMMANDS.items():
+        if name == command:
+            importlib.import_module(module).add_parser(sub, name, help_text)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)  # listed in --help, loaded when it runs
     return parser
 
 
@@ -485,7 +499,8 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
     if getattr(args, "batch_size", 1) < 1:
         parser.error("--batch-size must be >= 1")

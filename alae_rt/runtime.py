@@ -82,13 +82,13 @@ class Runtime:
 
     def __init__(self, model: StyleALAE, *, device: torch.device | str = "cpu",
                  dtype: torch.dtype | str = torch.float32, backend: str = "eager", source: str = "",
-                 max_batch: int = DEFAULT_MAX_BATCH):
+                 max_batch: int = DEFAULT_MAX_BATCH, backend_options: Mapping[str, Any] | None = None):
         if max_batch < 1:
             raise InputError(f"max_batch must be >= 1, got {max_batch}")
         self.device = parse_device(device)
         self.dtype = parse_dtype(dtype)
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
-        self.backend: Backend = create_backend(backend, self.model, self.device)
+        self.backend: Backend = create_backend(backend, self.model, self.device, **dict(backend_options or {}))
         self.source = source or "weights given in memory"
         self.max_batch = max_batch
         self.directions: dict[str, Tensor] = {}
@@ -101,10 +101,12 @@ class Runtime:
     @classmethod
     def load(cls, path: str | Path | None = None, config: ModelConfig | str | Path | None = None,
              device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.float32, backend: str = "eager",
-             *, max_batch: int = DEFAULT_MAX_BATCH, trust_pickle: bool = False) -> Runtime:
+             *, max_batch: int = DEFAULT_MAX_BATCH, trust_pickle: bool = False,
+             backend_options: Mapping[str, Any] | None = None) -> Runtime:
         """Load our .safetensors or an official ALAE .pth (EMA weights); no path: the bundled default model.
 
         config: preset name, ModelConfig or official YAML; by default the checkpoint's own or inferred.
+        backend: "eager" (the reference) or "auto" (the fastest available); backend_options go to it.
         """
         if path is None:
             path = default_checkpoint()
@@ -114,7 +116,8 @@ class Runtime:
                     ".safetensors or official ALAE .pth file"
                 )
         return cls.from_checkpoint(load_checkpoint(path, config, trust_pickle=trust_pickle),
-                                   device=device, dtype=dtype, backend=backend, max_batch=max_batch)
+                                   device=device, dtype=dtype, backend=backend, max_batch=max_batch,
+                                   backend_options=backend_options)
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, **kwargs: Any) -> Runtime:
@@ -369,13 +372,13 @@ class Runtime:
             raise InputError(f"direction {name!r}: holds NaN or Inf")
         return t.to(self.device, self.dtype)
 
-    def edit(self, w: Any, edits: Mapping[Any, float], mode: str = "add",
+    def edit(self, w: Any, edits: Mapping[Any, float] | Iterable[tuple[Any, float]], mode: str = "add",
              layers: Iterable[int] | slice | None = None) -> Tensor:
         """Move w along W-space directions, relative to dlatent_avg. Returns latents of w's shape ([N, 2L, D]
         when a direction is per-layer or `layers` limits the edit).
 
-        edits: {direction: strength}; a direction is a name from `load_directions`, a .npy path, an array [D]
-        or [2L, D]. mode "add": w + strength * d. mode "set": the coordinate of (w - dlatent_avg) along d,
+        edits: {direction: strength} or (direction, strength) pairs (arrays are not hashable); a direction is
+        a name from `load_directions`, a .npy path, an array or tensor [D] or [2L, D]. mode "add": w + strength * d. mode "set": the coordinate of (w - dlatent_avg) along d,
         (w - avg) . d / |d|^2, becomes `strength` (the official demo's attribute sliders).
         layers: style indices (or a slice) the edit applies to; the others keep w.
         """
@@ -384,7 +387,7 @@ class Runtime:
         w = self._latent(w, "w")
         s = self.config.num_styles
         dirs = []
-        for key, strength in edits.items():
+        for key, strength in (edits.items() if isinstance(edits, Mapping) else edits):
             name = key if isinstance(key, (str, Path)) else f"#{len(dirs)}"
             if not np.isfinite(float(strength)):
                 raise InputError(f"direction {name!r}: strength must be finite, got {strength}")

@@ -140,6 +140,7 @@ def test_edit_add_and_set_relative_to_dlatent_avg(rt128, tmp_path):
     np.save(tmp_path / "d.npy", d.numpy())
     added = rt128.edit(w, {str(tmp_path / "d.npy"): 2.5})
     torch.testing.assert_close(added, w + 2.5 * d, **TOL)
+    torch.testing.assert_close(rt128.edit(w, [(d.numpy(), 1.0), (d, -0.5)]), w + 0.5 * d, **TOL)
     rt = Runtime(rt128.model, source="test")
     rt.load_directions({"dir": d})
     set_to = rt.edit(w, {"dir": 1.5}, mode="set")
