@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .errors import InputError
 from .network import StyleALAE
+from .official_order import OfficialOrderBackend
 
 
 class Backend(Protocol):
@@ -71,7 +72,7 @@ class CompileBackend:
             except Exception as exc:  # any compiler failure: keep serving, exactly, through eager
                 if not _is_compile_failure(exc):
                     raise
-                self.fallback_reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                self.fallback_reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
                 warnings.warn(f"torch.compile failed, running eager instead ({self.fallback_reason})", stacklevel=3)
         return eager(*args)
 
@@ -94,7 +95,11 @@ def cpp_compiler_available() -> bool:
 
 
 BackendFactory = Callable[..., Backend]
-_BACKENDS: dict[str, BackendFactory] = {"eager": EagerBackend, "compile": CompileBackend}
+_BACKENDS: dict[str, BackendFactory] = {
+    "eager": EagerBackend,
+    "compile": CompileBackend,
+    "official": OfficialOrderBackend,  # the official code's op order: the benchmarks' baseline
+}
 # Named in the design; each lands with its own package (kernels, export, benchmarks).
 _PLANNED = ("triton", "onnxruntime", "tensorrt")
 
