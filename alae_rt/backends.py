@@ -94,14 +94,21 @@ def cpp_compiler_available() -> bool:
     return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
 
 
+def _triton(model: StyleALAE, device: torch.device, **options: Any) -> Backend:
+    from .backend_triton import TritonBackend  # imports triton: only when asked for
+
+    return TritonBackend(model, device, **options)
+
+
 BackendFactory = Callable[..., Backend]
 _BACKENDS: dict[str, BackendFactory] = {
     "eager": EagerBackend,
     "compile": CompileBackend,
     "official": OfficialOrderBackend,  # the official code's op order: the benchmarks' baseline
+    "triton": _triton,
 }
 # Named in the design; each lands with its own package (kernels, export, benchmarks).
-_PLANNED = ("triton", "onnxruntime", "tensorrt")
+_PLANNED = ("onnxruntime", "tensorrt")
 
 
 def register_backend(name: str, factory: BackendFactory) -> None:
@@ -115,6 +122,10 @@ def available_backends() -> list[str]:
 
 def auto_backend(device: torch.device) -> str:
     """The fastest backend available for the device."""
+    if device.type == "cuda":
+        from .kernels import triton_available
+
+        return "triton" if triton_available() else "eager"
     return "eager"
 
 
