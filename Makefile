@@ -13,7 +13,7 @@ FACES ?= $(SHARED)/data/faces128
 DIRECTIONS ?= $(SHARED)/data/principal_directions
 OUT ?= out/demo
 
-.PHONY: setup demo test test-all lint clean
+.PHONY: setup demo test test-all lint bench-cpu bench-gpu clean
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,16 @@ test-all: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+# Benchmarks write JSON, markdown and plots to benchmarks/results/. On a GPU machine whose Python already has
+# torch and triton: `make bench-gpu PY=python3` after `pip install --no-deps -e .`.
+bench-cpu: setup
+	$(VENV)/bin/alae-rt bench --preset ffhq-1024 --batch 1 --device cpu
+
+bench-gpu:
+	$(PY) benchmarks/bench_kernels.py
+	$(PY) -m alae_rt.cli bench --preset ffhq-1024 --device cuda --batch 1,8,32 --backends eager,compile,triton \
+		--dtypes fp32,fp16
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache *.egg-info
