@@ -72,13 +72,20 @@ class DynamicBatcher:
         self.stats = stats or BatchStats()
         self._queues: dict[Hashable, collections.deque[_Entry]] = {}
         self._queued = 0  # items waiting, not yet handed to a batch
+        self._running = 0  # items in the batch being computed
         self._wakeup = asyncio.Event()
         self._seq = itertools.count()
         self._task: asyncio.Task | None = None
 
     @property
     def queued(self) -> int:
+        """Items waiting for a batch."""
         return self._queued
+
+    @property
+    def pending(self) -> int:
+        """Items waiting or being computed."""
+        return self._queued + self._running
 
     def start(self) -> None:
         if self._task is None:
@@ -202,6 +209,7 @@ class DynamicBatcher:
         inputs = [[None if e.inputs[j] is None else e.inputs[j][a:b] for e, a, b in batch] for j in range(slots)]
         size = sum(b - a for _, a, b in batch)
         started = loop.time()
+        self._running = size
         try:
             out = await loop.run_in_executor(self.executor, self.fn, key, inputs)  # [size, ...]
         except Exception as exc:  # noqa: BLE001 - every caller in the batch gets the error
@@ -209,6 +217,8 @@ class DynamicBatcher:
                 if not entry.future.done():
                     entry.future.set_exception(exc)
             return
+        finally:
+            self._running = 0
         if self.stats.on_batch:
             self.stats.on_batch(size, loop.time() - started)
         row = 0
