@@ -135,11 +135,14 @@ class DynamicBatcher:
             kept = collections.deque()
             for entry in queue:
                 left = entry.n - entry.taken
-                if entry.future.done():  # cancelled by its caller (or failed in an earlier batch)
-                    self._drop(entry, "cancelled", left)
-                elif entry.deadline is not None and now >= entry.deadline:
-                    entry.future.set_exception(Dropped(f"deadline passed after {now - entry.enqueued:.3f} s queued"))
+                # The deadline first: gRPC also cancels a call whose deadline passed.
+                if entry.deadline is not None and now >= entry.deadline:
+                    if not entry.future.done():
+                        entry.future.set_exception(Dropped(f"deadline passed after {now - entry.enqueued:.3f} s "
+                                                           "in the queue"))
                     self._drop(entry, "deadline", left)
+                elif entry.future.done():  # cancelled by its caller (or failed in an earlier batch)
+                    self._drop(entry, "cancelled", left)
                 else:
                     kept.append(entry)
             if kept:
