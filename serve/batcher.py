@@ -60,7 +60,7 @@ class DynamicBatcher:
     """
 
     def __init__(self, name: str, fn: BatchFn, executor: Executor, *, max_batch: int, max_delay_s: float,
-                 max_queue: int, stats: BatchStats | None = None):
+                 max_queue: int, stats: BatchStats | None = None, may_grow: Callable[[], bool] | None = None):
         if max_batch < 1 or max_queue < 1 or max_delay_s < 0:
             raise ValueError("max_batch and max_queue must be >= 1 and max_delay_s >= 0")
         self.name = name
@@ -70,9 +70,13 @@ class DynamicBatcher:
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self.stats = stats or BatchStats()
+        # may_grow() False: no other request could join soon (every caller the server has is waiting already),
+        # so a batch starts without waiting out max_delay: one caller alone pays no batching delay.
+        self.may_grow = may_grow
         self._queues: dict[Hashable, collections.deque[_Entry]] = {}
         self._queued = 0  # items waiting, not yet handed to a batch
         self._running = 0  # items in the batch being computed
+        self._running_requests = 0
         self._wakeup = asyncio.Event()
         self._seq = itertools.count()
         self._task: asyncio.Task | None = None
@@ -86,6 +90,11 @@ class DynamicBatcher:
     def pending(self) -> int:
         """Items waiting or being computed."""
         return self._queued + self._running
+
+    @property
+    def requests(self) -> int:
+        """Requests with items waiting or being computed."""
+        return sum(len(q) for q in self._queues.values()) + self._running_requests
 
     def start(self) -> None:
         if self._task is None:
@@ -173,7 +182,7 @@ class DynamicBatcher:
             key = self._oldest_key()
             head = self._queues[key][0]
             # Wait for a full batch, at most until the oldest request has waited max_delay.
-            while self._waiting(key) < self.max_batch:
+            while self._waiting(key) < self.max_batch and (self.may_grow is None or self.may_grow()):
                 remaining = head.enqueued + self.max_delay_s - loop.time()
                 if remaining <= 0:
                     break
@@ -213,6 +222,7 @@ class DynamicBatcher:
         size = sum(b - a for _, a, b in batch)
         started = loop.time()
         self._running = size
+        self._running_requests = len(batch)
         try:
             out = await loop.run_in_executor(self.executor, self.fn, key, inputs)  # [size, ...]
         except Exception as exc:  # noqa: BLE001 - every caller in the batch gets the error
@@ -221,7 +231,7 @@ class DynamicBatcher:
                     entry.future.set_exception(exc)
             return
         finally:
-            self._running = 0
+            self._running = self._running_requests = 0
         if self.stats.on_batch:
             self.stats.on_batch(size, loop.time() - started)
         row = 0

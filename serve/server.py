@@ -114,9 +114,14 @@ class AlaeService(pb_grpc.AlaeServicer):
         self.inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        common = {"max_batch": rt.max_batch, "max_delay_s": cfg.max_delay_ms / 1000, "max_queue": cfg.max_queue}
+        common = {"max_batch": rt.max_batch, "max_delay_s": cfg.max_delay_ms / 1000, "max_queue": cfg.max_queue,
+                  "may_grow": self._others_in_flight}
         self.encoder = DynamicBatcher("encode", self._encode_batch, compute, stats=self._stats("encode"), **common)
         self.decoder = DynamicBatcher("decode", self._decode_batch, compute, stats=self._stats("decode"), **common)
+
+    def _others_in_flight(self) -> bool:
+        """Whether some call in flight is outside both batchers (being prepared, or just arrived): it may join."""
+        return self.inflight > self.encoder.requests + self.decoder.requests
 
     def _stats(self, op: str) -> BatchStats:
         m = self.metrics

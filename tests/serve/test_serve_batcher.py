@@ -146,3 +146,13 @@ def test_an_error_in_a_batch_reaches_every_caller_in_it():
 
     outs = run(with_batcher(fn, body))
     assert all(isinstance(o, RuntimeError) and str(o) == "boom" for o in outs)
+
+
+def test_no_batching_delay_when_no_other_request_can_join():
+    """max_delay is 30 s, but may_grow says every caller is already queued: the batch starts at once."""
+
+    async def body(b):
+        return await asyncio.wait_for(b.run(0, [rows(0, 1)]), 10)
+
+    out = run(with_batcher(Recorder(), body, max_delay_s=30, may_grow=lambda: False))
+    assert torch.equal(out, rows(0, 1) * 10)
