@@ -129,7 +129,8 @@ class DynamicBatcher:
         parts = await entry.future
         if len(parts) == 1:
             return parts[0]
-        return await loop.run_in_executor(self.executor, torch.cat, parts)
+        # Not in `executor`: joining the parts must not wait behind the next batch.
+        return await loop.run_in_executor(None, torch.cat, parts)
 
     # ---- the loop -------------------------------------------------------------------------------------------
     def _set_depth(self, value: int) -> None:

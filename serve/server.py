@@ -142,9 +142,9 @@ class AlaeService(pb_grpc.AlaeServicer):
 
     def warm_up(self) -> None:
         """One encode and one decode, so that lazy initialisation is not paid by the first caller."""
-        c, r, d = self.rt.config.channels, self.rt.config.resolution, self.rt.config.latent_size
-        w = self.rt.encode(torch.zeros(1, c, r, r, device=self.rt.device, dtype=self.rt.dtype))
-        self.rt.decode(torch.zeros_like(w) if w.shape[-1] == d else w, noise="const")
+        c, r = self.rt.config.channels, self.rt.config.resolution
+        w = self.rt.encode(torch.zeros(1, c, r, r, device=self.rt.device, dtype=self.rt.dtype))  # [1, D]
+        self.rt.decode(w, noise="const")
 
     async def start(self) -> None:
         self.encoder.start()

@@ -245,8 +245,10 @@ def test_requests_whose_caller_gave_up_are_dropped_before_compute(queue_server, 
             blocker = asyncio.ensure_future(c.decode(latents(1)))
             await _until(lambda: decoder.pending == 1 and decoder.queued == 0)
             if how == "deadline":
+                late = asyncio.ensure_future(c.decode(latents(3, seed=5), timeout=1.5))
+                await _until(lambda: decoder.queued == 3)
                 with pytest.raises(RemoteError) as err:
-                    await c.decode(latents(3, seed=5), timeout=0.3)
+                    await late
                 code = err.value.code
             else:
                 call = c.stub.Decode(pb.DecodeRequest(latents=tensor(latents(3, seed=5))))
