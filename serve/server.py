@@ -141,10 +141,13 @@ class AlaeService(pb_grpc.AlaeServicer):
         return self.rt.decode(styles, noise=noise).float().cpu()  # [B, C, R, R]
 
     def warm_up(self) -> None:
-        """One encode and one decode, so that lazy initialisation is not paid by the first caller."""
+        """Encode and decode once, so that lazy initialisation is not paid by the first caller. Compiled
+        backends also see batches of 2 and max_batch: a compiler specialises on 1, then goes dynamic."""
         c, r = self.rt.config.channels, self.rt.config.resolution
-        w = self.rt.encode(torch.zeros(1, c, r, r, device=self.rt.device, dtype=self.rt.dtype))  # [1, D]
-        self.rt.decode(w, noise="const")
+        sizes = [1] if self.rt.backend.name == "eager" else sorted({1, min(2, self.rt.max_batch), self.rt.max_batch})
+        for n in sizes:
+            w = self.rt.encode(torch.zeros(n, c, r, r, device=self.rt.device, dtype=self.rt.dtype))  # [n, D]
+            self.rt.decode(w, noise="const")
 
     async def start(self) -> None:
         self.encoder.start()
