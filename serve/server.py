@@ -36,6 +36,7 @@ from .wire import tensor_to_array as _tensor_to_array
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Alae"].full_name  # "alae_rt.v1.Alae"
 HEALTH_EXEMPT = "/grpc.health.v1.Health/"  # load balancers probe health without credentials
 PSI_RANGE = (-2.0, 2.0)
+MAX_EDITS = 64  # directions per Edit call
 log = logging.getLogger("alae_rt.serve")
 
 
@@ -323,6 +324,10 @@ class AlaeService(pb_grpc.AlaeServicer):
     def _edits(self, req: pb.EditRequest) -> tuple[list[tuple[Any, float]], str, list[int] | None]:
         if not req.edits:
             raise invalid("edits", "no edits given")
+        if len(req.edits) > MAX_EDITS:
+            raise invalid("edits", f"{len(req.edits)} edits; at most {MAX_EDITS} per request")
+        if len(req.layers) > self.rt.config.num_styles:
+            raise invalid("layers", f"{len(req.layers)} entries; there are {self.rt.config.num_styles} style inputs")
         modes = {pb.EDIT_MODE_UNSPECIFIED: "add", pb.EDIT_MODE_ADD: "add", pb.EDIT_MODE_SET: "set"}
         if req.mode not in modes:
             raise invalid("mode", f"unknown edit mode {req.mode}")

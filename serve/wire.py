@@ -12,6 +12,7 @@ from ..images import decode_image_bytes
 from . import alae_rt_pb2 as pb
 
 RAW_CHANNELS = (1, 3, 4)
+MAX_DIMS = 4  # latents are [N, D] or [N, 2L, D]; directions [D] or [2L, D]
 DEFAULT_JPEG_QUALITY = 90
 # PNG level 1 is several times faster than the default 6 for a few percent more bytes: the server's time
 # goes to images, not to squeezing them.
@@ -43,6 +44,8 @@ def tensor_to_array(t: pb.Tensor, field: str) -> np.ndarray:
     shape = tuple(int(s) for s in t.shape)
     if not shape:
         raise invalid(f"{field}.shape", "missing (give e.g. [N, D])")
+    if len(shape) > MAX_DIMS:
+        raise invalid(f"{field}.shape", f"{len(shape)} dimensions; at most {MAX_DIMS}")
     if 0 in shape:
         raise invalid(f"{field}.shape", f"{list(shape)} is empty")
     count = int(np.prod(shape, dtype=np.int64))

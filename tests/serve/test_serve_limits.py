@@ -93,6 +93,11 @@ BAD_INPUTS = {
     "direction vector of the wrong length": ("Edit", pb.EditRequest(
         source=pb.LatentSource(seeds=[1]), edits=[pb.DirectionEdit(vector=tensor(np.ones(5)), strength=1)]),
         INVALID, "edits[0].vector.shape: [5]"),
+    "too many edits": ("Edit", pb.EditRequest(source=pb.LatentSource(seeds=[1]),
+                                              edits=[pb.DirectionEdit(name="up", strength=1)] * 65),
+                       INVALID, "edits: 65 edits; at most 64"),
+    "latent with too many dimensions": ("Decode", pb.DecodeRequest(latents=pb.Tensor(shape=[1] * 5, data=b"0000")),
+                                        INVALID, "latents.shape: 5 dimensions"),
     "no edits": ("Edit", pb.EditRequest(source=pb.LatentSource(seeds=[1])), INVALID, "edits: no edits given"),
     "layer out of range": ("Edit", pb.EditRequest(source=pb.LatentSource(seeds=[1]), layers=[0, 6],
                                                   edits=[pb.DirectionEdit(name="up", strength=1)]),
