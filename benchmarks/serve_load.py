@@ -6,7 +6,9 @@ compares with the same Runtime called in this process at the batch size the serv
 
     .venv/bin/python benchmarks/serve_load.py --preset ffhq-1024 --op decode
 
-Writes benchmarks/results/serve_load_<device>_<date>.json and .md, tagged with the device, date and commit.
+Writes benchmarks/results/serve_load_<op>_<model>_<device>_<date>.json and .md, tagged with the device, date
+and commit. On a CPU give --threads (the server and the baseline then use the same torch thread count; on a
+busy machine more threads than free cores makes both erratic).
 Goals (issue 3): at 32 callers >= 90% of the in-process batched throughput; p99 at 1 caller within 10% of a
 direct Runtime call.
 """
@@ -26,6 +28,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -349,15 +352,20 @@ def main(argv=None) -> int:
     finally:
         if server is not None:
             server.close()
-    # The baseline runs after the server has stopped, so that the two never share the machine.
-    rt = load_runtime(args, info)
-    cache: dict[int, dict] = {}
-    for r in levels:
-        b = max(1, min(args.max_batch, round(r["mean_batch"] or 1)))
-        if b not in cache:
-            cache[b] = direct_calls(rt, args.op, b, args.baseline_seconds, args.requests)
-        r["baseline"] = cache[b]
-    direct1 = cache.get(1) or direct_calls(rt, args.op, 1, args.baseline_seconds, args.requests)
+    # The baseline runs after the server has stopped, so that the two never share the machine, and in one
+    # worker thread, as the server runs its model (CPU thread pools behave differently off the main thread).
+    with ThreadPoolExecutor(1) as worker:
+        rt = worker.submit(load_runtime, args, info).result()
+        cache: dict[int, dict] = {}
+
+        def direct(b: int) -> dict:
+            if b not in cache:
+                cache[b] = worker.submit(direct_calls, rt, args.op, b, args.baseline_seconds, args.requests).result()
+            return cache[b]
+
+        for r in levels:
+            r["baseline"] = direct(max(1, min(args.max_batch, round(r["mean_batch"] or 1))))
+        direct1 = direct(1)
     by_n = {r["concurrency"]: r for r in levels}
     goals = {
         "throughput_32": ("n/a" if 32 not in by_n else
