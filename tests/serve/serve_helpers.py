@@ -5,11 +5,13 @@ Test modules import the fixtures they use (a conftest.py here would shadow the s
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from alae_rt import Runtime
 
@@ -100,3 +102,36 @@ def tiny_server(tiny_rt):
     cfg = ServeConfig(port=0, max_delay_ms=20, max_images=16, max_queue=512, metrics_port=0)
     with ServerThread(tiny_rt, cfg) as s:
         yield s
+
+
+# ---- inputs and comparisons ---------------------------------------------------------------------------------
+
+
+def images(n: int, r: int = 16, seed: int = 0) -> np.ndarray:
+    """n distinct uint8 images [n, r, r, 3] (smooth, so that they are not all alike to the encoder)."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (n, 4, 4, 3)).astype(np.uint8)
+    return np.stack([np.array(Image.fromarray(b).resize((r, r), Image.BILINEAR)) for b in base])
+
+
+def png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def latents(n: int, d: int = 32, seed: int = 0, styles: int | None = None) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    shape = (n, d) if styles is None else (n, styles, d)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def same_images(got, ref: np.ndarray) -> None:
+    """uint8 images equal up to 1 level: merged batches may round a float the other way."""
+    got = np.stack(got).astype(int)
+    assert got.shape == ref.shape
+    assert np.abs(got - ref.astype(int)).max() <= 1
+
+
+def u8(rt, x: torch.Tensor) -> np.ndarray:
+    return rt.to_uint8(x)

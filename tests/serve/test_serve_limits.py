@@ -16,8 +16,7 @@ from alae_rt.serve import alae_rt_pb2 as pb
 from alae_rt.serve.client import AlaeClient, AsyncAlaeClient, RemoteError
 from alae_rt.serve.server import ServeConfig, read_tokens
 from PIL import Image
-from serve_helpers import ServerThread, one_torch_thread, tiny_rt, tiny_server
-from test_serve_rpcs import images, latents, png, same_images
+from serve_helpers import ServerThread, images, latents, one_torch_thread, png, same_images, tiny_rt, tiny_server
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED

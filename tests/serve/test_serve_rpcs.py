@@ -15,38 +15,17 @@ from alae_rt.serve import alae_rt_pb2 as pb
 from alae_rt.serve.client import AlaeClient, AsyncAlaeClient, Seeds
 from alae_rt.serve.server import ServeConfig
 from PIL import Image
-from serve_helpers import ServerThread, one_torch_thread, tiny_rt, tiny_server
-
-
-def images(n: int, r: int = 16, seed: int = 0) -> np.ndarray:
-    """n distinct uint8 images [n, r, r, 3] (smooth, so that they are not all alike to the encoder)."""
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (n, 4, 4, 3)).astype(np.uint8)
-    return np.stack([np.array(Image.fromarray(b).resize((r, r), Image.BILINEAR)) for b in base])
-
-
-def png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def latents(n: int, d: int = 32, seed: int = 0, styles: int | None = None) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    shape = (n, d) if styles is None else (n, styles, d)
-    return rng.standard_normal(shape).astype(np.float32)
-
-
-def same_images(got, ref: np.ndarray) -> None:
-    """uint8 images equal up to 1 level: merged batches may round a float the other way."""
-    got = np.stack(got).astype(int)
-    assert got.shape == ref.shape
-    assert np.abs(got - ref.astype(int)).max() <= 1
-
-
-def u8(rt, x: torch.Tensor) -> np.ndarray:
-    return rt.to_uint8(x)
-
+from serve_helpers import (
+    ServerThread,
+    images,
+    latents,
+    one_torch_thread,
+    png,
+    same_images,
+    tiny_rt,
+    tiny_server,
+    u8,
+)
 
 # ---- each RPC against the Runtime ---------------------------------------------------------------------------------
 
