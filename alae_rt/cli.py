@@ -430,7 +430,10 @@ def add_noise_args(p: argparse.ArgumentParser, default: str = "const") -> None:
 # Subcommands that live in the other packages, imported only when they run (the core never imports them):
 # name -> (module, one-line help). The module has `add_parser(subparsers, name, help)`, which adds the
 # subcommand's arguments and sets `func`; it may use add_model_args, make_runtime, progress_bar, ... above.
-EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {}
+EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("alae_rt.serve.cli", "serve the model over gRPC, with dynamic batching, health, metrics, auth and TLS"),
+    "client": ("alae_rt.serve.cli", "call an alae-rt server: info, health, encode, reconstruct, generate, edit, mix"),
+}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
