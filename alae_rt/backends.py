@@ -43,11 +43,23 @@ class EagerBackend:
         return self.model.generator(styles, noise)
 
 
+def _onnxruntime(model: StyleALAE, device: torch.device, **options: Any) -> Backend:
+    from .backend_onnxruntime import OnnxRuntimeBackend  # onnxruntime is imported only when asked for
+
+    return OnnxRuntimeBackend(model, device, **options)
+
+
+def _tensorrt(model: StyleALAE, device: torch.device, **options: Any) -> Backend:
+    from .backend_tensorrt import TensorRTBackend  # tensorrt is imported only when asked for
+
+    return TensorRTBackend(model, device, **options)
+
+
 # factory(model, device, **options): the model is already on the device, in the Runtime's dtype.
 BackendFactory = Callable[..., Backend]
-_BACKENDS: dict[str, BackendFactory] = {"eager": EagerBackend}
+_BACKENDS: dict[str, BackendFactory] = {"eager": EagerBackend, "onnxruntime": _onnxruntime, "tensorrt": _tensorrt}
 # Named in the design; each lands with its own package (kernels, export, benchmarks).
-_PLANNED = ("triton", "compile", "onnxruntime", "tensorrt")
+_PLANNED = ("triton", "compile")
 
 
 def register_backend(name: str, factory: BackendFactory) -> None:
