@@ -158,9 +158,9 @@ def cmd_tensorrt(args: argparse.Namespace) -> int:
     from .tensorrt_build import build_engines, check_batches, read_export
 
     check_batches(args.min_batch, args.opt_batch, args.max_batch)
-    read_export(args.onnx)
     import_tensorrt()
     require_cuda("alae-rt export tensorrt")
+    read_export(args.onnx)
     out = out_dir(args.out)
     meta = build_engines(args.onnx, out, fp16=args.fp16, min_batch=args.min_batch, opt_batch=args.opt_batch,
                          max_batch=args.max_batch, timing_cache=args.timing_cache, workspace_gib=args.workspace_gib,
