@@ -70,7 +70,8 @@ def _batch_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("TensorRT")
     g.add_argument("--fp16", action="store_true",
                    help="fp16 engines (from an fp16 export; TensorRT 10 also lowers an fp32 export)")
-    g.add_argument("--timing-cache", metavar="FILE", help="timing cache to reuse and update (default OUT/timing.cache)")
+    g.add_argument("--timing-cache", metavar="FILE",
+                   help="timing cache to reuse and update (default: OUT/timing.cache; triton-repo: none)")
 
 
 def add_parser(subparsers, name: str, help_text: str) -> None:

@@ -93,8 +93,9 @@ def write_triton_repo(onnx_dir: str | Path, out_dir: str | Path, *, fmt: str = "
     """Lay out a Triton model repository in out_dir from an `alae-rt export onnx` folder -> role -> model folder.
 
     fmt "onnx" copies the ONNX files; "tensorrt" builds engines from them (batch profile 1..max_batch_size,
-    tuned for the largest preferred size; needs TensorRT and a GPU). The configs are written from the files'
-    own inputs and outputs.
+    tuned for the largest preferred size; needs TensorRT and a GPU; the timing cache is kept only where
+    `timing_cache` says, never in the repository, whose top level holds model folders only). The configs are
+    written from the files' own inputs and outputs.
     """
     check_repo_args(fmt, max_batch_size, preferred_batch_sizes, max_queue_delay_us, instances, instance_kind)
     export = read_export(onnx_dir)
@@ -109,8 +110,7 @@ def write_triton_repo(onnx_dir: str | Path, out_dir: str | Path, *, fmt: str = "
 
             scratch = Path(tempfile.mkdtemp(prefix=".alae-rt-engines-", dir=out))
             meta = build_engines(onnx_dir, scratch, fp16=fp16, min_batch=1, opt_batch=max(preferred_batch_sizes),
-                                 max_batch=max_batch_size, timing_cache=timing_cache or out / "timing.cache",
-                                 progress=progress)
+                                 max_batch=max_batch_size, timing_cache=timing_cache, progress=progress)
             sources = {role: scratch / ENGINE_FILES[role] for role in ROLES}
             parameters_common = {"tensorrt_version": meta["tensorrt_version"], "gpu": meta["gpu"]["name"],
                                  "precision": meta["precision"]}
