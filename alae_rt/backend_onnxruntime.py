@@ -116,11 +116,11 @@ class OnnxSession:
         for name, t in inputs.items():
             t = t.detach().to(self.device, self.torch_dtype).contiguous()
             held.append(t)
-            binding.bind_input(name, "cuda", index, self.np_dtype, list(t.shape), t.data_ptr())
+            binding.bind_input(name, "cuda", index, self.np_dtype.type, list(t.shape), t.data_ptr())
         outs = {}
         for name, shape in output_shapes.items():
             out = torch.empty(shape, dtype=self.torch_dtype, device=self.device)
-            binding.bind_output(name, "cuda", index, self.np_dtype, list(shape), out.data_ptr())
+            binding.bind_output(name, "cuda", index, self.np_dtype.type, list(shape), out.data_ptr())
             outs[name] = out
         # onnxruntime runs on its own stream: the inputs written on torch's stream must be complete first.
         torch.cuda.current_stream(self.device).synchronize()
