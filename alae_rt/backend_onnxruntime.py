@@ -53,7 +53,8 @@ def default_providers(device: torch.device, available: list[str]) -> list[Any]:
     if "CUDAExecutionProvider" not in available:
         raise InputError(f"backend 'onnxruntime' on {device}: this onnxruntime has no CUDA execution provider "
                          f"(it has {', '.join(available)}); install onnxruntime-gpu instead of onnxruntime")
-    return [("CUDAExecutionProvider", {"device_id": device.index or 0, "use_tf32": 0}), "CPUExecutionProvider"]
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return [("CUDAExecutionProvider", {"device_id": index, "use_tf32": 0}), "CPUExecutionProvider"]
 
 
 class OnnxSession:
