@@ -46,6 +46,18 @@ class EagerBackend:
         return self.model.generator(styles, noise)
 
 
+def _onnxruntime(model: StyleALAE, device: torch.device, **options: Any) -> Backend:
+    from .backend_onnxruntime import OnnxRuntimeBackend  # onnxruntime is imported only when asked for
+
+    return OnnxRuntimeBackend(model, device, **options)
+
+
+def _tensorrt(model: StyleALAE, device: torch.device, **options: Any) -> Backend:
+    from .backend_tensorrt import TensorRTBackend  # tensorrt is imported only when asked for
+
+    return TensorRTBackend(model, device, **options)
+
+
 # factory(model, device, **options): the model is already on the device, in the Runtime's dtype.
 class CompileBackend:
     """torch.compile (inductor) of the eager modules: fuses each layer's elementwise chain (noise, bias,
@@ -106,9 +118,9 @@ _BACKENDS: dict[str, BackendFactory] = {
     "compile": CompileBackend,
     "official": OfficialOrderBackend,  # the official code's op order: the benchmarks' baseline
     "triton": _triton,
+    "onnxruntime": _onnxruntime,
+    "tensorrt": _tensorrt,
 }
-# Named in the design; each lands with its own package (kernels, export, benchmarks).
-_PLANNED = ("onnxruntime", "tensorrt")
 
 
 def register_backend(name: str, factory: BackendFactory) -> None:
@@ -135,7 +147,5 @@ def create_backend(name: str, model: StyleALAE, device: torch.device, **options:
         name = auto_backend(device)
     factory = _BACKENDS.get(name)
     if factory is None:
-        if name in _PLANNED:
-            raise InputError(f"backend {name!r} is not available in this build; available: {', '.join(_BACKENDS)}")
         raise InputError(f"unknown backend {name!r}; choose from auto, {', '.join(_BACKENDS)}")
     return factory(model, device, **options)

@@ -433,6 +433,7 @@ def add_noise_args(p: argparse.ArgumentParser, default: str = "const") -> None:
 EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("alae_rt.serve.cli", "serve the model over gRPC, with dynamic batching, health, metrics, auth and TLS"),
     "client": ("alae_rt.serve.cli", "call an alae-rt server: info, health, encode, reconstruct, generate, edit, mix"),
+    "export": ("alae_rt.export.cli", "export to ONNX or TensorRT, or write a Triton Inference Server model repository"),
 }
 
 

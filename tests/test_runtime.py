@@ -208,7 +208,7 @@ def test_from_config_is_seeded_and_has_a_mapped_average():
 def test_load_errors_are_clear(rgb128_checkpoint):
     with pytest.raises(CheckpointError, match="no bundled default model"):
         Runtime.load()
-    with pytest.raises(InputError, match="backend 'tensorrt' is not available"):
+    with pytest.raises(InputError, match="backend 'tensorrt' needs backend_options"):
         Runtime.load(rgb128_checkpoint, backend="tensorrt")
     with pytest.raises(InputError, match="unknown backend 'fastest'"):
         Runtime.load(rgb128_checkpoint, backend="fastest")
