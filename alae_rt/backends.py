@@ -65,16 +65,25 @@ class CompileBackend:
 
     Compiles on the first call of each input signature (tens of seconds on a small CPU; inductor caches
     the result on disk for later processes). A compilation failure falls back to eager, once, with a warning.
+    On CPU the weights are frozen into the compiled graph (inductor's `freezing`: constant-folded, prepacked
+    for oneDNN), which benchmarks/cpu_fastpath.py measured as the fastest exact CPU path; the Runtime's
+    weights never change after load. Options: mode, freezing, and anything else torch.compile takes.
     """
 
     name = "compile"
 
-    def __init__(self, model: StyleALAE, device: torch.device, mode: str | None = None, **options: Any):
+    def __init__(self, model: StyleALAE, device: torch.device, mode: str | None = None,
+                 freezing: bool | None = None, **options: Any):
         if device.type == "cpu" and not cpp_compiler_available():
             raise InputError("backend 'compile' on CPU needs a C++ compiler (g++ or clang++) on PATH")
         self.model = model
-        self._encode = torch.compile(model.encoder, mode=mode, **options)
-        self._decode = torch.compile(model.generator, mode=mode, **options)
+        inductor = dict(options.pop("options", None) or {})
+        inductor.setdefault("freezing", device.type == "cpu" if freezing is None else freezing)
+        try:
+            self._encode = torch.compile(model.encoder, mode=mode, options=inductor, **options)
+            self._decode = torch.compile(model.generator, mode=mode, options=inductor, **options)
+        except (TypeError, RuntimeError) as exc:
+            raise InputError(f"backend 'compile': bad options ({exc})") from None
         self.fallback_reason: str | None = None
 
     def _run(self, compiled: Callable[..., Tensor], eager: Callable[..., Tensor], *args: Any) -> Tensor:
@@ -132,19 +141,31 @@ def available_backends() -> list[str]:
     return list(_BACKENDS)
 
 
-def auto_backend(device: torch.device) -> str:
-    """The fastest backend available for the device."""
+def auto_backend(device: torch.device, model: StyleALAE | None = None) -> str:
+    """The fastest backend available for the device: triton on CUDA; on CPU `compile` (2.5-3.3x the official
+    way at 1024x1024, benchmarks/results/cpu_fastpath_*) for models big enough that its one-time compilation
+    pays off within a few images, eager for small ones and where no C++ compiler is installed."""
     if device.type == "cuda":
         from .kernels import triton_available
 
         return "triton" if triton_available() else "eager"
+    if model is not None and cpp_compiler_available():
+        from .flops import count_flops
+
+        if count_flops(model.config)["decode"] >= COMPILE_MIN_GFLOPS * 1e9:
+            return "compile"
     return "eager"
+
+
+# Decode cost per image from which `auto` compiles on CPU: celeba-128 (9 GFLOPs) and up; the 128x128
+# test fixtures (0.5 GFLOPs) run eager, where compiling would take longer than their work.
+COMPILE_MIN_GFLOPS = 2.0
 
 
 def create_backend(name: str, model: StyleALAE, device: torch.device, **options: Any) -> Backend:
     """Build the named backend; "auto" picks the fastest one available for the device."""
     if name == "auto":
-        name = auto_backend(device)
+        name = auto_backend(device, model)
     factory = _BACKENDS.get(name)
     if factory is None:
         raise InputError(f"unknown backend {name!r}; choose from auto, {', '.join(_BACKENDS)}")

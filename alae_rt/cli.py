@@ -117,11 +117,34 @@ def make_runtime(args: argparse.Namespace, announce: bool = True):
     from .runtime import Runtime
 
     rt = Runtime.load(args.checkpoint, config=args.config, device=args.device, dtype=args.dtype,
-                      backend=args.backend, max_batch=args.batch_size, trust_pickle=args.trust_pickle)
+                      backend=args.backend, max_batch=args.batch_size, trust_pickle=args.trust_pickle,
+                      backend_options=backend_options(args))
     if announce:
         say(args, f"weights: {rt.source}")
     say(args, f"model: {rt!r}")
     return rt
+
+
+def backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--backend-option KEY=VALUE pairs -> backend_options (numbers and true/false converted)."""
+    options: dict[str, Any] = {}
+    for item in getattr(args, "backend_option", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--backend-option {item!r}: expected KEY=VALUE, e.g. onnx_dir=onnx/")
+        lowered = value.lower()
+        if lowered in ("true", "false"):
+            options[key] = lowered == "true"
+            continue
+        for cast in (int, float):
+            try:
+                options[key] = cast(value)
+                break
+            except ValueError:
+                pass
+        else:
+            options[key] = value
+    return options
 
 
 def _encode_files(rt, args: argparse.Namespace, paths: list[Path], desc: str = "encode"):
@@ -415,7 +438,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="preset name or official YAML, when the checkpoint's own/inferred config should be overridden")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     g.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="compute dtype (default fp32)")
-    g.add_argument("--backend", default="auto", help="auto or eager (default: auto)")
+    g.add_argument("--backend", default="auto",
+                   help="auto (the fastest available), eager, compile, triton, onnxruntime, tensorrt, official")
+    g.add_argument("--backend-option", action="append", metavar="KEY=VALUE",
+                   help="an option for the backend, e.g. onnx_dir=onnx/ (onnxruntime) or engine_dir=engines/ "
+                        "(tensorrt); repeat for several")
     g.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per forward pass (default 8)")
     g.add_argument("--trust-pickle", action="store_true",
                    help="allow a .pth that holds Python objects besides tensors (only for files you trust)")

@@ -16,6 +16,7 @@ import functools
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,25 +27,38 @@ from alae_rt.bench import machine_info, time_call
 from alae_rt.errors import InputError
 
 
-def _candidates(with_ort: bool) -> list[tuple[str, str, str, dict, bool]]:
+def _candidates(onnx_dir: str | None) -> list[tuple[str, str, str, dict, bool]]:
     """(label, backend, dtype, backend options, channels_last)."""
     cands = [
         ("official order (baseline)", "official", "fp32", {}, False),
         ("eager", "eager", "fp32", {}, False),
         ("eager, channels_last", "eager", "fp32", {}, True),
         ("eager bf16", "eager", "bf16", {}, False),
-        ("torch.compile", "compile", "fp32", {}, False),
-        ("torch.compile, channels_last", "compile", "fp32", {}, True),
-        ("torch.compile + freezing", "compile", "fp32", {"options": {"freezing": True}}, False),
-        ("torch.compile + freezing, channels_last", "compile", "fp32", {"options": {"freezing": True}}, True),
-        ("torch.compile + freezing bf16", "compile", "bf16", {"options": {"freezing": True}}, False),
+        ("torch.compile", "compile", "fp32", {"freezing": False}, False),
+        ("torch.compile, channels_last", "compile", "fp32", {"freezing": False}, True),
+        ("torch.compile + freezing (the compile backend on CPU)", "compile", "fp32", {"freezing": True}, False),
+        ("torch.compile + freezing, channels_last", "compile", "fp32", {"freezing": True}, True),
+        ("torch.compile + freezing bf16", "compile", "bf16", {"freezing": True}, False),
     ]
-    if with_ort:
-        cands.append(("onnxruntime (full graph optimisation)", "onnxruntime", "fp32", {}, False))
+    if onnx_dir:
+        cands.append(("onnxruntime (CPU provider, full graph optimisation)", "onnxruntime", "fp32",
+                      {"onnx_dir": onnx_dir}, False))
     return cands
 
 
-def run(preset: str, threads: list[int], reps: int, only: list[str] | None) -> dict:
+def _export_onnx(model, folder: Path) -> str | None:
+    """The ONNX files of the onnxruntime candidate (exported once; None without the export tools)."""
+    try:
+        from alae_rt.export.onnx_export import export_onnx
+    except ImportError as exc:
+        print(f"onnxruntime candidate skipped: {exc}", file=sys.stderr)
+        return None
+    if not (folder / "generator.onnx").is_file():
+        export_onnx(model, folder, progress=lambda m: print(m, file=sys.stderr))
+    return str(folder)
+
+
+def run(preset: str, threads: list[int], reps: int, only: list[str] | None, onnx_dir: Path | None) -> dict:
     ref = Runtime.from_config(preset, seed=0)
     x = ref.generate(seeds=[0], noise="const").clamp(-1, 1)
     with torch.inference_mode():
@@ -52,14 +66,24 @@ def run(preset: str, threads: list[int], reps: int, only: list[str] | None) -> d
         styles = ref.styles(w)
         noise = ref.noise(1, "const")
         want_w, want_img = ref.backend.encode(x), ref.backend.decode(styles, noise)
-    from alae_rt.backends import available_backends
+    candidates = _candidates(None)
+    if not only or any("onnxruntime" in o for o in only):
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = onnx_dir or Path(scratch)
+            candidates = _candidates(_export_onnx(ref.model, folder))
+            return _measure(ref, candidates, threads, reps, only, x, styles, noise, want_w, want_img)
+    return _measure(ref, candidates, threads, reps, only, x, styles, noise, want_w, want_img)
 
+
+def _measure(ref, candidates, threads, reps, only, x, styles, noise, want_w, want_img) -> dict:
     rows = []
     for n_threads in threads:
         torch.set_num_threads(n_threads)
-        for label, backend, dtype, options, channels_last in _candidates("onnxruntime" in available_backends()):
+        for label, backend, dtype, options, channels_last in candidates:
             if only and not any(o in label for o in only):
                 continue
+            if backend == "onnxruntime":
+                options = {**options, "threads": n_threads}
             try:
                 model = copy.deepcopy(ref.model)
                 if channels_last:
@@ -93,13 +117,14 @@ def run(preset: str, threads: list[int], reps: int, only: list[str] | None) -> d
         base = next((r for r in rows if r["backend"] == "official" and r["threads"] == row["threads"]), None)
         for op in ("encode", "decode"):
             row[f"{op}_vs_official"] = base[f"{op}_ms"] / row[f"{op}_ms"] if base else None
-    return {"machine": machine_info(torch.device("cpu")), "preset": preset, "batch": 1, "rows": rows}
+    return {"machine": machine_info(torch.device("cpu")), "preset": ref.config.name, "batch": 1, "rows": rows}
 
 
 def write(report: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     m = report["machine"]
-    stem = f"cpu_fastpath_{report['preset']}_{m['date'][:10]}"
+    threads = "-".join(sorted({str(r["threads"]) for r in report["rows"]}))
+    stem = f"cpu_fastpath_{report['preset']}_{threads}threads_{m['date'][:10]}"
     paths = [out / f"{stem}.json", out / f"{stem}.md"]
     paths[0].write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# CPU fast path: {report['preset']}, batch 1", "",
@@ -125,10 +150,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", default=str(torch.get_num_threads()), help="comma-separated thread counts")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--only", help="comma-separated substrings of candidate labels")
+    p.add_argument("--onnx-dir", type=Path, help="reuse (or keep) the onnxruntime candidate's export here")
     p.add_argument("-o", "--out", default="benchmarks/results")
     args = p.parse_args(argv)
     report = run(args.preset, [int(t) for t in args.threads.split(",")], args.reps,
-                 args.only.split(",") if args.only else None)
+                 args.only.split(",") if args.only else None, args.onnx_dir)
     for path in write(report, Path(args.out)):
         print(f"wrote {path}")
     return 0

@@ -15,6 +15,7 @@ from ..cli import (
     _columns,
     add_model_args,
     add_noise_args,
+    backend_options,
     load_latents,
     out_dir,
     out_file,
@@ -130,7 +131,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         auth_tokens=read_tokens(args.auth_token_file) if args.auth_token_file else (), workers=args.workers,
         warmup=not args.no_warmup)
     cfg.check(args.batch_size)
-    common = {"device": args.device, "dtype": args.dtype, "backend": args.backend, "max_batch": args.batch_size}
+    common = {"device": args.device, "dtype": args.dtype, "backend": args.backend, "max_batch": args.batch_size,
+              "backend_options": backend_options(args)}
     if args.preset:
         rt = Runtime.from_config(args.preset, **common)
     else:

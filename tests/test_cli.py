@@ -196,6 +196,20 @@ def test_bad_arguments(capsys, rgb128_checkpoint, tmp_path, faces3):
     assert exc.value.code == 2
 
 
+def test_backend_options_reach_the_backend(capsys, rgb128_checkpoint, tmp_path, faces3):
+    from alae_rt.cli import backend_options, build_parser
+
+    args = build_parser("encode").parse_args(["encode", "x.png", "-o", "w.npy", "--backend-option", "onnx_dir=a/b",
+                                              "--backend-option", "threads=2", "--backend-option", "cuda_graphs=false"])
+    assert backend_options(args) == {"onnx_dir": "a/b", "threads": 2, "cuda_graphs": False}
+    code, _, err = run(capsys, "encode", faces3[0], "-c", str(rgb128_checkpoint), "--backend", "eager",
+                       "--backend-option", "speed=11", "-o", str(tmp_path / "w.npy"))
+    assert_one_line_error(code, err, "backend 'eager' takes no options, got speed")
+    code, _, err = run(capsys, "encode", faces3[0], "-c", str(rgb128_checkpoint), "--backend-option", "novalue",
+                       "-o", str(tmp_path / "w.npy"))
+    assert_one_line_error(code, err, "expected KEY=VALUE")
+
+
 def test_parse_int_list():
     assert parse_int_list("0-3,7, 9-10") == [0, 1, 2, 3, 7, 9, 10]
 
