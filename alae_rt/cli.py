@@ -394,7 +394,9 @@ def add_noise_args(p: argparse.ArgumentParser, default: str = "const") -> None:
 # Subcommands that live in the other packages, imported only when they run (the core never imports them):
 # name -> (module, one-line help). The module has `add_parser(subparsers, name, help)`, which adds the
 # subcommand's arguments and sets `func`; it may use add_model_args, make_runtime, progress_bar, ... above.
-EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {}
+EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("alae_rt.training.cli", "train a StyleALAE with the ALAE algorithm on a folder of images"),
+}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
