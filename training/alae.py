@@ -41,8 +41,10 @@ class ALAESteps(nn.Module):
                 maps.append(torch.randn(shape, generator=gen, device=gen.device) if i <= lod else None)
         return maps
 
-    def _map(self, n: int, gen: torch.Generator) -> Tensor:
+    def _map(self, n: int, gen: torch.Generator, track: bool = True) -> Tensor:
         w = self.model.mapping(torch.randn(n, self.model.config.latent_size, generator=gen, device=gen.device))
+        if not track:
+            return w
         with torch.no_grad():
             mean = w.detach().mean(0)  # [D]
             if dist.is_available() and dist.is_initialized():
@@ -60,7 +62,7 @@ class ALAESteps(nn.Module):
         styles = w[:, None].expand(-1, s, -1)
         if mixing and self.cfg.style_mixing_prob > 0:
             if torch.rand((), generator=gen, device=gen.device).item() < self.cfg.style_mixing_prob:
-                w2 = self._map(n, gen)
+                w2 = self._map(n, gen, track=False)  # as the official code: the average follows the first w
                 cutoff = int(torch.randint(1, 2 * (lod + 1) + 1, (), generator=gen, device=gen.device).item())
                 layer = torch.arange(s, device=w.device)[None, :, None]
                 styles = torch.where(layer < cutoff, styles, w2[:, None].expand(-1, s, -1))

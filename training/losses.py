@@ -13,7 +13,7 @@ def r1_penalty(real_logits: Tensor, reals: Tensor) -> Tensor:
     reals must require grad and be the tensor the logits were computed from.
     """
     (grad,) = torch.autograd.grad(real_logits.sum(), reals, create_graph=True)
-    return grad.pow(2).sum(dim=[1, 2, 3])
+    return grad.pow(2).flatten(1).sum(dim=1)
 
 
 def discriminator_loss(real_logits: Tensor, fake_logits: Tensor, reals: Tensor | None = None,

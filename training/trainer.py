@@ -102,7 +102,7 @@ class Trainer:
         if self.ddp.world > 1:
             self.runner = torch.nn.parallel.DistributedDataParallel(
                 self.steps_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=True, broadcast_buffers=False)
+                find_unused_parameters=True)
         mult = lr_multipliers(self.model)
         named = dict(self.model.named_parameters())
         betas, eps, lr = train_cfg.adam_betas, train_cfg.adam_eps, train_cfg.lr(0)
@@ -181,6 +181,13 @@ class Trainer:
         bar = tqdm(total=steps, initial=self.step, desc="train", unit="step", file=sys.stderr,
                    disable=not (progress and self.ddp.main), dynamic_ncols=True)
         previous = self._install_signal_handlers()
+        say = self.say
+        if not bar.disable:  # notes go above the progress bar, not into it
+            def say_above_bar(message: str) -> None:
+                with tqdm.external_write_mode(file=sys.stderr):
+                    say(message)
+
+            self.say = say_above_bar
         rate = None
         log = (self.out / "log.jsonl").open("a") if self.ddp.main else None
         try:
@@ -207,6 +214,7 @@ class Trainer:
                              "complete - continue with --resume")
                     raise KeyboardInterrupt
         finally:
+            self.say = say
             bar.close()
             if log is not None:
                 log.close()
