@@ -396,7 +396,7 @@ def add_noise_args(p: argparse.ArgumentParser, default: str = "const") -> None:
 # subcommand's arguments and sets `func`; it may use add_model_args, make_runtime, progress_bar, ... above.
 EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("alae_rt.training.cli", "train a StyleALAE with the ALAE algorithm on a folder of images"),
-    "digits": ("alae_rt.training.mlp", "train the paper's MLP ALAE on scikit-learn digits; 1-NN / linear-SVM accuracy of w"),
+    "digits": ("alae_rt.training.mlp", "MLP ALAE on scikit-learn digits: 1-NN / linear-SVM accuracy of w"),
 }
 
 
