@@ -157,8 +157,17 @@ def distributed_setup(device_arg: str) -> tuple[Distributed, torch.device]:
     return ddp, device
 
 
+def require(module: str, command: str) -> None:
+    """A clear error when an optional dependency of the [train] extra is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise InputError(f"alae-rt {command} needs {module}: pip install 'alae-rt[train]'")
+
+
 def run(args: argparse.Namespace) -> int:
     """The `train` command."""
+    require("matplotlib", "train")
     if args.steps < 1 or args.every < 1:
         raise InputError("--steps and --every must be >= 1")
     if args.threads is not None:

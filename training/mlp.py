@@ -194,6 +194,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
 def run(args: argparse.Namespace) -> int:
     """The `digits` command: train, evaluate, print (and record) the accuracies."""
+    from .cli import require
+
+    require("sklearn", "digits")
     for flag in ("steps", "latent_size", "hidden", "batch"):
         if getattr(args, flag) < 1:
             raise InputError(f"--{flag.replace('_', '-')} must be >= 1")

@@ -32,3 +32,14 @@ def write_images(folder: Path, count: int, seed: int = 0) -> Path:
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return write_images(tmp_path / "images", 12)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread is faster than two, and does not spin against other jobs on the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
