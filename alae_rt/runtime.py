@@ -378,7 +378,8 @@ class Runtime:
         when a direction is per-layer or `layers` limits the edit).
 
         edits: {direction: strength} or (direction, strength) pairs (arrays are not hashable); a direction is
-        a name from `load_directions`, a .npy path, an array or tensor [D] or [2L, D]. mode "add": w + strength * d. mode "set": the coordinate of (w - dlatent_avg) along d,
+        a name from `load_directions`, a .npy path, an array or tensor [D] or [2L, D].
+        mode "add": w + strength * d. mode "set": the coordinate of (w - dlatent_avg) along d,
         (w - avg) . d / |d|^2, becomes `strength` (the official demo's attribute sliders).
         layers: style indices (or a slice) the edit applies to; the others keep w.
         """
