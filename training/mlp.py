@@ -34,11 +34,11 @@ LRELU_SLOPE = 0.2
 
 @dataclass(frozen=True)
 class MLPConfig:
-    latent_size: int = 16  # w and z (the paper: 50 for 784-pixel MNIST; digits have 64 pixels)
+    latent_size: int = 32  # w and z (the paper: 50 for 784-pixel MNIST; digits have 64 pixels)
     hidden: int = 256
     layers: int = 3  # per network (F, G, E, D)
     batch: int = 128
-    steps: int = 3000
+    steps: int = 6000
     lr: float = 0.002
     r1_gamma: float = 10.0
     ema_half_life_images: float = 10_000.0
