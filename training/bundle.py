@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 
@@ -100,7 +101,8 @@ def bundle(run: Path, out: Path, hardware: str) -> dict:
         "steps": provenance["steps"],
         "images_seen": provenance["images_seen"],
         "wall_time_s": provenance["wall_time_s"],
-        "command": provenance["command"],
+        "command": reproducing_command(provenance["command"], provenance["steps"]),
+        "started_with": provenance["command"],
         "train_images": provenance["train_images"],
         "dataset": provenance["dataset"],
         "hardware": hardware,
@@ -111,6 +113,12 @@ def bundle(run: Path, out: Path, hardware: str) -> dict:
     }
     (out / "MODEL_CARD.md").write_text(model_card(figures))
     return figures
+
+
+def reproducing_command(command: str, steps: int) -> str:
+    """The run's command with --steps set to where it stopped: the schedule depends only on the images shown,
+    so a run stopped early (Ctrl-C, SIGTERM) is reproduced by asking for that many steps."""
+    return re.sub(r"--steps[ =]\d+", f"--steps {steps}", command)
 
 
 def model_card(f: dict) -> str:
@@ -131,9 +139,13 @@ def model_card(f: dict) -> str:
                      f"{list(t['lod_lr'])}, style mixing p {t['style_mixing_prob']}, dlatent_avg beta "
                      f"{t['dlatent_avg_beta']}, EMA half-life {t['ema_half_life_images']:.0f} images, flips"),
         ("length", f"{f['steps']} iterations, {f['images_seen']} images shown, "
-                   f"{f['wall_time_s'] / 3600:.2f} h of training time"),
+                   f"{f['wall_time_s'] / 3600:.2f} h of training (wall clock of the iterations, on cores "
+                   "shared with other jobs)"),
         ("hardware", f"{f['hardware']}; torch {f['torch']}, fp32"),
-        ("command", f"`{f['command']}`"),
+        ("command", f"`{f['command']}`" + ("" if f["command"] == f["started_with"] else
+                                            f" (started as `{f['started_with']}` and stopped at step {f['steps']} "
+                                            "to fit the time budget; the schedule depends only on the images "
+                                            "shown, so the command above reproduces it)")),
         ("held-out reconstruction PSNR", f"**{psnr}**: mean over the {len(held)} held-out faces at "
                                          f"{f['resolution']}x{f['resolution']} (Runtime, fp16 weights, fp32 "
                                          "compute, `noise=\"const\"`)"),
