@@ -6,9 +6,9 @@ SHARED ?= ../shared
 # torch is installed first, on its own: the pinned CPU wheel here, so nothing pulls a multi-GB CUDA build.
 # On a GPU machine: `make setup TORCH=torch` takes the CUDA build from PyPI.
 TORCH ?= torch==2.13.0
-# Weights for the demo. Until a trained default model is bundled, the official-format 128x128 test
-# checkpoint from the shared fixtures (random, untrained weights): it shows the pipeline, not quality.
-CHECKPOINT ?= $(SHARED)/fixtures/official/rgb128/checkpoint.pth
+# Weights for the demo: empty = the bundled default model (alae_rt/models/default.safetensors, see its
+# MODEL_CARD.md); or any .safetensors / official ALAE .pth, e.g. CHECKPOINT=model_157.pth.
+CHECKPOINT ?=
 FACES ?= $(SHARED)/data/faces128
 DIRECTIONS ?= $(SHARED)/data/principal_directions
 OUT ?= out/demo
@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(VENV)/bin/alae-rt demo --checkpoint "$(CHECKPOINT)" --faces "$(FACES)" --directions-dir "$(DIRECTIONS)" -o "$(OUT)"
+	$(VENV)/bin/alae-rt demo $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)") --faces "$(FACES)" --directions-dir "$(DIRECTIONS)" -o "$(OUT)"
 
 test: setup
 	$(PY) -m pytest -q
