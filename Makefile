@@ -1,4 +1,4 @@
-# Set-up and the README's commands: `make demo` (the main job) and `make test`.
+# Set-up and the README's commands: `make serve-demo` (the main job), `make demo` and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,20 +12,38 @@ CHECKPOINT ?=
 FACES ?= $(SHARED)/data/faces128
 DIRECTIONS ?= $(SHARED)/data/principal_directions
 OUT ?= out/demo
+SERVE_OUT ?= out/serve-demo
+SERVE_FACES ?= 8
 
-.PHONY: setup demo test test-all lint clean
+.PHONY: setup demo serve-demo test test-all lint bench-cpu bench-gpu clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev,train]"
+	$(PY) -m pip install --quiet -e ".[dev,serve,export,train]"
 	$(PY) -c "import torch; print('torch', torch.__version__, '(CUDA ' + str(torch.version.cuda) + ')')"
 	touch $@
 
 demo: setup
 	$(VENV)/bin/alae-rt demo $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)") --faces "$(FACES)" --directions-dir "$(DIRECTIONS)" -o "$(OUT)"
+
+# Start `alae-rt serve` on CHECKPOINT (any free port on 127.0.0.1), wait for it to warm up, make a client round
+# trip on the sample faces (info, reconstruct, generate, mix), then stop it with SIGTERM (it drains and exits).
+serve-demo: setup
+	@set -e; mkdir -p "$(SERVE_OUT)"; rm -f "$(SERVE_OUT)/port"; A="$(VENV)/bin/alae-rt"; \
+	$$A serve $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)") --port 0 --port-file "$(SERVE_OUT)/port" --log-format text & pid=$$!; \
+	trap 'kill -TERM $$pid 2>/dev/null; wait $$pid' EXIT; \
+	for i in $$(seq 600); do [ -s "$(SERVE_OUT)/port" ] && break; kill -0 $$pid; sleep 0.1; done; \
+	S="--server 127.0.0.1:$$(cat "$(SERVE_OUT)/port")"; \
+	faces=$$(ls "$(FACES)"/*.png | head -n $(SERVE_FACES)); \
+	echo "== client health (waits for the warm-up)"; $$A client health --wait 120 $$S; \
+	echo "== client info"; $$A client info $$S; \
+	echo "== client reconstruct: $(SERVE_FACES) faces from $(FACES)"; $$A client reconstruct $$faces -o "$(SERVE_OUT)/reconstruct" $$S; \
+	echo "== client generate"; $$A client generate --seeds 0-7 --noise const -o "$(SERVE_OUT)/generate" $$S; \
+	echo "== client mix"; $$A client mix --a $$(echo $$faces | cut -d' ' -f1-2) --b seeds:0-3 -o "$(SERVE_OUT)/mix" $$S; \
+	echo "== SIGTERM: the server drains and stops"
 
 test: setup
 	$(PY) -m pytest -q
@@ -35,6 +53,16 @@ test-all: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+# Benchmarks write JSON, markdown and plots to benchmarks/results/. On a GPU machine whose Python already has
+# torch and triton: `make bench-gpu PY=python3` after `pip install --no-deps -e .`.
+bench-cpu: setup
+	$(VENV)/bin/alae-rt bench --preset ffhq-1024 --batch 1 --device cpu
+
+bench-gpu:
+	$(PY) benchmarks/bench_kernels.py
+	$(PY) -m alae_rt.cli bench --preset ffhq-1024 --device cuda --batch 1,8,32 --backends eager,compile,triton \
+		--dtypes fp32,fp16
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache *.egg-info

@@ -6,6 +6,8 @@ is tested against `eager` on the same inputs.
 
 from __future__ import annotations
 
+import shutil
+import warnings
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -14,6 +16,7 @@ from torch import Tensor
 
 from .errors import InputError
 from .network import StyleALAE
+from .official_order import OfficialOrderBackend
 
 
 class Backend(Protocol):
@@ -43,11 +46,81 @@ class EagerBackend:
         return self.model.generator(styles, noise)
 
 
+def _onnxruntime(model: StyleALAE, device: torch.device, **options: Any) -> Backend:
+    from .backend_onnxruntime import OnnxRuntimeBackend  # onnxruntime is imported only when asked for
+
+    return OnnxRuntimeBackend(model, device, **options)
+
+
+def _tensorrt(model: StyleALAE, device: torch.device, **options: Any) -> Backend:
+    from .backend_tensorrt import TensorRTBackend  # tensorrt is imported only when asked for
+
+    return TensorRTBackend(model, device, **options)
+
+
 # factory(model, device, **options): the model is already on the device, in the Runtime's dtype.
+class CompileBackend:
+    """torch.compile (inductor) of the eager modules: fuses each layer's elementwise chain (noise, bias,
+    leaky_relu, instance norm, AdaIN) into the convolutions' neighbours. The CPU fast path.
+
+    Compiles on the first call of each input signature (tens of seconds on a small CPU; inductor caches
+    the result on disk for later processes). A compilation failure falls back to eager, once, with a warning.
+    """
+
+    name = "compile"
+
+    def __init__(self, model: StyleALAE, device: torch.device, mode: str | None = None, **options: Any):
+        if device.type == "cpu" and not cpp_compiler_available():
+            raise InputError("backend 'compile' on CPU needs a C++ compiler (g++ or clang++) on PATH")
+        self.model = model
+        self._encode = torch.compile(model.encoder, mode=mode, **options)
+        self._decode = torch.compile(model.generator, mode=mode, **options)
+        self.fallback_reason: str | None = None
+
+    def _run(self, compiled: Callable[..., Tensor], eager: Callable[..., Tensor], *args: Any) -> Tensor:
+        if self.fallback_reason is None:
+            try:
+                return compiled(*args)
+            except Exception as exc:  # any compiler failure: keep serving, exactly, through eager
+                if not _is_compile_failure(exc):
+                    raise
+                self.fallback_reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+                warnings.warn(f"torch.compile failed, running eager instead ({self.fallback_reason})", stacklevel=3)
+        return eager(*args)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self._run(self._encode, self.model.encoder, x)
+
+    def decode(self, styles: Tensor, noise: list[Tensor | None]) -> Tensor:
+        return self._run(self._decode, self.model.generator, styles, noise)
+
+
+def _is_compile_failure(exc: Exception) -> bool:
+    from torch._dynamo.exc import BackendCompilerFailed, InternalTorchDynamoError, TorchDynamoException
+
+    return isinstance(exc, (BackendCompilerFailed, InternalTorchDynamoError, TorchDynamoException))
+
+
+def cpp_compiler_available() -> bool:
+    """Inductor on CPU writes C++: it needs a compiler."""
+    return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
+
+
+def _triton(model: StyleALAE, device: torch.device, **options: Any) -> Backend:
+    from .backend_triton import TritonBackend  # imports triton: only when asked for
+
+    return TritonBackend(model, device, **options)
+
+
 BackendFactory = Callable[..., Backend]
-_BACKENDS: dict[str, BackendFactory] = {"eager": EagerBackend}
-# Named in the design; each lands with its own package (kernels, export, benchmarks).
-_PLANNED = ("triton", "compile", "onnxruntime", "tensorrt")
+_BACKENDS: dict[str, BackendFactory] = {
+    "eager": EagerBackend,
+    "compile": CompileBackend,
+    "official": OfficialOrderBackend,  # the official code's op order: the benchmarks' baseline
+    "triton": _triton,
+    "onnxruntime": _onnxruntime,
+    "tensorrt": _tensorrt,
+}
 
 
 def register_backend(name: str, factory: BackendFactory) -> None:
@@ -61,6 +134,10 @@ def available_backends() -> list[str]:
 
 def auto_backend(device: torch.device) -> str:
     """The fastest backend available for the device."""
+    if device.type == "cuda":
+        from .kernels import triton_available
+
+        return "triton" if triton_available() else "eager"
     return "eager"
 
 
@@ -70,7 +147,5 @@ def create_backend(name: str, model: StyleALAE, device: torch.device, **options:
         name = auto_backend(device)
     factory = _BACKENDS.get(name)
     if factory is None:
-        if name in _PLANNED:
-            raise InputError(f"backend {name!r} is not available in this build; available: {', '.join(_BACKENDS)}")
         raise InputError(f"unknown backend {name!r}; choose from auto, {', '.join(_BACKENDS)}")
     return factory(model, device, **options)

@@ -358,6 +358,42 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench import OPS, format_table, run_bench, write_report
+
+    if args.preset and args.checkpoint:
+        raise InputError("give either --preset or --checkpoint, not both")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    batches = sorted({b for spec in (args.batch or ["1,4,16"]) for b in parse_int_list(spec, "--batch")})
+    split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
+    report = run_bench(
+        config=args.config if args.checkpoint else (args.preset or "ffhq-1024"),
+        checkpoint=args.checkpoint,
+        backends=None if args.backends == "all" else split(args.backends),
+        dtypes=split(args.dtypes) if args.dtypes else None,
+        batches=batches,
+        ops=split(args.ops) if args.ops else OPS,
+        device=args.device,
+        min_reps=args.min_reps,
+        min_time_s=args.min_time,
+        progress=lambda total, desc: progress_bar(args, total, desc),
+        log=lambda m: say(args, m),
+    )
+    print(format_table(report))
+    if not args.no_save:
+        paths = write_report(report, args.out)
+        for path in paths:
+            print(f"wrote {path}")
+        if not any(p.suffix == ".png" for p in paths):
+            say(args, "no plot: matplotlib is not installed (pip install 'alae-rt[bench]')")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -395,6 +431,9 @@ def add_noise_args(p: argparse.ArgumentParser, default: str = "const") -> None:
 # name -> (module, one-line help). The module has `add_parser(subparsers, name, help)`, which adds the
 # subcommand's arguments and sets `func`; it may use add_model_args, make_runtime, progress_bar, ... above.
 EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("alae_rt.serve.cli", "serve the model over gRPC, with dynamic batching, health, metrics, auth and TLS"),
+    "client": ("alae_rt.serve.cli", "call an alae-rt server: info, health, encode, reconstruct, generate, edit, mix"),
+    "export": ("alae_rt.export.cli", "export to ONNX or TensorRT, or write a Triton Inference Server model repository"),
     "train": ("alae_rt.training.cli", "train a StyleALAE with the ALAE algorithm on a folder of images"),
     "digits": ("alae_rt.training.mlp", "MLP ALAE on scikit-learn digits: 1-NN / linear-SVM accuracy of w"),
 }
@@ -477,6 +516,24 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--psi", type=float, default=None, help="truncation psi for seeds: sources")
     p.add_argument("-o", "--out", required=True, help="output directory")
     add_noise_args(p)
+
+    p = add("bench", "time encode/decode/reconstruct/map per backend, dtype and batch against the official way",
+            cmd_bench, model=False)
+    p.add_argument("--preset", help="model preset with random weights (default ffhq-1024)")
+    p.add_argument("-c", "--checkpoint", metavar="PATH", help="time a checkpoint instead of a preset")
+    p.add_argument("--config", metavar="CFG", help="preset name or official YAML for the checkpoint")
+    p.add_argument("--backends", default="all",
+                   help="comma-separated backends, or all available (default); the official-order baseline "
+                        "always runs")
+    p.add_argument("--dtypes", help="comma-separated: fp32,fp16,bf16 (default fp32,bf16 on CPU, all on GPU)")
+    p.add_argument("--batch", action="append", metavar="N[,N...]", help="batch sizes (default 1,4,16)")
+    p.add_argument("--ops", help=f"comma-separated from {','.join(('encode', 'decode', 'reconstruct', 'map'))}")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--min-reps", type=int, default=5, help="timed repetitions at least (default 5)")
+    p.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls at least (default 1)")
+    p.add_argument("-o", "--out", default="benchmarks/results", help="folder for JSON/markdown/PNG")
+    p.add_argument("--no-save", action="store_true", help="print the table only")
 
     p = add("demo", "reconstruct and edit sample faces into one image grid", cmd_demo)
     p.add_argument("--faces", required=True, help="folder of face images")

@@ -210,7 +210,7 @@ def test_load_errors_are_clear(rgb128_checkpoint, monkeypatch):
     monkeypatch.setattr("alae_rt.runtime.default_checkpoint", lambda: None)
     with pytest.raises(CheckpointError, match="no bundled default model"):
         Runtime.load()
-    with pytest.raises(InputError, match="backend 'tensorrt' is not available"):
+    with pytest.raises(InputError, match="backend 'tensorrt' needs backend_options"):
         Runtime.load(rgb128_checkpoint, backend="tensorrt")
     with pytest.raises(InputError, match="unknown backend 'fastest'"):
         Runtime.load(rgb128_checkpoint, backend="fastest")

@@ -1,0 +1,401 @@
+"""`alae-rt bench`: time encode / decode / reconstruct / map per backend, dtype and batch size, against the
+official code's way of running the network on the same machine, in the same run."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .backends import available_backends
+from .config import ModelConfig
+from .errors import InputError
+from .flops import count_flops
+from .runtime import Runtime, parse_dtype
+
+OPS = ("encode", "decode", "reconstruct", "map")
+BASELINE = "official"
+
+
+@dataclass
+class Row:
+    """One measured case."""
+
+    op: str
+    backend: str
+    dtype: str
+    batch: int
+    median_ms: float
+    p90_ms: float
+    images_per_s: float
+    gflops_per_s: float
+    peak_mem_mb: float | None  # peak memory over the case's start: CUDA allocator, or process RSS on CPU
+    max_abs_err: float  # against eager fp32 on the same inputs
+    vs_official: float | None  # official-order median / this median, same op and batch
+    reps: int
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """Device, CPU/GPU model, threads, library versions, date and commit, to tag every result."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = {"python": platform.python_version()}
+    for dist in ("torch", "numpy", "onnxruntime", "onnxruntime-gpu", "triton", "tensorrt", "alae-rt"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[dist] = metadata.version(dist)
+    info = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "versions": versions,
+        "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "commit": _git_commit(),
+    }
+    return info
+
+
+def _git_commit() -> str:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+class _PeakMemory:
+    """Peak memory while a block runs, in MB above its start: the CUDA allocator's, or process RSS sampled
+    every millisecond on CPU (Linux)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_mb: float | None = None
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _rss() -> int | None:
+        try:
+            return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def __enter__(self) -> _PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        else:
+            self._start = self._rss()
+            self._max = self._start
+            if self._start is not None:
+                self._thread = threading.Thread(target=self._sample, daemon=True)
+                self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            rss = self._rss()
+            if rss is not None and rss > self._max:
+                self._max = rss
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self._start) / 2**20
+        elif self._start is not None:
+            self._stop.set()
+            self._thread.join()
+            self._max = max(self._max, self._rss() or 0)
+            self.peak_mb = (self._max - self._start) / 2**20
+
+
+def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 1, min_reps: int = 5,
+              max_reps: int = 50, min_time_s: float = 1.0) -> list[float]:
+    """Seconds per call: `warmup` untimed calls (compilation happens there), then at least `min_reps` timed
+    calls and more until `min_time_s` have passed (at most `max_reps`)."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        sync()
+        times: list[float] = []
+        while len(times) < min_reps or (sum(times) < min_time_s and len(times) < max_reps):
+            start = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def _p90(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
+
+
+@dataclass
+class _Inputs:
+    x: Tensor  # images [B, C, R, R]
+    styles: Tensor  # [B, 2L, D]
+    z: Tensor  # [B, D]
+
+
+def _case_calls(rt: Runtime, backend, inputs: _Inputs, noise: list[Tensor | None]) -> dict[str, Callable[[], Tensor]]:
+    """The four ops as zero-argument calls on one backend (inputs already on the device, in its dtype)."""
+    x, styles, z = (t.to(rt.device, rt.dtype) for t in (inputs.x, inputs.styles, inputs.z))
+    maps = [None if m is None else m.to(rt.dtype) for m in noise]
+
+    def reconstruct() -> Tensor:
+        w = backend.encode(x)
+        return backend.decode(w[:, None].expand(-1, styles.shape[1], -1), maps)
+
+    return {
+        "encode": lambda: backend.encode(x),
+        "decode": lambda: backend.decode(styles, maps),
+        "reconstruct": reconstruct,
+        "map": lambda: rt.model.mapping(z),
+    }
+
+
+def run_bench(config: ModelConfig | str | None = None, checkpoint: str | Path | None = None,
+              backends: Sequence[str] | None = None, dtypes: Sequence[str] | None = None,
+              batches: Sequence[int] = (1, 4, 16), ops: Sequence[str] = OPS, device: str = "auto",
+              seed: int = 0, min_reps: int = 5, min_time_s: float = 1.0, max_reps: int = 50,
+              progress: Callable[[int, str], Any] | None = None, log: Callable[[str], None] = print,
+              ) -> dict[str, Any]:
+    """Measure every (backend, dtype, batch, op); returns {"machine", "model", "rows", "skipped"}.
+
+    The official-order baseline (fp32) runs first for every batch; each other row carries its speed-up over
+    it and its max abs error against eager fp32 on the same inputs (images in [-1, 1], latents).
+    """
+    unknown = [op for op in ops if op not in OPS]
+    if unknown:
+        raise InputError(f"unknown op(s) {', '.join(unknown)}; choose from {', '.join(OPS)}")
+    if not batches or min(batches) < 1:
+        raise InputError(f"batch sizes must be >= 1, got {list(batches)}")
+    ref = (Runtime.load(checkpoint, config=config, device=device) if checkpoint is not None
+           else Runtime.from_config(config or "ffhq-1024", seed=seed, device=device))
+    dev = ref.device
+    backends = list(backends) if backends else available_backends()
+    backends = [BASELINE] + [b for b in backends if b != BASELINE]
+    if dtypes is None:
+        dtypes = ["fp32", "bf16"] if dev.type == "cpu" else ["fp32", "fp16", "bf16"]
+    flops = count_flops(ref.config)
+    flops["reconstruct"] = flops["encode"] + flops["decode"]
+    cfg = ref.config
+
+    # One set of inputs, repeated to each batch size: real-looking images, their styles, fresh z.
+    base_n = max(batches)
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(base_n, cfg.latent_size, generator=gen)
+    noise = ref.noise(base_n, "const")
+    with _reference_precision(dev):
+        styles_all = ref.truncate(ref.map(z.to(dev)))
+        x_all = ref.decode(styles_all, noise=noise).clamp(-1, 1)
+    rows: list[Row] = []
+    skipped: list[str] = []
+    baseline_ms: dict[tuple[str, int], float] = {}
+    reference: dict[tuple[str, int], Tensor] = {}
+    cases = [(b, d) for b in backends for d in (["fp32"] if b == BASELINE else dtypes)]
+    total = len(cases) * len(batches) * len(ops)
+    bar = progress(total, "bench") if progress else None
+    for backend_name, dtype_name in cases:
+        dtype = parse_dtype(dtype_name)
+        try:
+            rt = Runtime(copy.deepcopy(ref.model), device=dev, dtype=dtype, backend=backend_name)
+            backend = rt.backend
+        except InputError as exc:
+            skipped.append(f"{backend_name} {dtype_name}: {exc}")
+            log(f"skipped {backend_name} {dtype_name}: {exc}")
+            if bar:
+                bar.update(len(batches) * len(ops))
+            continue
+        for batch in batches:
+            inputs = _Inputs(x_all[:batch], styles_all[:batch], z[:batch])
+            maps = [m if m.shape[0] == 1 else m[:batch] for m in noise]
+            calls = _case_calls(rt, backend, inputs, maps)
+            for op in ops:
+                key = (op, batch)
+                if key not in reference:
+                    with _reference_precision(dev), torch.inference_mode():
+                        reference[key] = _case_calls(ref, ref.backend, inputs, maps)[op]().float()
+                try:
+                    with _PeakMemory(dev) as mem:
+                        times = time_call(calls[op], dev, min_reps=min_reps, max_reps=max_reps,
+                                          min_time_s=min_time_s)
+                    with torch.inference_mode():
+                        out = calls[op]().float()
+                except (RuntimeError, MemoryError) as exc:  # e.g. out of memory at a large batch
+                    skipped.append(f"{backend_name} {dtype_name} batch {batch} {op}: {str(exc).splitlines()[0]}")
+                    log(f"skipped {skipped[-1]}")
+                    if bar:
+                        bar.update(1)
+                    continue
+                med = statistics.median(times)
+                if backend_name == BASELINE:
+                    baseline_ms[key] = med * 1e3
+                rows.append(Row(
+                    op=op, backend=backend_name, dtype=dtype_name, batch=batch,
+                    median_ms=med * 1e3, p90_ms=_p90(times) * 1e3, images_per_s=batch / med,
+                    gflops_per_s=flops[op] * batch / med / 1e9,
+                    peak_mem_mb=None if mem.peak_mb is None else round(mem.peak_mb, 1),
+                    max_abs_err=float((out - reference[key]).abs().max()),
+                    vs_official=(baseline_ms[key] / (med * 1e3)) if key in baseline_ms else None,
+                    reps=len(times),
+                ))
+                if bar:
+                    bar.update(1)
+        del rt, backend
+    if bar:
+        bar.close()
+    return {
+        "machine": machine_info(dev),
+        "model": {"name": cfg.name, "resolution": cfg.resolution, "config": cfg.to_dict(),
+                  "weights": ref.source, "gflops_per_image": {k: v / 1e9 for k, v in flops.items()}},
+        "settings": {"min_reps": min_reps, "min_time_s": min_time_s, "max_reps": max_reps, "seed": seed,
+                     "noise": "const"},
+        "rows": [asdict(r) for r in rows],
+        "skipped": skipped,
+    }
+
+
+@contextlib.contextmanager
+def _reference_precision(device: torch.device) -> Iterator[None]:
+    """True fp32 for the reference on GPUs (no TF32 in convolutions or matmuls)."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+# ---- reports -----------------------------------------------------------------------------------------------
+
+_COLUMNS = [("op", "op"), ("backend", "backend"), ("dtype", "dtype"), ("batch", "batch"),
+            ("median_ms", "median ms"), ("p90_ms", "p90 ms"), ("images_per_s", "img/s"),
+            ("gflops_per_s", "GFLOP/s"), ("peak_mem_mb", "peak MB"), ("max_abs_err", "max err"),
+            ("vs_official", "x official")]
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key == "max_abs_err":
+        return f"{value:.1e}"
+    if key == "vs_official":
+        return f"{value:.2f}x"
+    if isinstance(value, float):
+        return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def format_table(report: dict[str, Any], markdown: bool = False) -> str:
+    """The rows as an aligned text table, or as a markdown table with a header naming the machine."""
+    rows = [[_cell(k, r[k]) for k, _ in _COLUMNS] for r in report["rows"]]
+    head = [h for _, h in _COLUMNS]
+    if markdown:
+        m, mod = report["machine"], report["model"]
+        lines = [
+            f"# alae-rt bench: {mod['name']} ({mod['resolution']}x{mod['resolution']})", "",
+            f"- device: {m['device_name']} ({m['device']}), {m['threads']} threads, CPU {m['cpu']}",
+            f"- date: {m['date']}, commit: {m['commit']}",
+            f"- versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}",
+            f"- weights: {mod['weights']}",
+            "- x official: speed-up over the official code's way (fp32, separate ops, NCHW) in the same run;"
+            " max err: max abs difference from eager fp32 on the same inputs", "",
+            "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+        ]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        if report["skipped"]:
+            lines += ["", "Skipped:"] + [f"- {s}" for s in report["skipped"]]
+        return "\n".join(lines) + "\n"
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*head)] + [fmt.format(*r) for r in rows])
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path, stem: str | None = None) -> list[Path]:
+    """JSON + markdown (+ a PNG plot when matplotlib is installed) under out_dir; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    m = report["machine"]
+    if stem is None:
+        device = "cpu" if m["device"] == "cpu" else "".join(ch for ch in m["device_name"] if ch.isalnum())
+        stamp = m["date"].replace(":", "").replace("-", "")[:15]
+        stem = f"bench_{report['model']['name']}_{device}_{stamp}"
+    paths = [out / f"{stem}.json", out / f"{stem}.md"]
+    paths[0].write_text(json.dumps(report, indent=2) + "\n")
+    paths[1].write_text(format_table(report, markdown=True))
+    png = _plot(report, out / f"{stem}.png")
+    if png:
+        paths.append(png)
+    return paths
+
+
+def _plot(report: dict[str, Any], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = report["rows"]
+    ops = [op for op in OPS if any(r["op"] == op for r in rows)]
+    if not ops:
+        return None
+    fig, axes = plt.subplots(1, len(ops), figsize=(4.5 * len(ops), 3.8), squeeze=False)
+    for ax, op in zip(axes[0], ops):
+        series: dict[str, list[tuple[int, float]]] = {}
+        for r in rows:
+            if r["op"] == op:
+                series.setdefault(f"{r['backend']} {r['dtype']}", []).append((r["batch"], r["images_per_s"]))
+        for label, points in series.items():
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(op)
+        ax.set_xlabel("batch")
+        ax.set_ylabel("images/s")
+        ax.grid(True, alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    m = report["machine"]
+    fig.suptitle(f"{report['model']['name']} on {m['device_name']} ({m['date'][:10]}, {m['commit']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

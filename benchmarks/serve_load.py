@@ -1,0 +1,399 @@
+"""Load benchmark of the gRPC server: throughput, latency percentiles and batch sizes against in-process calls.
+
+Starts `alae-rt serve` on 127.0.0.1 (or uses a running server on a loopback address), sweeps the number of
+concurrent callers (1, 8, 32, 128 by default), each level bounded by a request count and a time limit, and
+compares with the same Runtime called in this process at the batch size the server reached:
+
+    .venv/bin/python benchmarks/serve_load.py --preset ffhq-1024 --op decode
+
+Writes benchmarks/results/serve_load_<op>_<model>_<device>_<date>.json and .md, tagged with the device, date
+and commit. On a CPU give --threads (the server and the baseline then use the same torch thread count; on a
+busy machine more threads than free cores makes both erratic).
+Goals (issue 3): at 32 callers >= 90% of the in-process batched throughput; p99 at 1 caller within 10% of a
+direct Runtime call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import ipaddress
+import json
+import platform
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+OPS = ("decode", "generate", "reconstruct", "encode")
+# The batcher(s) each operation goes through: the mean batch size is read from their histograms.
+BATCHERS = {"decode": ("decode",), "generate": ("decode",), "reconstruct": ("encode", "decode"), "encode": ("encode",)}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    m = p.add_argument_group("model (for the server started here and the in-process baseline)")
+    m.add_argument("--preset", help="random weights of a preset (default small-64 when no --checkpoint)")
+    m.add_argument("-c", "--checkpoint", help="weights: .safetensors or official .pth")
+    m.add_argument("--device", default="auto")
+    m.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    m.add_argument("--backend", default="auto")
+    m.add_argument("--threads", type=int, help="torch CPU threads, for the server and the baseline alike")
+    s = p.add_argument_group("server")
+    s.add_argument("--server", help="a running server on a loopback address (default: start one here)")
+    s.add_argument("--max-batch", type=int, default=8)
+    s.add_argument("--max-delay-ms", type=float, default=5.0)
+    s.add_argument("--max-queue", type=int, default=1024)
+    lg = p.add_argument_group("load")
+    lg.add_argument("--op", choices=OPS, default="decode", help="the call made (default decode)")
+    lg.add_argument("--format", choices=["raw", "png", "jpeg"], default="raw",
+                    help="image format of the responses (default raw: no PNG cost in the comparison)")
+    lg.add_argument("--concurrency", default="1,8,32,128", help="caller counts to sweep (default 1,8,32,128)")
+    lg.add_argument("--requests", type=int, default=2000, help="most requests per level (default 2000)")
+    lg.add_argument("--duration", type=float, default=60.0, help="most seconds of load per level (default 60)")
+    lg.add_argument("--warmup", type=int, default=3, help="requests before each level, not counted (default 3)")
+    lg.add_argument("--baseline-seconds", type=float, default=20.0,
+                    help="most seconds of in-process calls per batch size (default 20)")
+    lg.add_argument("--timeout", type=float, default=600.0, help="seconds per request (default 600)")
+    p.add_argument("-o", "--out", default=str(RESULTS), help="results folder (default benchmarks/results)")
+    p.add_argument("--tag", help="name of the results files (default serve_load_<device>_<date>)")
+    args = p.parse_args(argv)
+    if args.preset and args.checkpoint:
+        p.error("give --preset or --checkpoint, not both")
+    if not args.preset and not args.checkpoint and not args.server:
+        args.preset = "small-64"
+    args.levels = [int(c) for c in args.concurrency.split(",")]
+    if min(args.levels) < 1 or args.requests < 1 or args.duration <= 0:
+        p.error("--concurrency, --requests and --duration must be positive")
+    return args
+
+
+def check_loopback(address: str) -> None:
+    """This benchmark sends load only to the machine it runs on."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    for info in socket.getaddrinfo(host, None):
+        if not ipaddress.ip_address(info[4][0]).is_loopback:
+            sys.exit(f"serve_load: {address} is not a loopback address; this benchmark only loads the local machine")
+
+
+# ---- the server -------------------------------------------------------------------------------------------------
+
+
+class LocalServer:
+    """`alae-rt serve` on 127.0.0.1, an ephemeral port and a metrics port, for the benchmark's lifetime."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.dir = tempfile.TemporaryDirectory()
+        port_file = Path(self.dir.name) / "port"
+        self.log_path = Path(self.dir.name) / "server.log"
+        self.metrics_port = free_port()
+        cmd = [sys.executable, "-m", "alae_rt.cli", "serve", "--port", "0", "--port-file", str(port_file),
+               "--metrics-port", str(self.metrics_port), "--log-level", "warning", "--device", args.device,
+               "--dtype", args.dtype,
+               "--backend", args.backend, "--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms),
+               "--max-queue", str(args.max_queue), "--max-images", str(max(args.max_batch, 1))]
+        cmd += ["--preset", args.preset] if args.preset else ["--checkpoint", args.checkpoint]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        t0 = time.monotonic()
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if self.proc.poll() is not None or time.monotonic() - t0 > 600:
+                sys.exit(f"serve_load: the server did not start:\n{self.log_path.read_text()}")
+            time.sleep(0.05)
+        self.address = f"127.0.0.1:{port_file.read_text().strip()}"
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+        self.dir.cleanup()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def scrape(port: int | None) -> dict[str, float]:
+    """Batch-size sums and counts per batcher from /metrics (empty without a metrics port)."""
+    if port is None:
+        return {}
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r'alae_rt_batch_size_(sum|count)\{op="(\w+)"\} (\S+)', line)
+        if m:
+            out[f"{m.group(2)}_{m.group(1)}"] = float(m.group(3))
+    return out
+
+
+# ---- load ---------------------------------------------------------------------------------------------------------
+
+
+def make_request(op: str, info, rng: np.random.Generator, fmt: str):
+    """One request of `op` with one image (distinct inputs per request)."""
+    from alae_rt.serve import alae_rt_pb2 as pb
+    from alae_rt.serve.client import FORMATS, image_message
+    from alae_rt.serve.wire import array_to_tensor
+
+    out = pb.OutputOptions(format=FORMATS[fmt])
+    if op == "decode":
+        w = rng.standard_normal((1, info.latent_size)).astype(np.float32)
+        return "Decode", pb.DecodeRequest(latents=array_to_tensor(w), output=out)
+    if op == "generate":
+        return "Generate", pb.GenerateRequest(seeds=[int(rng.integers(2**31))], output=out)
+    img = rng.integers(0, 256, (info.resolution, info.resolution, info.channels), dtype=np.uint8)
+    if op == "reconstruct":
+        return "Reconstruct", pb.ReconstructRequest(images=[image_message(img)], output=out)
+    return "Encode", pb.EncodeRequest(images=[image_message(img)])
+
+
+async def run_level(address: str, info, args: argparse.Namespace, concurrency: int) -> dict:
+    import grpc
+    from alae_rt.serve import alae_rt_pb2_grpc as pb_grpc
+
+    limit = 256 * 1024 * 1024
+    options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+    channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(min(concurrency, 8))]
+    stubs = [pb_grpc.AlaeStub(ch) for ch in channels]
+    rng = np.random.default_rng(concurrency)
+    # Requests are built before the clock starts, so that the load generator measures the server.
+    pool = [make_request(args.op, info, rng, args.format) for _ in range(min(args.requests, 256))]
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    issued = 0
+    for i in range(args.warmup):
+        method, req = pool[i % len(pool)]
+        await getattr(stubs[0], method)(req, timeout=args.timeout)
+    start = time.perf_counter()
+    stop_at = start + args.duration
+
+    async def worker(k: int) -> None:
+        nonlocal issued
+        stub = stubs[k % len(stubs)]
+        while issued < args.requests and time.perf_counter() < stop_at:
+            method, req = pool[issued % len(pool)]
+            issued += 1
+            t0 = time.perf_counter()
+            try:
+                await getattr(stub, method)(req, timeout=args.timeout)
+            except grpc.RpcError as exc:
+                errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
+                continue
+            latencies.append(time.perf_counter() - t0)
+
+    await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    wall = time.perf_counter() - start
+    for ch in channels:
+        await ch.close()
+    lat = np.array(latencies) * 1000
+    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors, "seconds": wall,
+            "images_per_s": len(latencies) / wall,
+            **{f"p{q}_ms": float(np.percentile(lat, q)) if len(lat) else None for q in (50, 90, 99)}}
+
+
+# ---- the in-process baseline ------------------------------------------------------------------------------------
+
+
+def load_runtime(args: argparse.Namespace, info):
+    import torch
+
+    from alae_rt import Runtime
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    kw = {"device": args.device, "dtype": args.dtype, "backend": args.backend, "max_batch": max(args.levels) * 2}
+    if args.preset:
+        return Runtime.from_config(args.preset, **kw)
+    if args.checkpoint:
+        return Runtime.load(args.checkpoint, **kw)
+    return Runtime.from_config(json.loads(info.config_json)["name"], **kw)
+
+
+def direct_calls(rt, op: str, batch: int, seconds: float, max_calls: int) -> dict:
+    """The op on the Runtime in this process, `batch` images a call: images/s and per-call latency."""
+    import torch
+
+    cfg = rt.config
+    gen = torch.Generator().manual_seed(batch)
+    if op in ("decode", "generate"):
+        w = torch.randn(batch, cfg.latent_size, generator=gen)
+        call = (lambda: rt.decode(w, noise="const")) if op == "decode" else \
+            (lambda: rt.generate(seeds=list(range(batch)), noise="const"))
+    else:
+        x = torch.rand(batch, cfg.channels, cfg.resolution, cfg.resolution, generator=gen) * 2 - 1
+        call = (lambda: rt.reconstruct(x, noise="const")) if op == "reconstruct" else (lambda: rt.encode(x))
+
+    def timed() -> float:
+        t0 = time.perf_counter()
+        out = call()
+        if out.is_cuda:
+            torch.cuda.synchronize()
+        out.float().cpu()  # the server copies its results back too
+        return time.perf_counter() - t0
+
+    timed()  # warm-up
+    times, start = [], time.perf_counter()
+    while len(times) < max_calls and (time.perf_counter() - start < seconds or len(times) < 3):
+        times.append(timed())
+    t = np.array(times) * 1000
+    return {"batch": batch, "calls": len(times), "images_per_s": batch * len(times) / (t.sum() / 1000),
+            "p50_ms": float(np.percentile(t, 50)), "p99_ms": float(np.percentile(t, 99))}
+
+
+# ---- report ---------------------------------------------------------------------------------------------------
+
+
+def device_name(rt) -> str:
+    import torch
+
+    if rt.device.type == "cuda":
+        return torch.cuda.get_device_name(rt.device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f" ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _fmt(v, f: str = "{:.1f}") -> str:
+    return "-" if v is None else f.format(v)
+
+
+def markdown(report: dict) -> str:
+    m = report["meta"]
+    lines = [f"# Serving load: {m['op']} on {m['model']}", "",
+             f"{m['device']} · {m['date']} · commit {m['commit']} · {m['dtype']} · backend {m['backend']} · "
+             f"format {m['format']} · max batch {m['max_batch']}, max delay {m['max_delay_ms']} ms", "",
+             "| callers | requests | images/s | p50 ms | p90 ms | p99 ms | mean batch | in-process images/s "
+             "(same batch) | served / in-process |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["levels"]:
+        base = r.get("baseline") or {}
+        ratio = r["images_per_s"] / base["images_per_s"] if base.get("images_per_s") else None
+        lines.append(f"| {r['concurrency']} | {r['requests']} | {_fmt(r['images_per_s'])} | {_fmt(r['p50_ms'])} | "
+                     f"{_fmt(r['p90_ms'])} | {_fmt(r['p99_ms'])} | {_fmt(r.get('mean_batch'), '{:.2f}')} | "
+                     f"{_fmt(base.get('images_per_s'))} (batch {base.get('batch', '-')}) | "
+                     f"{_fmt(ratio, '{:.0%}')} |")
+    g = report["goals"]
+    lines += ["", f"Goals: at 32 callers >= 90% of in-process batched throughput: {g['throughput_32']}; "
+                  f"p99 at 1 caller within 10% of a direct call: {g['p99_1']}.",
+              "", f"Command: `{m['command']}`"]
+    if m["gflop_per_image"]:
+        lines.append(f"Work: {m['gflop_per_image']:.2f} GFLOP per image; best served rate "
+                     f"{max(r['images_per_s'] for r in report['levels']) * m['gflop_per_image']:.1f} GFLOP/s.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from alae_rt.serve.client import AlaeClient
+
+    from alae_rt.flops import count_flops
+
+    server = None
+    if args.server:
+        check_loopback(args.server)
+        address, metrics_port = args.server, None
+    else:
+        server = LocalServer(args)
+        address = server.address
+    try:
+        with AlaeClient(address, timeout=args.timeout) as c:
+            t0 = time.monotonic()
+            while c.health() != "SERVING":
+                if time.monotonic() - t0 > 600:
+                    sys.exit("serve_load: the server did not become SERVING")
+                time.sleep(0.1)
+            info = c.info()
+        if server is not None:
+            metrics_port = server.metrics_port
+        levels = []
+        for n in args.levels:
+            before = scrape(metrics_port)
+            result = asyncio.run(run_level(address, info, args, n))
+            after = scrape(metrics_port)
+            op = BATCHERS[args.op][-1]
+            count = after.get(f"{op}_count", 0) - before.get(f"{op}_count", 0)
+            result["mean_batch"] = (after.get(f"{op}_sum", 0) - before.get(f"{op}_sum", 0)) / count if count else None
+            levels.append(result)
+            print(f"{n:4d} callers: {result['requests']} requests, {result['images_per_s']:.2f} images/s, "
+                  f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, mean batch "
+                  f"{result['mean_batch'] or float('nan'):.2f}", file=sys.stderr)
+    finally:
+        if server is not None:
+            server.close()
+    # The baseline runs after the server has stopped, so that the two never share the machine, and in one
+    # worker thread, as the server runs its model (CPU thread pools behave differently off the main thread).
+    with ThreadPoolExecutor(1) as worker:
+        rt = worker.submit(load_runtime, args, info).result()
+        cache: dict[int, dict] = {}
+
+        def direct(b: int) -> dict:
+            if b not in cache:
+                cache[b] = worker.submit(direct_calls, rt, args.op, b, args.baseline_seconds, args.requests).result()
+            return cache[b]
+
+        for r in levels:
+            r["baseline"] = direct(max(1, min(args.max_batch, round(r["mean_batch"] or 1))))
+        direct1 = direct(1)
+    by_n = {r["concurrency"]: r for r in levels}
+    goals = {
+        "throughput_32": ("n/a" if 32 not in by_n else
+                          f"{by_n[32]['images_per_s'] / by_n[32]['baseline']['images_per_s']:.0%}"),
+        "p99_1": ("n/a" if 1 not in by_n else f"served {by_n[1]['p99_ms']:.1f} ms vs direct {direct1['p99_ms']:.1f} ms"
+                  f" ({by_n[1]['p99_ms'] / direct1['p99_ms'] - 1:+.0%})"),
+    }
+    flops = count_flops(rt.config)
+    per_image = {"decode": flops["decode"], "generate": flops["decode"] + flops["map"], "encode": flops["encode"],
+                 "reconstruct": flops["encode"] + flops["decode"]}[args.op] / 1e9
+    now = datetime.datetime.now(datetime.timezone.utc)
+    meta = {"op": args.op, "model": f"{info.config_name} {info.resolution}x{info.resolution} ({info.weights})",
+            "device": device_name(rt), "date": now.strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(),
+            "dtype": info.dtype, "backend": info.backend, "format": args.format, "max_batch": args.max_batch,
+            "max_delay_ms": args.max_delay_ms, "torch_threads": args.threads, "gflop_per_image": per_image,
+            "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else " ".join(argv),
+            "python": platform.python_version()}
+    report = {"meta": meta, "levels": levels, "direct_batch1": direct1, "goals": goals}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-")[:40]
+    tag = args.tag or f"serve_load_{args.op}_{info.config_name}_{slug}_{now.strftime('%Y%m%d')}"
+    (out / f"{tag}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{tag}.md").write_text(markdown(report))
+    print(markdown(report))
+    print(f"wrote {out / tag}.json and .md", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

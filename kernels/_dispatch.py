@@ -1,0 +1,35 @@
+"""Which implementation an op runs: Triton on CUDA (or under TRITON_INTERPRET=1), else the torch reference."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+IMPLS = ("auto", "triton", "torch")
+
+
+def triton_available() -> bool:
+    """Triton is importable (it ships with the CUDA builds of torch; the CPU build needs `pip install triton`)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """TRITON_INTERPRET=1: kernels run on CPU tensors through Triton's interpreter (slow; for correctness)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def use_triton(impl: str, *tensors: torch.Tensor) -> bool:
+    """Resolve `impl`: "auto" takes Triton when it is installed and the tensors are on CUDA (or the interpreter
+    is on); "triton" insists, with an error saying what is missing; "torch" is the reference."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+    if impl == "torch":
+        return False
+    on_cuda = all(t.is_cuda for t in tensors if t is not None)
+    ok = triton_available() and (on_cuda or interpreting())
+    if impl == "triton" and not ok:
+        why = "triton is not installed" if not triton_available() else "tensors are not on CUDA"
+        raise RuntimeError(f"impl='triton' asked for, but {why} (TRITON_INTERPRET=1 runs the kernels on CPU)")
+    return ok

@@ -1,0 +1,244 @@
+"""The dynamic batcher: merges requests from many callers into batches of at most max_batch items."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+# One request's inputs: tensors with the batch on axis 0 (n items each), or None where a slot is unused.
+Inputs = Sequence[Tensor | None]
+# fn(key, inputs) runs one batch in the compute thread: every input is a list of the callers' slices, in order.
+BatchFn = Callable[[Hashable, list[list[Tensor | None]]], Tensor]
+
+
+class QueueFull(Exception):
+    """The batcher's queue holds max_queue items already."""
+
+
+class Dropped(Exception):
+    """A request was dropped before compute: its deadline passed."""
+
+
+@dataclass
+class _Entry:
+    key: Hashable
+    inputs: Inputs
+    n: int
+    future: asyncio.Future
+    deadline: float | None  # loop time, or None for no deadline
+    enqueued: float
+    seq: int
+    taken: int = 0  # items handed to batches so far
+    done: int = 0  # items whose results came back
+    parts: list[tuple[int, Tensor]] = field(default_factory=list)
+
+
+@dataclass
+class BatchStats:
+    """Callbacks the server's metrics hang on (all optional)."""
+
+    on_batch: Callable[[int, float], None] | None = None  # (batch size, seconds of compute)
+    on_drop: Callable[[str, int], None] | None = None  # (reason, items)
+    on_depth: Callable[[int], None] | None = None  # items waiting
+
+
+class DynamicBatcher:
+    """Merges requests of the same key into batches of at most `max_batch` items and runs them in `executor`.
+
+    A batch starts when it is full or when its oldest request has waited `max_delay_s`. A request larger than
+    max_batch is split over several batches (and a batch may end with part of a request); each caller gets
+    exactly its own rows back, in order. Requests whose future was cancelled (the caller gave up) or whose
+    deadline passed are dropped before compute. The event loop only slices views: concatenation, compute and
+    the copy back to the CPU happen in `fn`, in the executor.
+    """
+
+    def __init__(self, name: str, fn: BatchFn, executor: Executor, *, max_batch: int, max_delay_s: float,
+                 max_queue: int, stats: BatchStats | None = None, may_grow: Callable[[], bool] | None = None):
+        if max_batch < 1 or max_queue < 1 or max_delay_s < 0:
+            raise ValueError("max_batch and max_queue must be >= 1 and max_delay_s >= 0")
+        self.name = name
+        self.fn = fn
+        self.executor = executor
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self.stats = stats or BatchStats()
+        # may_grow() False: no other request could join soon (every caller the server has is waiting already),
+        # so a batch starts without waiting out max_delay: one caller alone pays no batching delay.
+        self.may_grow = may_grow
+        self._queues: dict[Hashable, collections.deque[_Entry]] = {}
+        self._queued = 0  # items waiting, not yet handed to a batch
+        self._running = 0  # items in the batch being computed
+        self._running_requests = 0
+        self._wakeup = asyncio.Event()
+        self._seq = itertools.count()
+        self._task: asyncio.Task | None = None
+
+    @property
+    def queued(self) -> int:
+        """Items waiting for a batch."""
+        return self._queued
+
+    @property
+    def pending(self) -> int:
+        """Items waiting or being computed."""
+        return self._queued + self._running
+
+    @property
+    def requests(self) -> int:
+        """Requests with items waiting or being computed."""
+        return sum(len(q) for q in self._queues.values()) + self._running_requests
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+
+    async def close(self) -> None:
+        """Stop batching; requests still waiting fail with CancelledError."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for queue in self._queues.values():
+            for entry in queue:
+                entry.future.cancel()
+        self._queues.clear()
+        self._set_depth(0)
+
+    async def run(self, key: Hashable, inputs: Inputs, deadline: float | None = None) -> Tensor:
+        """Queue one request (inputs with n items on axis 0) and wait for its n rows of output."""
+        n = next(t.shape[0] for t in inputs if t is not None)
+        if self._queued + n > self.max_queue:
+            raise QueueFull(f"the {self.name} queue is full ({self._queued} of {self.max_queue} images waiting)")
+        loop = asyncio.get_running_loop()
+        entry = _Entry(key, inputs, n, loop.create_future(), deadline, loop.time(), next(self._seq))
+        self._queues.setdefault(key, collections.deque()).append(entry)
+        self._set_depth(self._queued + n)
+        self._wakeup.set()
+        # A caller that gives up cancels this await, and so the future: the loop then skips the entry.
+        parts = await entry.future
+        if len(parts) == 1:
+            return parts[0]
+        # Not in `executor`: joining the parts must not wait behind the next batch.
+        return await loop.run_in_executor(None, torch.cat, parts)
+
+    # ---- the loop -------------------------------------------------------------------------------------------
+    def _set_depth(self, value: int) -> None:
+        self._queued = value
+        if self.stats.on_depth:
+            self.stats.on_depth(value)
+
+    def _prune(self, now: float) -> None:
+        """Drop the items of cancelled or expired requests that are still waiting."""
+        for key in list(self._queues):
+            queue = self._queues[key]
+            kept = collections.deque()
+            for entry in queue:
+                left = entry.n - entry.taken
+                # The deadline first: gRPC also cancels a call whose deadline passed.
+                if entry.deadline is not None and now >= entry.deadline:
+                    if not entry.future.done():
+                        entry.future.set_exception(Dropped(f"deadline passed after {now - entry.enqueued:.3f} s "
+                                                           "in the queue"))
+                    self._drop(entry, "deadline", left)
+                elif entry.future.done():  # cancelled by its caller (or failed in an earlier batch)
+                    self._drop(entry, "cancelled", left)
+                else:
+                    kept.append(entry)
+            if kept:
+                self._queues[key] = kept
+            else:
+                del self._queues[key]
+
+    def _drop(self, entry: _Entry, reason: str, items: int) -> None:
+        self._set_depth(self._queued - items)
+        entry.taken = entry.n
+        if self.stats.on_drop and items:
+            self.stats.on_drop(reason, items)
+
+    def _oldest_key(self) -> Hashable:
+        return min(self._queues, key=lambda k: self._queues[k][0].seq)
+
+    def _waiting(self, key: Hashable) -> int:
+        return sum(e.n - e.taken for e in self._queues.get(key, ()))
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._prune(loop.time())
+            if not self._queues:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            key = self._oldest_key()
+            head = self._queues[key][0]
+            # Wait for a full batch, at most until the oldest request has waited max_delay.
+            while self._waiting(key) < self.max_batch and (self.may_grow is None or self.may_grow()):
+                remaining = head.enqueued + self.max_delay_s - loop.time()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            self._prune(loop.time())
+            if key not in self._queues:
+                continue
+            await self._run_batch(key, self._take(key))
+
+    def _take(self, key: Hashable) -> list[tuple[_Entry, int, int]]:
+        """Up to max_batch items of `key`, oldest first: (entry, start, stop) slices."""
+        queue = self._queues[key]
+        batch, size = [], 0
+        while queue and size < self.max_batch:
+            entry = queue[0]
+            start = entry.taken
+            stop = min(entry.n, start + self.max_batch - size)
+            batch.append((entry, start, stop))
+            entry.taken = stop
+            size += stop - start
+            if stop == entry.n:
+                queue.popleft()
+        if not queue:
+            del self._queues[key]
+        self._set_depth(self._queued - size)
+        return batch
+
+    async def _run_batch(self, key: Hashable, batch: list[tuple[_Entry, int, int]]) -> None:
+        loop = asyncio.get_running_loop()
+        slots = len(batch[0][0].inputs)
+        # inputs[j] = the callers' slices of input j, in batch order (views: no copy on the loop)
+        inputs = [[None if e.inputs[j] is None else e.inputs[j][a:b] for e, a, b in batch] for j in range(slots)]
+        size = sum(b - a for _, a, b in batch)
+        started = loop.time()
+        self._running = size
+        self._running_requests = len(batch)
+        try:
+            out = await loop.run_in_executor(self.executor, self.fn, key, inputs)  # [size, ...]
+        except Exception as exc:  # noqa: BLE001 - every caller in the batch gets the error
+            for entry, _, _ in batch:
+                if not entry.future.done():
+                    entry.future.set_exception(exc)
+            return
+        finally:
+            self._running = self._running_requests = 0
+        if self.stats.on_batch:
+            self.stats.on_batch(size, loop.time() - started)
+        row = 0
+        for entry, a, b in batch:
+            entry.parts.append((a, out[row:row + b - a]))
+            entry.done += b - a
+            row += b - a
+            if entry.done == entry.n and not entry.future.done():
+                entry.future.set_result([t for _, t in sorted(entry.parts, key=lambda p: p[0])])

@@ -1,0 +1,31 @@
+"""End to end at 1024x1024: the ffhq-1024 network (random weights) behind a real server, batch 1."""
+
+from __future__ import annotations
+
+import numpy as np
+from alae_rt.serve.client import AlaeClient
+from alae_rt.serve.server import ServeConfig
+from conftest import FACES1024, require
+from serve_helpers import ServerThread
+
+from alae_rt import Runtime
+
+
+def test_reconstruct_a_1024_face_end_to_end():
+    face = sorted(require(FACES1024).glob("*.png"))[0]
+    rt = Runtime.from_config("ffhq-1024", max_batch=1)
+    st = ServerThread(rt, ServeConfig(port=0), wait_ready=False)
+    gate = st.hold_compute()  # the warm-up waits behind it: health must say so
+    with st, AlaeClient(st.address, timeout=600) as c:
+        assert c.health() == "NOT_SERVING"
+        gate.set()
+        st.call(st.server.wait_ready(600), timeout=600)
+        assert c.health() == "SERVING"
+        info = c.info()
+        got = c.reconstruct([face], return_latents=True)
+    assert (info.resolution, info.latent_size, info.num_styles) == (1024, 512, 18)
+    w = rt.encode([face])
+    np.testing.assert_allclose(got.latents, w.numpy(), atol=1e-4, rtol=1e-4)
+    assert got.images[0].shape == (1024, 1024, 3)
+    ref = rt.to_uint8(rt.decode(w, noise="const"))[0].astype(int)
+    assert np.abs(got.images[0].astype(int) - ref).max() <= 1

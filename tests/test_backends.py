@@ -1,0 +1,58 @@
+"""Every backend against the official fixtures (and so against eager), and the backend registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import OFFICIAL, require
+from test_official_parity import check_all_outputs
+
+from alae_rt import InputError, Runtime
+from alae_rt.backends import CompileBackend, available_backends, cpp_compiler_available
+
+
+@pytest.fixture(scope="module")
+def gray32():
+    folder = require(OFFICIAL / "gray32")
+    return folder / "checkpoint.pth", torch.load(folder / "reference.pt", weights_only=True)
+
+
+def test_registry_lists_the_backends():
+    assert {"eager", "compile", "official"} <= set(available_backends())
+
+
+def test_official_order_backend_matches_the_fixtures(official):
+    folder, ref = official
+    check_all_outputs(Runtime.load(folder / "checkpoint.pth", backend="official"), ref)
+    with pytest.raises(InputError, match="fp32 only"):
+        Runtime.load(folder / "checkpoint.pth", backend="official", dtype="bf16")
+
+
+@pytest.mark.skipif(not cpp_compiler_available(), reason="inductor needs a C++ compiler")
+def test_compile_backend_matches_the_fixtures(gray32):
+    path, ref = gray32
+    rt = Runtime.load(path, backend="compile")
+    check_all_outputs(rt, ref)
+    assert rt.backend.fallback_reason is None  # really compiled, not the eager fallback
+    # another batch size: recompiles with a dynamic batch, same answers
+    torch.testing.assert_close(rt.encode(ref["x"][:1]), ref["encode_w"][:1], atol=1e-4, rtol=1e-4)
+
+
+def test_compile_failure_falls_back_to_eager(gray32, monkeypatch):
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    path, ref = gray32
+    eager = Runtime.load(path)
+    rt = Runtime(eager.model, backend="eager")
+    backend = CompileBackend.__new__(CompileBackend)
+    backend.model, backend.fallback_reason = rt.model, None
+
+    def broken(*args):
+        raise BackendCompilerFailed(lambda *a: None, RuntimeError("no compiler today"), None)
+
+    backend._encode = backend._decode = broken
+    rt.backend = backend
+    with pytest.warns(UserWarning, match="torch.compile failed, running eager instead"):
+        w = rt.encode(ref["x"])
+    torch.testing.assert_close(w, ref["encode_w"], atol=1e-4, rtol=1e-4)
+    assert "no compiler today" in backend.fallback_reason
