@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
-from alae_rt.config import PRESETS, ModelConfig
 from alae_rt.training.config import TrainConfig
 from alae_rt.training.data import ImageSet
 from alae_rt.training.trainer import RunInfo, Trainer
+from torch.utils.flop_counter import FlopCounterMode
+
+from alae_rt.config import PRESETS, ModelConfig
 
 
 def cpu_model() -> str:

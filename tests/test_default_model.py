@@ -52,3 +52,10 @@ def test_card_psnr_is_reproduced_on_held_out_faces():
     a, b = rt.to_uint8(x).astype(np.float64), rt.to_uint8(rec).astype(np.float64)
     measured = np.mean([10 * np.log10(255.0**2 / np.mean((p - q) ** 2)) for p, q in zip(a, b)])
     assert abs(measured - stated) < 0.01
+
+
+def test_exports_as_is(tmp_path):
+    """A checkpoint written by alae-rt train goes to the exporters with no conversion (onnxruntime-verified)."""
+    out = tmp_path / "onnx"
+    assert main(["-q", "export", "onnx", "-o", str(out)]) == 0
+    assert {"encoder.onnx", "generator.onnx", "mapping.onnx", "dlatent_avg.npy"} <= {p.name for p in out.iterdir()}
