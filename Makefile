@@ -6,9 +6,9 @@ SHARED ?= ../shared
 # torch is installed first, on its own: the pinned CPU wheel here, so nothing pulls a multi-GB CUDA build.
 # On a GPU machine: `make setup TORCH=torch` takes the CUDA build from PyPI.
 TORCH ?= torch==2.13.0
-# Weights for the demo. Until a trained default model is bundled, the official-format 128x128 test
-# checkpoint from the shared fixtures (random, untrained weights): it shows the pipeline, not quality.
-CHECKPOINT ?= $(SHARED)/fixtures/official/rgb128/checkpoint.pth
+# Weights for the demo: empty = the bundled default model (alae_rt/models/default.safetensors, see its
+# MODEL_CARD.md); or any .safetensors / official ALAE .pth, e.g. CHECKPOINT=model_157.pth.
+CHECKPOINT ?=
 FACES ?= $(SHARED)/data/faces128
 DIRECTIONS ?= $(SHARED)/data/principal_directions
 OUT ?= out/demo
@@ -22,18 +22,18 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev,serve,export]"
+	$(PY) -m pip install --quiet -e ".[dev,serve,export,train]"
 	$(PY) -c "import torch; print('torch', torch.__version__, '(CUDA ' + str(torch.version.cuda) + ')')"
 	touch $@
 
 demo: setup
-	$(VENV)/bin/alae-rt demo --checkpoint "$(CHECKPOINT)" --faces "$(FACES)" --directions-dir "$(DIRECTIONS)" -o "$(OUT)"
+	$(VENV)/bin/alae-rt demo $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)") --faces "$(FACES)" --directions-dir "$(DIRECTIONS)" -o "$(OUT)"
 
 # Start `alae-rt serve` on CHECKPOINT (any free port on 127.0.0.1), wait for it to warm up, make a client round
 # trip on the sample faces (info, reconstruct, generate, mix), then stop it with SIGTERM (it drains and exits).
 serve-demo: setup
 	@set -e; mkdir -p "$(SERVE_OUT)"; rm -f "$(SERVE_OUT)/port"; A="$(VENV)/bin/alae-rt"; \
-	$$A serve --checkpoint "$(CHECKPOINT)" --port 0 --port-file "$(SERVE_OUT)/port" --log-format text & pid=$$!; \
+	$$A serve $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)") --port 0 --port-file "$(SERVE_OUT)/port" --log-format text & pid=$$!; \
 	trap 'kill -TERM $$pid 2>/dev/null; wait $$pid' EXIT; \
 	for i in $$(seq 600); do [ -s "$(SERVE_OUT)/port" ] && break; kill -0 $$pid; sleep 0.1; done; \
 	S="--server 127.0.0.1:$$(cat "$(SERVE_OUT)/port")"; \

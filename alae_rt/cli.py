@@ -461,6 +461,8 @@ EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("alae_rt.serve.cli", "serve the model over gRPC, with dynamic batching, health, metrics, auth and TLS"),
     "client": ("alae_rt.serve.cli", "call an alae-rt server: info, health, encode, reconstruct, generate, edit, mix"),
     "export": ("alae_rt.export.cli", "export to ONNX or TensorRT, or write a Triton Inference Server model repository"),
+    "train": ("alae_rt.training.cli", "train a StyleALAE with the ALAE algorithm on a folder of images"),
+    "digits": ("alae_rt.training.mlp", "MLP ALAE on scikit-learn digits: 1-NN / linear-SVM accuracy of w"),
 }
 
 

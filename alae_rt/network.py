@@ -164,11 +164,25 @@ class Generator(nn.Module):
         for conv in self.to_rgb:
             _init_linear(conv, 0.03)
 
-    def forward(self, styles: Tensor, noise: list[Tensor | None]) -> Tensor:
+    def forward(self, styles: Tensor, noise: list[Tensor | None], lod: int | None = None,
+                blend: float = 1.0) -> Tensor:
+        """Images [N, C, r, r], r = 4 * 2**lod (default lod: the last block, r = R).
+
+        Progressive training: only blocks 0..lod run (styles and noise beyond them are ignored); with
+        blend < 1 the output is lerp(upsampled to_rgb[lod-1] of block lod-1, to_rgb[lod] of block lod, blend).
+        """
+        lod = len(self.blocks) - 1 if lod is None else lod
+        if not 0 <= lod < len(self.blocks) or (blend < 1.0 and lod == 0):
+            raise ValueError(f"lod={lod}, blend={blend}: need 0 <= lod < {len(self.blocks)}, and lod >= 1 to blend")
         x = self.const  # [1, c0, 4, 4]; the batch axis appears with the first noise or AdaIN
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(self.blocks[:lod + 1]):
+            if i == lod and blend < 1.0:
+                prev = self.to_rgb[lod - 1](x)  # [N, C, r/2, r/2]
             x = block(x, styles[:, 2 * i], styles[:, 2 * i + 1], noise[2 * i], noise[2 * i + 1])
-        return self.to_rgb[-1](x)
+        x = self.to_rgb[lod](x)
+        if blend < 1.0:
+            x = torch.lerp(F.interpolate(prev, scale_factor=2.0, mode="nearest"), x, blend)
+        return x
 
 
 class EncoderBlock(nn.Module):
@@ -212,12 +226,28 @@ class Encoder(nn.Module):
             for i, (c_in, c_out) in enumerate(cfg.encoder_channels)
         )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _from_rgb(self, i: int, x: Tensor) -> Tensor:
         # leaky_relu twice: once inside the official FromRGB, once after it.
-        x = F.leaky_relu(F.leaky_relu(self.from_rgb[0](x), LRELU_SLOPE), LRELU_SLOPE)
+        return F.leaky_relu(F.leaky_relu(self.from_rgb[i](x), LRELU_SLOPE), LRELU_SLOPE)
+
+    def forward(self, x: Tensor, lod: int | None = None, blend: float = 1.0) -> Tensor:
+        """w [N, D] from images [N, C, r, r], r = 4 * 2**lod (default lod: the last, r = R).
+
+        Progressive training: x enters at block L-1-lod through its from_rgb; with blend < 1 that block's
+        output and style terms are faded in (times blend) over from_rgb of the 2x2-average-pooled x.
+        """
+        start = 0 if lod is None else len(self.blocks) - 1 - lod
+        blended = blend < 1.0
+        if not 0 <= start < len(self.blocks) or (blended and start == len(self.blocks) - 1):
+            raise ValueError(f"lod={lod}, blend={blend}: need 0 <= lod < {len(self.blocks)}, and lod >= 1 to blend")
+        x_half = F.avg_pool2d(x, 2, 2) if blended else None  # [N, C, r/2, r/2]
+        x = self._from_rgb(start, x)
         w = x.new_zeros(x.shape[0], self.latent_size)
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks[start:], start):
             x, style = block(x)
+            if i == start and blended:
+                x = torch.lerp(self._from_rgb(start + 1, x_half), x, blend)
+                style = style * blend
             w = w + style
         return w
 

@@ -146,13 +146,14 @@ def test_missing_and_corrupt_images(capsys, rgb128_checkpoint, tmp_path, faces3)
     assert_one_line_error(code, err, "empty", "holds no image files")
 
 
-def test_unreadable_and_missing_checkpoints(capsys, tmp_path, faces3):
+def test_unreadable_and_missing_checkpoints(capsys, tmp_path, faces3, monkeypatch):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"\x80\x04 this is not a checkpoint")
     code, _, err = run(capsys, "encode", *faces3, "-c", str(junk), "-o", str(tmp_path / "w.npy"))
     assert_one_line_error(code, err, "junk.pth")
     code, _, err = run(capsys, "info", "-c", str(tmp_path / "absent.safetensors"))
     assert_one_line_error(code, err, "absent.safetensors", "no such checkpoint")
+    monkeypatch.setattr("alae_rt.runtime.default_checkpoint", lambda: None)  # an install without the model
     code, _, err = run(capsys, "generate", "-o", str(tmp_path / "g"))
     assert_one_line_error(code, err, "no bundled default model")
 

@@ -205,7 +205,9 @@ def test_from_config_is_seeded_and_has_a_mapped_average():
     assert a.model.dlatent_avg.abs().sum() > 0
 
 
-def test_load_errors_are_clear(rgb128_checkpoint):
+def test_load_errors_are_clear(rgb128_checkpoint, monkeypatch):
+    # An install without the bundled default model.
+    monkeypatch.setattr("alae_rt.runtime.default_checkpoint", lambda: None)
     with pytest.raises(CheckpointError, match="no bundled default model"):
         Runtime.load()
     with pytest.raises(InputError, match="backend 'tensorrt' needs backend_options"):

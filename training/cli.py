@@ -1,0 +1,230 @@
+"""`alae-rt train`: ALAE training from an image folder, with checkpoints, grids, curves and exact resume."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from alae_rt.config import PRESETS, ModelConfig
+from alae_rt.errors import ConfigError, InputError
+
+from .config import TrainConfig
+from .data import default_holdout, load_image_folder, split_holdout
+from .trainer import STATE_FILE, Distributed, RunInfo, Trainer, read_state
+
+DEFAULT_PRESET = "small-64"
+DEFAULT_EVERY = 500
+
+DESCRIPTION = """\
+Train a StyleALAE with the ALAE algorithm (Pidhorskyi et al., CVPR 2020): per iteration (I) E and D on real
+vs generated images (non-saturating logistic loss + R1, gamma 10), (II) F and G against D, (III) E and G on
+the latent reconstruction ||F(z) - E(G(F(z)))||^2; Adam (0, 0.99) with learning-rate equalisation,
+progressive growing from 4x4 with blending, EMA weights, dlatent_avg tracking, style mixing, flips.
+
+Writes to RUN_DIR every --every steps (and at the end, or on Ctrl-C): checkpoint.safetensors (EMA weights,
+loadable by Runtime.load / --checkpoint), train_state.safetensors (optimiser state, RNG streams; for
+--resume), samples.png, reconstructions.png, losses.png and log.jsonl; the held-out PSNR is printed.
+
+Multi-GPU / multi-node: torchrun --nproc_per_node=N -m alae_rt.training --data ... (NCCL on GPUs, gloo on
+CPU; the batch is the global one and is split over the processes; only rank 0 writes)."""
+
+EPILOG = """\
+examples:
+  alae-rt train --data photos/ --preset tiny --steps 50 --out runs/tiny
+  alae-rt train --out runs/tiny --resume --steps 100        # continue the same run to step 100
+  alae-rt train --data ../shared/data/faces128 --preset small-64 --steps 20000 --out runs/faces64"""
+
+
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"{what}: expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise InputError(f"{what}: values must be >= 1, got {text!r}")
+    return values
+
+
+def _float_list(text: str, what: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"{what}: expected comma-separated numbers, got {text!r}") from None
+    if not values or not all(v > 0 and math.isfinite(v) for v in values):
+        raise InputError(f"{what}: values must be positive, got {text!r}")
+    return values
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    """The `train` subcommand (registered in alae_rt.cli.EXTERNAL_COMMANDS)."""
+    p = subparsers.add_parser(name, help=help_text, description=DESCRIPTION, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=run)
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("run")
+    g.add_argument("--data", metavar="DIR", help="folder of images, any size and format (searched recursively; "
+                   "centre-cropped and resized to the resolution; unreadable files are reported and skipped)")
+    g.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder for checkpoints, grids and logs")
+    g.add_argument("--steps", type=int, default=10_000, metavar="N",
+                   help="stop after N iterations in all, counting earlier sessions of the run (default 10000)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in RUN_DIR exactly where it stopped (configs come from its state)")
+    g.add_argument("--every", type=int, default=DEFAULT_EVERY, metavar="N",
+                   help=f"write checkpoint, grids, curves and held-out PSNR every N steps (default {DEFAULT_EVERY})")
+    g.add_argument("--holdout", type=int, default=None, metavar="N",
+                   help="hold out the last N images (path order) for the PSNR report "
+                        "(default 10%%, at most 16; none under 10 images)")
+    g.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto; torchrun: one GPU per rank)")
+    g.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's)")
+
+    m = p.add_argument_group("model (a preset, optionally changed field by field)")
+    m.add_argument("--preset", default=DEFAULT_PRESET,
+                   help=f"model preset: {', '.join(PRESETS)} (default {DEFAULT_PRESET}; tiny: smoke tests)")
+    m.add_argument("--resolution", type=int, metavar="R", help="image resolution, a power of two >= 8")
+    for flag, field, text in (("--latent-size", "latent_size", "D, size of z and w"),
+                              ("--startf", "startf", "channels of the highest-resolution block"),
+                              ("--maxf", "maxf", "channel clamp"),
+                              ("--mapping-layers", "mapping_layers", "layers of F"),
+                              ("--channels", "channels", "image channels (1 or 3)")):
+        m.add_argument(flag, dest=field, type=int, metavar="N", help=text)
+
+    t = p.add_argument_group("training (defaults: the preset's training config, the official values)")
+    t.add_argument("--lod-images", type=int, metavar="N", help="images shown per LOD, half of them blending in")
+    t.add_argument("--lod-batch", metavar="B0,B1,..", help="global batch per LOD from 4x4 up (last one repeats)")
+    t.add_argument("--lr", metavar="LR0,LR1,..", help="Adam learning rate per LOD (last one repeats)")
+    t.add_argument("--r1-gamma", type=float, metavar="G", help="R1 weight (default 10)")
+    t.add_argument("--ema-half-life", type=float, metavar="IMAGES", help="EMA half-life in images (default 10000)")
+    t.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
+    t.add_argument("--seed", type=int, help="seed of the weights, data order and latents (default 0)")
+
+
+def model_config(args: argparse.Namespace) -> ModelConfig:
+    cfg = ModelConfig.preset(args.preset)
+    changes = {f: getattr(args, f) for f in ("latent_size", "startf", "maxf", "mapping_layers", "channels")
+               if getattr(args, f) is not None}
+    if args.resolution is not None:
+        r = args.resolution
+        if r < 8 or r & (r - 1):
+            raise InputError(f"--resolution {r}: must be a power of two >= 8")
+        changes["layer_count"] = int(math.log2(r)) - 1
+    if changes:
+        cfg = cfg.replace(**changes, name=f"{cfg.name}-custom")
+    return cfg
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    cfg = TrainConfig.preset(args.preset)
+    changes = {}
+    if args.lod_images is not None:
+        changes["lod_images"] = args.lod_images
+    if args.lod_batch:
+        changes["lod_batch"] = _int_list(args.lod_batch, "--lod-batch")
+    if args.lr:
+        changes["lod_lr"] = _float_list(args.lr, "--lr")
+    for field, value in (("r1_gamma", args.r1_gamma), ("ema_half_life_images", args.ema_half_life),
+                         ("seed", args.seed)):
+        if value is not None:
+            changes[field] = value
+    if args.no_flip:
+        changes["flip"] = False
+    return cfg.replace(**changes) if changes else cfg
+
+
+def distributed_setup(device_arg: str) -> tuple[Distributed, torch.device]:
+    """Join the torchrun job when there is one (NCCL on GPUs, gloo on CPU) and pick this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    ddp = Distributed(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    use_cuda = device_arg.startswith("cuda") or (device_arg == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise InputError(f"--device {device_arg}: this machine has no usable CUDA GPU")
+    if not use_cuda and device_arg not in ("cpu", "auto"):
+        raise InputError(f"--device {device_arg}: use cpu, cuda or auto")
+    device = torch.device("cuda", ddp.local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
+    return ddp, device
+
+
+def require(module: str, command: str) -> None:
+    """A clear error when an optional dependency of the [train] extra is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise InputError(f"alae-rt {command} needs {module}: pip install 'alae-rt[train]'")
+
+
+def run(args: argparse.Namespace) -> int:
+    """The `train` command."""
+    require("matplotlib", "train")
+    if args.steps < 1 or args.every < 1:
+        raise InputError("--steps and --every must be >= 1")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    state_path = out / STATE_FILE
+    quiet = getattr(args, "quiet", False)
+    ddp, device = distributed_setup(args.device)
+
+    def say(message: str) -> None:
+        if ddp.main and not quiet:
+            print(message, file=sys.stderr)
+
+    try:
+        if args.resume:
+            _, meta = read_state(state_path)
+            import json
+
+            run_meta = json.loads(meta["run"])
+            mcfg = ModelConfig.from_dict(json.loads(meta["model_config"]))
+            tcfg = TrainConfig.from_json(meta["train_config"])
+            data, holdout, command = args.data or run_meta["data"], run_meta["holdout"], run_meta["command"]
+            extra = run_meta.get("extra", {})
+        else:
+            if args.data is None:
+                raise InputError("--data DIR is required (unless --resume continues a run)")
+            if state_path.exists():
+                raise InputError(f"{out} already holds a run ({STATE_FILE}); continue it with --resume or choose "
+                                 "another --out")
+            mcfg, tcfg = model_config(args), train_config(args)
+            data, holdout = args.data, args.holdout
+            command = shlex.join(["alae-rt", *sys.argv[1:]]) if Path(sys.argv[0]).stem == "alae-rt" else \
+                shlex.join(["alae-rt", "train", *[a for a in sys.argv[1:] if a != "train"]])
+            extra = {}
+        images = load_image_folder(data, mcfg.resolution, mcfg.channels, report=say)
+        holdout = default_holdout(len(images)) if holdout is None else holdout
+        train_set, held = split_holdout(images, holdout)
+        say(f"data: {len(train_set)} training and {len(held)} held-out image(s) from {data} at "
+            f"{mcfg.resolution}x{mcfg.resolution}")
+        info = RunInfo(data=str(data), command=command, holdout=holdout, extra=extra)
+        trainer = Trainer(mcfg, tcfg, train_set, held, out, info, device=device, ddp=ddp, say=say)
+        if args.resume:
+            trainer.load_state(state_path)
+            if trainer.sampler.size != len(train_set):
+                raise InputError(f"--data {data}: {len(train_set)} training images, the run was started with "
+                                 f"{trainer.sampler.size}; resume with the same data")
+            say(f"resuming {out} at step {trainer.step} ({trainer.images_seen} images)")
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+        n_params = sum(p.numel() for p in trainer.model.parameters())
+        say(f"model: {mcfg.name} {mcfg.resolution}px, D={mcfg.latent_size}, {n_params / 1e6:.2f}M parameters; "
+            f"device {device}, {ddp.world} process(es)")
+        trainer.train(args.steps, every=args.every, progress=not quiet)
+        say(f"done: {trainer.step} steps; checkpoint {out / 'checkpoint.safetensors'}")
+        return 0
+    except ConfigError as exc:
+        raise InputError(str(exc)) from None
+    finally:
+        if ddp.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -1,0 +1,478 @@
+"""The training loop: progressive phases, optimisers, EMA, checkpoints with exact resume, grids, curves, PSNR."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from alae_rt.checkpoint import save_checkpoint
+from alae_rt.config import ModelConfig
+from alae_rt.errors import CheckpointError, InputError
+from alae_rt.images import make_grid, save_image, to_uint8
+from alae_rt.network import StyleALAE
+
+from .alae import ALAESteps, ema_update
+from .config import TrainConfig
+from .data import BatchSampler, ImageSet, blend_reals, make_batch, to_float
+from .optim import LREQAdam, lr_multipliers
+from .schedule import Phase, phase_at
+
+STATE_FILE = "train_state.safetensors"  # everything to resume: weights, EMA, optimisers, RNG streams, history
+CHECKPOINT_FILE = "checkpoint.safetensors"  # the EMA weights: what Runtime.load and the exporters read
+HISTORY_COLUMNS = ("step", "images", "lod", "blend", "loss_d", "loss_g", "loss_ae", "images_per_s")
+GRID_SEED = 1234  # fixed latents and noise of the sample grids, so grids of one run compare over time
+MIN_GRID_SIDE = 64  # low-LOD images are enlarged (nearest) to at least this in the grids
+
+
+@dataclass
+class Distributed:
+    """This process's place in a torchrun job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class RunInfo:
+    """What the run was made from, stored with its checkpoints (the model card's provenance)."""
+
+    data: str
+    command: str
+    holdout: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two uint8 image batches (mean over images of the per-image PSNR)."""
+    values = []
+    for x, y in zip(a, b):
+        mse = np.mean((x.astype(np.float64) - y.astype(np.float64)) ** 2)
+        values.append(100.0 if mse == 0 else 10.0 * math.log10(255.0**2 / mse))
+    return float(np.mean(values))
+
+
+class Trainer:
+    """ALAE training of one StyleALAE on an image set; rank 0 writes everything under `out`."""
+
+    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, train: ImageSet, holdout: ImageSet,
+                 out: str | Path, info: RunInfo, device: torch.device | str = "cpu",
+                 ddp: Distributed | None = None, say: Callable[[str], None] | None = None):
+        self.mcfg, self.cfg = model_cfg, train_cfg
+        self.train_set, self.holdout = train, holdout
+        self.out = Path(out)
+        self.info = info
+        self.device = torch.device(device)
+        self.ddp = ddp or Distributed()
+        self.say = say or (lambda m: print(m, file=sys.stderr))
+        if len(train) == 0:
+            raise InputError("no training images left after the held-out split")
+        for lod in range(model_cfg.layer_count):
+            if train_cfg.batch(lod) % self.ddp.world:
+                raise InputError(f"batch {train_cfg.batch(lod)} (LOD {lod}) does not split over {self.ddp.world} "
+                                 "processes; make every per-LOD batch a multiple of the process count")
+        torch.manual_seed(train_cfg.seed)  # the initial weights: the same on every rank
+        self.model = StyleALAE(model_cfg).to(self.device)
+        with torch.no_grad():
+            # Start the truncation average at the mean of F(z), as a fresh model's would settle to.
+            gen = torch.Generator().manual_seed(train_cfg.seed)
+            w = self.model.mapping(torch.randn(1024, model_cfg.latent_size, generator=gen).to(self.device))
+            self.model.dlatent_avg.copy_(w.mean(0).expand_as(self.model.dlatent_avg))
+        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval() if self.ddp.main else None
+        self.steps_module = ALAESteps(self.model, train_cfg)
+        self.runner: torch.nn.Module = self.steps_module
+        if self.ddp.world > 1:
+            self.runner = torch.nn.parallel.DistributedDataParallel(
+                self.steps_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+        mult = lr_multipliers(self.model)
+        named = dict(self.model.named_parameters())
+        betas, eps, lr = train_cfg.adam_betas, train_cfg.adam_eps, train_cfg.lr(0)
+        # The official optimiser groups: E with D, and G with F.
+        self.opt_enc = LREQAdam([(n, p) for n, p in named.items() if n.startswith(("encoder.", "head."))],
+                                mult, lr, betas, eps)
+        self.opt_dec = LREQAdam([(n, p) for n, p in named.items() if n.startswith(("generator.", "mapping."))],
+                                mult, lr, betas, eps)
+        self.sampler = BatchSampler(len(train), train_cfg.seed, train_cfg.flip)
+        self.gen = torch.Generator(device=self.device).manual_seed(train_cfg.seed * 1000 + 1 + self.ddp.rank)
+        self.step = 0
+        self.images_seen = 0
+        self.wall_s = 0.0  # training time over all sessions of the run
+        self.lod: int | None = None  # the LOD of the last step, to reset the optimisers at a switch
+        self.history: list[list[float]] = []
+        self.psnr_history: list[list[float]] = []  # [step, resolution, dB]
+        self._stop = False
+
+    # ---- one iteration --------------------------------------------------------------------------------------
+    def phase(self) -> Phase:
+        return phase_at(self.images_seen, self.cfg, self.mcfg.layer_count)
+
+    def train_step(self) -> dict[str, float]:
+        """One ALAE iteration (steps I, II, III) on the next batch; returns its losses."""
+        ph = self.phase()
+        if ph.lod != self.lod:
+            if self.lod is not None:  # a switch: fresh moments, as the official trainer
+                self.opt_enc.reset_state()
+                self.opt_dec.reset_state()
+            self.lod = ph.lod
+        for opt in (self.opt_enc, self.opt_dec):
+            opt.set_lr(ph.lr)
+        indices, flips = self.sampler.next(ph.batch, self.ddp.rank, self.ddp.world)
+        reals = make_batch(self.train_set, indices, flips, ph.resolution, ph.blend).to(self.device)
+        run = self.runner
+
+        self.opt_enc.zero_grad(set_to_none=True)
+        loss_d = run("d", reals, ph.lod, ph.blend, self.gen)
+        loss_d.backward()
+        self.opt_enc.step()
+
+        self.opt_dec.zero_grad(set_to_none=True)
+        loss_g = run("g", reals, ph.lod, ph.blend, self.gen)
+        loss_g.backward()
+        self.opt_dec.step()
+
+        self.opt_enc.zero_grad(set_to_none=True)
+        self.opt_dec.zero_grad(set_to_none=True)
+        loss_ae = run("ae", reals, ph.lod, ph.blend, self.gen)
+        loss_ae.backward()
+        self.opt_enc.step()
+        self.opt_dec.step()
+
+        if self.ema is not None:
+            ema_update(self.ema, self.model, self.cfg.ema_beta(ph.batch))
+        self.step += 1
+        self.images_seen += ph.batch
+        losses = torch.stack([loss_d.detach(), loss_g.detach(), loss_ae.detach()])
+        if self.ddp.world > 1:
+            dist.all_reduce(losses)
+            losses /= self.ddp.world
+        d, g, ae = losses.tolist()
+        if not all(math.isfinite(v) for v in (d, g, ae)):
+            raise FloatingPointError(f"step {self.step}: non-finite loss (d={d}, g={g}, ae={ae})")
+        return {"loss_d": d, "loss_g": g, "loss_ae": ae, "lod": ph.lod, "blend": ph.blend, "batch": ph.batch}
+
+    # ---- the loop ---------------------------------------------------------------------------------------------
+    def train(self, steps: int, every: int = 500, progress: bool = True, log_every: int = 10) -> None:
+        """Run until `steps` iterations in all (counting those of earlier sessions); every `every` steps (and at
+        the end, or on Ctrl-C / SIGTERM) write the checkpoint, grids, loss curves and held-out PSNR."""
+        from tqdm import tqdm
+
+        if self.step >= steps:
+            self.say(f"already at step {self.step} of {steps}; nothing to do")
+            return
+        bar = tqdm(total=steps, initial=self.step, desc="train", unit="step", file=sys.stderr,
+                   disable=not (progress and self.ddp.main), dynamic_ncols=True)
+        previous = self._install_signal_handlers()
+        say = self.say
+        if not bar.disable:  # notes go above the progress bar, not into it
+            def say_above_bar(message: str) -> None:
+                with tqdm.external_write_mode(file=sys.stderr):
+                    say(message)
+
+            self.say = say_above_bar
+        rate = None
+        log = (self.out / "log.jsonl").open("a") if self.ddp.main else None
+        try:
+            while self.step < steps:
+                t0 = time.perf_counter()
+                stats = self.train_step()
+                dt = time.perf_counter() - t0
+                self.wall_s += dt
+                ips = stats["batch"] / dt
+                rate = ips if rate is None else 0.9 * rate + 0.1 * ips
+                self.history.append([self.step, self.images_seen, stats["lod"], stats["blend"], stats["loss_d"],
+                                     stats["loss_g"], stats["loss_ae"], ips])
+                bar.set_postfix_str(f"{4 * 2 ** stats['lod']}px blend {stats['blend']:.2f} d {stats['loss_d']:.3f} "
+                                    f"g {stats['loss_g']:.3f} ae {stats['loss_ae']:.4f} {rate:.1f} img/s")
+                bar.update(1)
+                if log is not None and (self.step % log_every == 0 or self.step == steps):
+                    log.write(json.dumps(dict(zip(HISTORY_COLUMNS, self.history[-1]))) + "\n")
+                    log.flush()
+                stop = self._should_stop()
+                if stop or self.step % every == 0 or self.step == steps:
+                    self.snapshot()
+                if stop:
+                    self.say(f"interrupted: stopped after step {self.step}; the checkpoint in {self.out} is "
+                             "complete - continue with --resume")
+                    raise KeyboardInterrupt
+        finally:
+            self.say = say
+            bar.close()
+            if log is not None:
+                log.close()
+            self._restore_signal_handlers(previous)
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        previous = {}
+
+        def handler(signum, frame):
+            if self._stop:  # a second Ctrl-C: stop now; the files on disk are the last complete ones
+                raise KeyboardInterrupt
+            self._stop = True
+            if self.ddp.main:
+                print("\nstopping after this step (Ctrl-C again to stop at once)", file=sys.stderr)
+
+        if threading_main():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+    def _should_stop(self) -> bool:
+        if self.ddp.world == 1:
+            return self._stop
+        flag = torch.tensor([1.0 if self._stop else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # all ranks stop at the same step
+        return bool(flag.item() > 0)
+
+    # ---- outputs ------------------------------------------------------------------------------------------------
+    def snapshot(self) -> None:
+        """Checkpoint + training state (rank 0 writes; the latent RNG states of all ranks are gathered), then
+        grids, loss curves and the held-out PSNR."""
+        latent_states = self._gather_latent_states()
+        if not self.ddp.main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        ph = self.phase_of_last_step()
+        if len(self.holdout):
+            db = self.holdout_psnr(ph)
+            self.psnr_history.append([self.step, ph.resolution, db])
+        self.save_state(latent_states)
+        self.save_checkpoint()
+        self.write_grids(ph)
+        self.plot_curves()
+        line = f"step {self.step}: {self.images_seen} images, {ph.resolution}px (blend {ph.blend:.2f})"
+        if self.history:
+            d, g, ae = self.history[-1][4:7]
+            line += f", losses d {d:.3f} g {g:.3f} ae {ae:.4f}"
+        if len(self.holdout):
+            line += f", held-out PSNR {self.psnr_history[-1][2]:.2f} dB"
+        self.say(line + f"; saved to {self.out}")
+
+    def phase_of_last_step(self) -> Phase:
+        """The phase the weights were last trained in (the one grids and PSNR must use)."""
+        if not self.history:
+            return self.phase()
+        lod, blend = int(self.history[-1][2]), float(self.history[-1][3])
+        return Phase(lod, blend, self.cfg.batch(lod), self.cfg.lr(lod))
+
+    def _gather_latent_states(self) -> list[Tensor]:
+        state = self.gen.get_state()
+        if self.ddp.world == 1:
+            return [state]
+        # Gloo and NCCL gather tensors of one shape on the collective's device.
+        local = state.to(self.device)
+        parts = [torch.empty_like(local) for _ in range(self.ddp.world)]
+        dist.all_gather(parts, local)
+        return [p.cpu() for p in parts]
+
+    def inference_state(self) -> dict[str, Tensor]:
+        return {k: v.detach().cpu() for k, v in self.ema.state_dict().items()}
+
+    def provenance(self) -> dict[str, Any]:
+        ph = self.phase_of_last_step()
+        res = self.mcfg.resolution
+        note = "" if ph.lod == self.mcfg.layer_count - 1 and ph.blend >= 1.0 else \
+            f"; still growing: trained up to {ph.resolution}px, higher blocks untrained"
+        return {
+            "description": f"ALAE-trained {self.mcfg.name} ({res}px) on {Path(self.info.data).name}, "
+                           f"{self.step} steps, {self.images_seen} images, EMA weights{note}",
+            "dataset": self.info.data,
+            "train_images": len(self.train_set),
+            "holdout_images": len(self.holdout),
+            "steps": self.step,
+            "images_seen": self.images_seen,
+            "trained_resolution": ph.resolution,
+            "blend": ph.blend,
+            "wall_time_s": round(self.wall_s, 1),
+            "world_size": self.ddp.world,
+            "device": str(self.device),
+            "command": self.info.command,
+            "train_config": json.loads(self.cfg.to_json()),
+            "heldout_psnr_db": self.psnr_history[-1][2] if self.psnr_history else None,
+            **self.info.extra,
+        }
+
+    def save_checkpoint(self, path: str | Path | None = None, dtype: torch.dtype | None = None) -> Path:
+        """The EMA weights in our safetensors format (write, then rename)."""
+        return save_checkpoint(path or self.out / CHECKPOINT_FILE, self.inference_state(), self.mcfg,
+                               self.provenance(), dtype=dtype)
+
+    def save_state(self, latent_states: list[Tensor]) -> Path:
+        """Everything to resume exactly, in one safetensors file (tensors + JSON metadata; no pickle)."""
+        from safetensors.torch import save_file
+
+        tensors: dict[str, Tensor] = {}
+        tensors.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
+        tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        enc, enc_steps = self.opt_enc.named_state("opt.enc")
+        dec, dec_steps = self.opt_dec.named_state("opt.dec")
+        tensors.update(enc)
+        tensors.update(dec)
+        tensors.update({f"rng.data.{k}": v for k, v in self.sampler.state().items()})
+        for rank, state in enumerate(latent_states):
+            tensors[f"rng.latent.{rank}"] = state
+        tensors["history"] = torch.tensor(self.history, dtype=torch.float64).reshape(-1, len(HISTORY_COLUMNS))
+        tensors["psnr_history"] = torch.tensor(self.psnr_history, dtype=torch.float64).reshape(-1, 3)
+        meta = {
+            "format": "alae-rt-train-state",
+            "model_config": self.mcfg.to_json(),
+            "train_config": self.cfg.to_json(),
+            "step": str(self.step),
+            "images_seen": str(self.images_seen),
+            "lod": "" if self.lod is None else str(self.lod),
+            "wall_s": repr(self.wall_s),
+            "world_size": str(self.ddp.world),
+            "opt_steps": json.dumps({"enc": enc_steps, "dec": dec_steps}),
+            "run": json.dumps({"data": self.info.data, "command": self.info.command, "holdout": self.info.holdout,
+                               "extra": self.info.extra}),
+        }
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        path = self.out / STATE_FILE
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    def load_state(self, path: str | Path) -> None:
+        """Continue exactly where a run stopped: weights, EMA, optimiser moments, RNG streams, counters."""
+        tensors, meta = read_state(path)
+        world = int(meta["world_size"])
+        if world != self.ddp.world:
+            raise InputError(f"{path}: the run used {world} process(es); resume it with the same number "
+                             f"(this job has {self.ddp.world})")
+        model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.model.load_state_dict(model)
+        if self.ema is not None:
+            self.ema.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
+        steps = json.loads(meta["opt_steps"])
+        self.opt_enc.load_named_state("opt.enc", tensors, steps["enc"])
+        self.opt_dec.load_named_state("opt.dec", tensors, steps["dec"])
+        self.sampler.load_state({k[len("rng.data."):]: v for k, v in tensors.items() if k.startswith("rng.data.")})
+        self.gen.set_state(tensors[f"rng.latent.{self.ddp.rank}"])
+        self.step = int(meta["step"])
+        self.images_seen = int(meta["images_seen"])
+        self.lod = int(meta["lod"]) if meta["lod"] else None
+        self.wall_s = float(meta["wall_s"])
+        self.history = tensors["history"].tolist()
+        self.psnr_history = tensors["psnr_history"].tolist()
+
+    # ---- grids, PSNR, curves ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _decode(self, styles: Tensor, ph: Phase) -> Tensor:
+        gen = torch.Generator().manual_seed(GRID_SEED)
+        maps = ALAESteps(self.ema, self.cfg).noise(styles.shape[0], ph.lod, gen)
+        maps = [m if m is None else m.to(self.device) for m in maps]
+        return self.ema.generator(styles, maps, lod=ph.lod, blend=ph.blend)
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor, ph: Phase) -> tuple[Tensor, Tensor]:
+        """(reals, EMA reconstructions), both float [N, C, r, r] at the phase's resolution and blend."""
+        x = blend_reals(to_float(images, ph.resolution), ph.blend).to(self.device)
+        w = self.ema.encoder(x, lod=ph.lod, blend=ph.blend)
+        return x, self._decode(w[:, None].expand(-1, self.mcfg.num_styles, -1), ph)
+
+    def holdout_psnr(self, ph: Phase) -> float:
+        x, rec = self.reconstruct(self.holdout.images, ph)
+        return psnr_db(to_uint8(x), to_uint8(rec))
+
+    def write_grids(self, ph: Phase) -> None:
+        """samples.png (16 EMA samples, psi 0.7) and reconstructions.png (train and held-out reals | recs)."""
+        scale = max(1, MIN_GRID_SIDE // ph.resolution)
+
+        def big(x: Tensor) -> np.ndarray:
+            return to_uint8(x.repeat_interleave(scale, -1).repeat_interleave(scale, -2))
+
+        gen = torch.Generator().manual_seed(GRID_SEED)
+        z = torch.randn(16, self.mcfg.latent_size, generator=gen).to(self.device)
+        with torch.no_grad():
+            styles = self.ema.mapping(z)[:, None].expand(-1, self.mcfg.num_styles, -1)
+            styles = self.ema.truncate(styles, self.mcfg.truncation_psi, self.mcfg.truncation_cutoff)
+        samples = big(self._decode(styles, ph))
+        save_image(make_grid([list(samples[i:i + 8]) for i in (0, 8)]), self.out / "samples.png")
+        shown = torch.cat([self.train_set.images[:8], self.holdout.images[:8]])
+        x, rec = self.reconstruct(shown, ph)
+        x, rec = big(x), big(rec)
+        rows = [[img for pair in zip(x[i:i + 4], rec[i:i + 4]) for img in pair] for i in range(0, len(x), 4)]
+        save_image(make_grid(rows), self.out / "reconstructions.png")
+
+    def plot_curves(self) -> None:
+        """losses.png: the three losses and the held-out PSNR against images shown, LOD switches marked."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        if not self.history:
+            return
+        h = np.asarray(self.history)
+        kimg = h[:, 1] / 1000.0
+        fig, axes = plt.subplots(1, 3 if self.psnr_history else 2, figsize=(15, 4), squeeze=False)
+        axes = axes[0]
+        axes[0].plot(kimg, h[:, 4], label="loss_d (E, D: logistic + R1)", lw=0.8)
+        axes[0].plot(kimg, h[:, 5], label="loss_g (F, G: non-saturating)", lw=0.8)
+        axes[0].legend()
+        axes[1].semilogy(kimg, h[:, 6], label="loss_ae (E, G: latent reconstruction)", color="C2", lw=0.8)
+        axes[1].legend()
+        if self.psnr_history:
+            p = np.asarray(self.psnr_history)
+            images = np.interp(p[:, 0], h[:, 0], h[:, 1]) / 1000.0
+            axes[2].plot(images, p[:, 2], "o-", color="C3", label="held-out reconstruction PSNR (dB)")
+            axes[2].legend()
+        switches = kimg[1:][np.diff(h[:, 2]) != 0]
+        for ax in axes:
+            for s in switches:
+                ax.axvline(s, color="grey", lw=0.5, ls="--")
+            ax.set_xlabel("thousands of images shown (dashed: LOD switches)")
+        fig.tight_layout()
+        fig.savefig(self.out / "losses.png", dpi=100)
+        plt.close(fig)
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def read_state(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The tensors and metadata of a training-state file; errors name the file."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no training state to resume from (expected {STATE_FILE} in the run folder)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable training state ({str(exc).splitlines()[0][:160]})") from None
+    if meta.get("format") != "alae-rt-train-state":
+        raise CheckpointError(f"{path}: not an alae-rt training state")
+    return tensors, meta
