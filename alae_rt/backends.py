@@ -65,20 +65,19 @@ class CompileBackend:
 
     Compiles on the first call of each input signature (tens of seconds on a small CPU; inductor caches
     the result on disk for later processes). A compilation failure falls back to eager, once, with a warning.
-    On CPU the weights are frozen into the compiled graph (inductor's `freezing`: constant-folded, prepacked
-    for oneDNN), which benchmarks/cpu_fastpath.py measured as the fastest exact CPU path; the Runtime's
-    weights never change after load. Options: mode, freezing, and anything else torch.compile takes.
+    Options: mode, freezing (inductor's weight freezing: constant-folded, prepacked for oneDNN; it measured no
+    faster here and compiles slower, benchmarks/results/cpu_fastpath_*), and anything else torch.compile takes.
     """
 
     name = "compile"
 
     def __init__(self, model: StyleALAE, device: torch.device, mode: str | None = None,
-                 freezing: bool | None = None, **options: Any):
+                 freezing: bool = False, **options: Any):
         if device.type == "cpu" and not cpp_compiler_available():
             raise InputError("backend 'compile' on CPU needs a C++ compiler (g++ or clang++) on PATH")
         self.model = model
         inductor = dict(options.pop("options", None) or {})
-        inductor.setdefault("freezing", device.type == "cpu" if freezing is None else freezing)
+        inductor.setdefault("freezing", bool(freezing))
         try:
             self._encode = torch.compile(model.encoder, mode=mode, options=inductor, **options)
             self._decode = torch.compile(model.generator, mode=mode, options=inductor, **options)

@@ -34,9 +34,9 @@ def _candidates(onnx_dir: str | None) -> list[tuple[str, str, str, dict, bool]]:
         ("eager", "eager", "fp32", {}, False),
         ("eager, channels_last", "eager", "fp32", {}, True),
         ("eager bf16", "eager", "bf16", {}, False),
-        ("torch.compile", "compile", "fp32", {"freezing": False}, False),
+        ("torch.compile (the compile backend)", "compile", "fp32", {"freezing": False}, False),
         ("torch.compile, channels_last", "compile", "fp32", {"freezing": False}, True),
-        ("torch.compile + freezing (the compile backend on CPU)", "compile", "fp32", {"freezing": True}, False),
+        ("torch.compile + freezing", "compile", "fp32", {"freezing": True}, False),
         ("torch.compile + freezing, channels_last", "compile", "fp32", {"freezing": True}, True),
         ("torch.compile + freezing bf16", "compile", "bf16", {"freezing": True}, False),
     ]
