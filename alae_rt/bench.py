@@ -89,9 +89,24 @@ def _git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
+def _track_cpu_memory() -> None:
+    """Make freed tensor memory go back to the OS at once (glibc), so that RSS follows the live tensors.
+
+    glibc raises its mmap threshold as large blocks are freed, after which they come from the heap and stay
+    there; RSS then stops moving and a case's peak would read as ~0. Setting the threshold pins it.
+    """
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: blocks of 1 MiB and up are mmap'ed, unmapped on free
+        libc.malloc_trim(0)
+
+
 class _PeakMemory:
     """Peak memory while a block runs, in MB above its start: the CUDA allocator's, or process RSS sampled
-    every millisecond on CPU (Linux)."""
+    every millisecond on CPU (Linux; see _track_cpu_memory)."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -205,6 +220,8 @@ def run_bench(config: ModelConfig | str | None = None, checkpoint: str | Path | 
     ref = (Runtime.load(checkpoint, config=config, device=device) if checkpoint is not None
            else Runtime.from_config(config or "ffhq-1024", seed=seed, device=device))
     dev = ref.device
+    if dev.type == "cpu":
+        _track_cpu_memory()
     backends = list(backends) if backends else available_backends()
     backends = [BASELINE] + [b for b in backends if b != BASELINE]
     if dtypes is None:

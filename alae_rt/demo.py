@@ -85,7 +85,7 @@ def run_demo(rt: Runtime, faces: str | Path, out: Path, count: int = 8, strength
     quality = np.mean([psnr(originals[i], decoded[0][i]) for i in range(shown)])
     say(f"reconstruction PSNR over the {shown} faces shown: {quality:.2f} dB")
     if quality < LOW_PSNR_DB:
-        say("note: a PSNR this low means these weights do not reconstruct faces (untrained, random or made for "
-            "other data); the grid shows the pipeline, not the model's quality")
+        say("note: a PSNR this low means these weights barely reconstruct these faces (random, little trained, "
+            "or made for other data); the grid shows the pipeline at work, not what a trained model can do")
     say(f"wrote {grid}: {shown} rows (faces) x columns: {' | '.join(columns)}")
     return grid
