@@ -210,7 +210,8 @@ def run_bench(config: ModelConfig | str | None = None, checkpoint: str | Path | 
     """Measure every (backend, dtype, batch, op); returns {"machine", "model", "rows", "skipped"}.
 
     The official-order baseline (fp32) runs first for every batch; each other row carries its speed-up over
-    it and its max abs error against eager fp32 on the same inputs (images in [-1, 1], latents).
+    it and its max abs error against eager fp32 on the same inputs (images in [-1, 1], latents). Backends
+    implement encode and decode; `map` (the small mapping MLP) runs as torch in each case's dtype.
     """
     unknown = [op for op in ops if op not in OPS]
     if unknown:
@@ -395,21 +396,30 @@ def _plot(report: dict[str, Any], path: Path) -> Path | None:
     if not ops:
         return None
     fig, axes = plt.subplots(1, len(ops), figsize=(4.5 * len(ops), 3.8), squeeze=False)
+    one_batch = len({r["batch"] for r in rows}) == 1
     for ax, op in zip(axes[0], ops):
         series: dict[str, list[tuple[int, float]]] = {}
         for r in rows:
             if r["op"] == op:
                 series.setdefault(f"{r['backend']} {r['dtype']}", []).append((r["batch"], r["images_per_s"]))
-        for label, points in series.items():
-            points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        if one_batch:  # bars: one per backend and dtype
+            labels = list(series)
+            ax.barh(labels, [series[k][0][1] for k in labels], color=[f"C{i}" for i in range(len(labels))])
+            ax.invert_yaxis()
+            ax.set_xlabel(f"images/s (batch {rows[0]['batch']})")
+            ax.tick_params(axis="y", labelsize=7)
+        else:
+            for label, points in series.items():
+                points.sort()
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("batch")
+            ax.set_ylabel("images/s")
         ax.set_title(op)
-        ax.set_xlabel("batch")
-        ax.set_ylabel("images/s")
         ax.grid(True, alpha=0.3)
-    axes[0][-1].legend(fontsize=7)
+    if not one_batch:
+        axes[0][-1].legend(fontsize=7)
     m = report["machine"]
     fig.suptitle(f"{report['model']['name']} on {m['device_name']} ({m['date'][:10]}, {m['commit']})", fontsize=9)
     fig.tight_layout()
