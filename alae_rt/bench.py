@@ -54,14 +54,18 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
 
 
-def machine_info(device: torch.device) -> dict[str, Any]:
-    """Device, CPU/GPU model, threads, library versions, date and commit, to tag every result."""
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """Device, CPU/GPU model, threads, library versions, date and commit, to tag every result."""
+    cpu = cpu_model()
     versions = {"python": platform.python_version()}
     for dist in ("torch", "numpy", "onnxruntime", "onnxruntime-gpu", "triton", "tensorrt", "alae-rt"):
         with contextlib.suppress(metadata.PackageNotFoundError):
@@ -74,12 +78,13 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "versions": versions,
         "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "commit": _git_commit(),
+        "commit": git_commit(),
     }
     return info
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
+    """The checkout's commit, with "-dirty" when tracked files have changed; "unknown" outside git."""
     root = Path(__file__).resolve().parents[1]
     try:
         out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],

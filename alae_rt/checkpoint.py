@@ -205,8 +205,6 @@ def _read_official(path: Path, trust_pickle: bool) -> dict[str, Any]:
 def save_checkpoint(path: str | Path, state: Mapping[str, Tensor], config: ModelConfig,
                     provenance: Mapping[str, Any] | None = None, dtype: torch.dtype | None = None) -> Path:
     """Write one .safetensors file (config and provenance as JSON metadata); write, then rename."""
-    from safetensors.torch import save_file
-
     check_state(state, model_shapes(config), "state to save")
     tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
                for k, v in state.items()}
@@ -216,10 +214,17 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Tensor], config: Model
         "config": config.to_json(),
         "provenance": json.dumps(dict(provenance or {}), sort_keys=True, default=str),
     }
+    return write_safetensors(path, tensors, metadata)
+
+
+def write_safetensors(path: str | Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> Path:
+    """Write a .safetensors file under a temporary name, then rename: an interrupted write leaves no half file."""
+    from safetensors.torch import save_file
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        save_file(tensors, str(tmp), metadata=metadata)
+        save_file(dict(tensors), str(tmp), metadata=dict(metadata))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -263,26 +263,11 @@ def direct_calls(rt, op: str, batch: int, seconds: float, max_calls: int) -> dic
 def device_name(rt) -> str:
     import torch
 
+    from alae_rt.bench import cpu_model
+
     if rt.device.type == "cuda":
         return torch.cuda.get_device_name(rt.device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f" ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return f"{cpu_model()} ({torch.get_num_threads()} threads)"
 
 
 def _fmt(v, f: str = "{:.1f}") -> str:
@@ -318,6 +303,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from alae_rt.serve.client import AlaeClient
 
+    from alae_rt.bench import git_commit
     from alae_rt.flops import count_flops
 
     server = None
@@ -378,7 +364,7 @@ def main(argv=None) -> int:
                  "reconstruct": flops["encode"] + flops["decode"]}[args.op] / 1e9
     now = datetime.datetime.now(datetime.timezone.utc)
     meta = {"op": args.op, "model": f"{info.config_name} {info.resolution}x{info.resolution} ({info.weights})",
-            "device": device_name(rt), "date": now.strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(),
+            "device": device_name(rt), "date": now.strftime("%Y-%m-%d %H:%M UTC"), "commit": git_commit(),
             "dtype": info.dtype, "backend": info.backend, "format": args.format, "max_batch": args.max_batch,
             "max_delay_ms": args.max_delay_ms, "torch_threads": args.threads, "gflop_per_image": per_image,
             "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else " ".join(argv),

@@ -16,7 +16,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -26,25 +25,8 @@ from alae_rt.training.data import ImageSet
 from alae_rt.training.trainer import RunInfo, Trainer
 from torch.utils.flop_counter import FlopCounterMode
 
+from alae_rt.bench import cpu_model, git_commit
 from alae_rt.config import PRESETS, ModelConfig
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def time_lod(mcfg: ModelConfig, lod: int, batch: int, steps: int, warmup: int, device: torch.device,
@@ -110,7 +92,7 @@ def main() -> None:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": commit(),
+        "commit": git_commit(),
         "dtype": "fp32",
         "rows": rows,
     }

@@ -142,13 +142,20 @@ class AlaeService(pb_grpc.AlaeServicer):
         return self.rt.decode(styles, noise=noise).float().cpu()  # [B, C, R, R]
 
     def warm_up(self) -> None:
-        """Encode and decode once, so that lazy initialisation is not paid by the first caller. Compiled
-        backends also see batches of 2 and max_batch: a compiler specialises on 1, then goes dynamic."""
+        """Run encode and decode batches through the batchers' own compute functions, with inputs built as a
+        merged batch builds them (dtype, device, per-row noise maps), so that lazy initialisation and
+        compilation are not paid by a caller. Compiled backends see batches of 1, 2 and max_batch: a compiler
+        specialises on 1, then goes dynamic. Decodes warm up with noise maps (every mode but NOISE_MODE_NONE
+        sends them); a NOISE_MODE_NONE call is compiled when it first comes."""
         c, r = self.rt.config.channels, self.rt.config.resolution
         sizes = [1] if self.rt.backend.name == "eager" else sorted({1, min(2, self.rt.max_batch), self.rt.max_batch})
+        const = pb.Noise(mode=pb.NOISE_MODE_CONST)
         for n in sizes:
-            w = self.rt.encode(torch.zeros(n, c, r, r, device=self.rt.device, dtype=self.rt.dtype))  # [n, D]
-            self.rt.decode(w, noise="const")
+            x = torch.zeros(n, c, r, r, device=self.rt.device, dtype=self.rt.dtype)  # as _images_to_tensor
+            w = self._encode_batch("encode", [[x]])  # [n, D]
+            maps = self._noise_maps(n, const, None)  # 2L x [n, 1, h, w]
+            styles = self.rt.styles(w.to(self.rt.device, self.rt.dtype))  # [n, 2L, D]
+            self._decode_batch(("decode", True), [[styles], *[[m] for m in maps]])
 
     async def start(self) -> None:
         self.encoder.start()

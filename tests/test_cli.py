@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DIRECTIONS, FACES128, require
+from conftest import DIRECTIONS, FACES128, assert_one_line_error, require
+from conftest import run_cli as run
 
 from alae_rt import Runtime, save_checkpoint
 from alae_rt.cli import main, parse_int_list
@@ -21,21 +22,6 @@ from alae_rt.images import read_image
 @pytest.fixture(scope="module")
 def faces3(faces128) -> list[str]:
     return [str(p) for p in sorted(faces128.glob("*.png"))[:3]]
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2
-    lines = [line for line in err.strip().splitlines() if line.startswith("alae-rt: error:")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 def test_info_on_a_preset_and_a_checkpoint(capsys, rgb128_checkpoint):

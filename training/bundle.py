@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 import alae_rt
+from alae_rt.bench import cpu_model
 from alae_rt.checkpoint import load_checkpoint, save_checkpoint
 from alae_rt.images import make_grid, read_image, save_image, to_uint8
 from alae_rt.runtime import Runtime
@@ -29,16 +29,6 @@ from .trainer import CHECKPOINT_FILE, STATE_FILE, psnr_db, read_state
 
 MAX_BYTES = 25 * 1024 * 1024
 GRID_SEEDS = range(16)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def heldout_files(run_meta: dict, state_meta: dict) -> list[Path]:

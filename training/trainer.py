@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -19,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from alae_rt.checkpoint import save_checkpoint
+from alae_rt.checkpoint import save_checkpoint, write_safetensors
 from alae_rt.config import ModelConfig
 from alae_rt.errors import CheckpointError, InputError
 from alae_rt.images import make_grid, save_image, to_uint8
@@ -322,8 +321,6 @@ class Trainer:
 
     def save_state(self, latent_states: list[Tensor]) -> Path:
         """Everything to resume exactly, in one safetensors file (tensors + JSON metadata; no pickle)."""
-        from safetensors.torch import save_file
-
         tensors: dict[str, Tensor] = {}
         tensors.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
         tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
@@ -350,14 +347,7 @@ class Trainer:
                                "extra": self.info.extra}),
         }
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        path = self.out / STATE_FILE
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            save_file(tensors, str(tmp), metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return write_safetensors(self.out / STATE_FILE, tensors, meta)
 
     def load_state(self, path: str | Path) -> None:
         """Continue exactly where a run stopped: weights, EMA, optimiser moments, RNG streams, counters."""

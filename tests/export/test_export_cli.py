@@ -6,7 +6,8 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import OFFICIAL, require
+from conftest import OFFICIAL, assert_one_line_error, require
+from conftest import run_cli as run
 
 from alae_rt.cli import main
 
@@ -14,21 +15,6 @@ from alae_rt.cli import main
 @pytest.fixture(scope="module")
 def gray32_checkpoint():
     return require(OFFICIAL / "gray32" / "checkpoint.pth")
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2
-    lines = [line for line in err.strip().splitlines() if line.startswith("alae-rt: error:")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 def test_help_explains_the_formats_and_the_files(capsys):

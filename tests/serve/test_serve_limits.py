@@ -18,6 +18,8 @@ from alae_rt.serve.server import ServeConfig, read_tokens
 from PIL import Image
 from serve_helpers import ServerThread, images, latents, one_torch_thread, png, same_images, tiny_rt, tiny_server
 
+from alae_rt import Runtime
+
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -364,6 +366,51 @@ def test_health_is_not_serving_while_warming_up(tiny_rt):
         st.call(st.server.wait_ready(30))
         assert c.health() == "SERVING"
         assert c.encode(GOOD).shape == (2, 32)
+
+
+class SignatureRecorder:
+    """Wraps a backend and records what a compiler specialises on: dtype, device, layout and shapes, with the
+    batch axis read as 1 or "n" (a compiled backend goes dynamic on it after its second batch size)."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.seen = inner, "recorded", set()
+
+    @staticmethod
+    def sig(t):
+        if t is None:
+            return None
+        return (t.dtype, t.device.type, t.is_contiguous(), 1 if t.shape[0] == 1 else "n", tuple(t.shape[1:]))
+
+    def encode(self, x):
+        self.seen.add(("encode", self.sig(x)))
+        return self.inner.encode(x)
+
+    def decode(self, styles, noise):
+        self.seen.add(("decode", self.sig(styles), tuple(self.sig(m) for m in noise)))
+        return self.inner.decode(styles, noise)
+
+
+def test_warm_up_runs_what_serving_runs():
+    """A compiled backend compiles each new input signature (tens of seconds at 1024 on a CPU): the warm-up must
+    present every signature that merged batches of encodes and of decodes with noise maps present later."""
+    rt = Runtime.from_config("tiny", seed=3, max_batch=4)
+    rt.backend = recorder = SignatureRecorder(rt.backend)
+    with ServerThread(rt, ServeConfig(port=0, max_delay_ms=50)) as st:
+        warm = set(recorder.seen)
+        assert {s[0] for s in warm} == {"encode", "decode"}
+        recorder.seen.clear()
+
+        async def main():
+            async with AsyncAlaeClient(st.address) as c:
+                calls = [c.decode(latents(1, seed=k), noise=("const", "random")[k % 2]) for k in range(8)]
+                calls += [c.reconstruct(images(1, seed=k)) for k in range(4)]
+                calls += [c.generate(seeds=[k, k + 1]) for k in range(3)]
+                calls += [c.decode(latents(3, seed=9)), c.encode(images(4))]
+                await asyncio.gather(*calls)
+
+        st.call(main())
+        assert recorder.seen - warm == set()
+        assert any(s[0] == "decode" and s[1][3] == "n" for s in recorder.seen)  # merged batches were served
 
 
 def test_drain_finishes_calls_in_flight_and_refuses_new_ones(tiny_rt):
