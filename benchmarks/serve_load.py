@@ -63,7 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     lg.add_argument("--duration", type=float, default=60.0, help="most seconds of load per level (default 60)")
     lg.add_argument("--warmup", type=int, default=3, help="requests before each level, not counted (default 3)")
     lg.add_argument("--baseline-seconds", type=float, default=20.0,
-                    help="most seconds of in-process calls per batch size (default 20)")
+                    help="most seconds of in-process calls after each level, at its mean batch size (default 20; "
+                         "after the one-caller level: as many calls as it served, within --duration)")
     lg.add_argument("--timeout", type=float, default=600.0, help="seconds per request (default 600)")
     p.add_argument("-o", "--out", default=str(RESULTS), help="results folder (default benchmarks/results)")
     p.add_argument("--tag", help="name of the results files (default serve_load_<device>_<date>)")
@@ -323,6 +324,12 @@ def main(argv=None) -> int:
             info = c.info()
         if server is not None:
             metrics_port = server.metrics_port
+        # Each level's in-process baseline runs right after the level, with the server idle: the speed of a
+        # shared machine drifts over minutes, and figures taken far apart would measure the drift. The Runtime
+        # runs in one worker thread, as the server runs its model (CPU thread pools behave differently off the
+        # main thread).
+        worker = ThreadPoolExecutor(1)
+        rt = worker.submit(load_runtime, args, info).result()
         levels = []
         for n in args.levels:
             before = scrape(metrics_port)
@@ -331,27 +338,22 @@ def main(argv=None) -> int:
             op = BATCHERS[args.op][-1]
             count = after.get(f"{op}_count", 0) - before.get(f"{op}_count", 0)
             result["mean_batch"] = (after.get(f"{op}_sum", 0) - before.get(f"{op}_sum", 0)) / count if count else None
+            batch = max(1, min(args.max_batch, round(result["mean_batch"] or 1)))
+            # At one caller the p99s are compared: the direct calls then match the served ones in number.
+            seconds, calls = (args.duration, result["requests"]) if n == 1 else (args.baseline_seconds, args.requests)
+            result["baseline"] = worker.submit(direct_calls, rt, args.op, batch, seconds, max(calls, 3)).result()
             levels.append(result)
             print(f"{n:4d} callers: {result['requests']} requests, {result['images_per_s']:.2f} images/s, "
                   f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, mean batch "
-                  f"{result['mean_batch'] or float('nan'):.2f}", file=sys.stderr)
+                  f"{result['mean_batch'] or float('nan'):.2f}; in-process at batch {batch}: "
+                  f"{result['baseline']['images_per_s']:.2f} images/s", file=sys.stderr)
+        direct1 = next((r["baseline"] for r in levels if r["concurrency"] == 1), None)
+        if direct1 is None:
+            direct1 = worker.submit(direct_calls, rt, args.op, 1, args.baseline_seconds, args.requests).result()
+        worker.shutdown()
     finally:
         if server is not None:
             server.close()
-    # The baseline runs after the server has stopped, so that the two never share the machine, and in one
-    # worker thread, as the server runs its model (CPU thread pools behave differently off the main thread).
-    with ThreadPoolExecutor(1) as worker:
-        rt = worker.submit(load_runtime, args, info).result()
-        cache: dict[int, dict] = {}
-
-        def direct(b: int) -> dict:
-            if b not in cache:
-                cache[b] = worker.submit(direct_calls, rt, args.op, b, args.baseline_seconds, args.requests).result()
-            return cache[b]
-
-        for r in levels:
-            r["baseline"] = direct(max(1, min(args.max_batch, round(r["mean_batch"] or 1))))
-        direct1 = direct(1)
     by_n = {r["concurrency"]: r for r in levels}
     goals = {
         "throughput_32": ("n/a" if 32 not in by_n else
