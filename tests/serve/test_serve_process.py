@@ -59,15 +59,20 @@ def metric(port: int, name: str) -> float:
 
 
 def test_sigterm_drains_calls_in_flight_and_loses_none(tmp_path):
-    n_calls, per_call = 16, 4
+    n_calls, per_call = 16, 8
     with server_process(tmp_path, "--preset", "small-64", "--max-batch", "1", "--max-delay-ms", "0") as (
             proc, address, metrics_port):
         rng = np.random.default_rng(0)
         inputs = [rng.integers(0, 256, (per_call, 64, 64, 3), dtype=np.uint8) for _ in range(n_calls)]
         results: list = [None] * n_calls
+        # Every client connects first and the calls leave together: all of them are then in flight at once
+        # (the server computes one image at a time), however slowly a busy machine starts the threads.
+        ready = threading.Barrier(n_calls + 1)
 
         def call(i: int) -> None:
             with AlaeClient(address, timeout=120) as c:
+                c.health()
+                ready.wait(60)
                 try:
                     results[i] = c.reconstruct(inputs[i], format="raw")
                 except RemoteError as exc:
@@ -76,6 +81,7 @@ def test_sigterm_drains_calls_in_flight_and_loses_none(tmp_path):
         threads = [threading.Thread(target=call, args=(i,)) for i in range(n_calls)]
         for t in threads:
             t.start()
+        ready.wait(60)
         t0 = time.monotonic()
         while metric(metrics_port, "alae_rt_inflight_requests") < n_calls:
             assert time.monotonic() - t0 < 60
