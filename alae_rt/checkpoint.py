@@ -218,17 +218,31 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Tensor], config: Model
 
 
 def write_safetensors(path: str | Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> Path:
-    """Write a .safetensors file under a temporary name, then rename: an interrupted write leaves no half file."""
+    """Write a .safetensors file under a temporary name, then rename: an interrupted write leaves no half file.
+    The file gets the permissions of any new file (0666 less the umask); safetensors alone makes it 0600, which
+    a server running as another user could not read."""
     from safetensors.torch import save_file
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         save_file(dict(tensors), str(tmp), metadata=dict(metadata))
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (os.umask sets it while it reads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -247,10 +261,12 @@ def _sniff(path: Path) -> str:
     """'safetensors' or 'torch', from the first bytes of the file."""
     with open(path, "rb") as f:
         head = f.read(9)
-    if head[:2] == b"PK" or head[:1] == b"\x80":  # torch zip archive, or a legacy pickle stream
-        return "torch"
+    # safetensors first: its file starts with the header's length (u64, little-endian), whose first byte may
+    # be anything, 0x80 included, then the JSON header.
     if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < 100_000_000:
         return "safetensors"
+    if head[:2] == b"PK" or head[:1] == b"\x80":  # torch zip archive, or a legacy pickle stream
+        return "torch"
     return "unknown"
 
 

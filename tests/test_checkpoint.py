@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ import yaml
 from conftest import OFFICIAL, require
 
 from alae_rt import CheckpointError, ModelConfig, Runtime, convert, load_checkpoint, save_checkpoint
-from alae_rt.checkpoint import convert_official, infer_config, model_shapes, official_layout
+from alae_rt.checkpoint import _umask, convert_official, infer_config, model_shapes, official_layout
 
 # manifest name -> our preset
 OFFICIAL_PRESETS = {
@@ -198,3 +200,25 @@ def test_truncated_files_are_refused(rgb128_checkpoint, ours, tmp_path):
 def test_missing_file_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint file"):
         load_checkpoint(tmp_path / "nope.safetensors")
+
+
+def test_written_files_get_the_usual_permissions(ours, tmp_path):
+    """0666 less the umask, as for any new file (safetensors alone writes 0600)."""
+    path = tmp_path / "perm.safetensors"
+    save_checkpoint(path, ours.state, ours.config)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~_umask()
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("low_byte", [0x80, ord("P")])
+def test_a_header_length_that_looks_like_pickle_or_zip_still_reads_as_safetensors(ours, tmp_path, low_byte):
+    """The file starts with the header length's low byte: 0x80 (a pickle's first byte) or 'P' (zip's) must not
+    send it to torch.load."""
+    path = tmp_path / "len.safetensors"
+    for pad in range(256):
+        save_checkpoint(path, ours.state, ours.config, provenance={"pad": "x" * pad})
+        if path.read_bytes()[0] == low_byte:
+            break
+    else:
+        pytest.fail("no padding gave the wanted header length")
+    assert load_checkpoint(path).config == ours.config
