@@ -1,14 +1,43 @@
-"""alae-rt: a deployment runtime for StyleALAE (encode, reconstruct, edit, mix, generate)."""
+"""alae-rt: a deployment runtime for StyleALAE (encode, reconstruct, edit, mix, generate).
 
-from .checkpoint import Checkpoint, convert, load_checkpoint, save_checkpoint
+The model classes load on first use (PEP 562), so that the gRPC client and the CLI's help start without
+importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .config import PRESETS, ModelConfig
 from .errors import AlaeError, CheckpointError, ConfigError, InputError
-from .network import StyleALAE
-from .runtime import Runtime
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint, convert, load_checkpoint, save_checkpoint
+    from .network import StyleALAE
+    from .runtime import Runtime
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Checkpoint": ".checkpoint", "convert": ".checkpoint", "load_checkpoint": ".checkpoint",
+    "save_checkpoint": ".checkpoint", "StyleALAE": ".network", "Runtime": ".runtime",
+}
 
 __all__ = [
     "PRESETS", "AlaeError", "Checkpoint", "CheckpointError", "ConfigError", "InputError", "ModelConfig",
     "Runtime", "StyleALAE", "convert", "load_checkpoint", "save_checkpoint",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -6,13 +6,14 @@ import io
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 # Bounds a decoded image before its pixels are read (decompression bombs); a 64-megapixel photo passes.
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
@@ -72,6 +73,10 @@ def image_to_tensor(image: np.ndarray | Tensor, resolution: int, channels: int, 
     Alpha is dropped, grey is repeated to RGB (or RGB averaged to grey), a non-square image is centre-cropped,
     then repeated 2x2 average pooling while larger than R and adaptive average pooling to R x R.
     """
+    import torch
+    import torch.nn.functional as F
+    from torch import Tensor
+
     arr = torch.tensor(np.asarray(image)) if not isinstance(image, Tensor) else image.cpu()
     if arr.ndim == 2:
         arr = arr[:, :, None]
@@ -104,6 +109,8 @@ def image_to_tensor(image: np.ndarray | Tensor, resolution: int, channels: int, 
 def images_to_tensor(images: Sequence[np.ndarray | Tensor] | np.ndarray | Tensor, resolution: int, channels: int,
                      names: Sequence[str] | None = None) -> Tensor:
     """A batch of uint8 HWC images (a list, or an array [N, H, W, C]) -> float [N, C, R, R]."""
+    import torch
+
     if len(images) == 0:
         raise InputError("no images given (empty batch)")
     return torch.stack([
@@ -113,6 +120,8 @@ def images_to_tensor(images: Sequence[np.ndarray | Tensor] | np.ndarray | Tensor
 
 def to_uint8(x: Tensor) -> np.ndarray:
     """float [N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C] (rounded, clipped)."""
+    import torch
+
     if x.ndim != 4:
         raise InputError(f"images must be [N, C, H, W], got {list(x.shape)}")
     y = (x.detach().float() * 127.5 + 128.0).floor().clamp_(0, 255).to(torch.uint8)

@@ -41,3 +41,21 @@ def test_core_never_imports_the_outer_packages():
     assert offenders == []
     kernels = "\n".join(p.read_text() for p in (ROOT / "kernels").rglob("*.py"))
     assert not re.search(r"^\s*(from|import)\s+(alae_rt|\.\.)", kernels, re.MULTILINE), "kernels must be leaf ops"
+
+
+def test_the_client_and_the_help_start_without_torch(tmp_path):
+    """Callers of a server need grpc and numpy only: the client module and `alae-rt --help` / `client --help`
+    do not import torch (it takes seconds to load)."""
+    code = (
+        "import sys\n"
+        "import alae_rt, alae_rt.serve.client\n"
+        "from alae_rt.cli import main\n"
+        "for argv in (['--help'], ['client', '--help'], ['client', 'reconstruct', '--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert alae_rt.Runtime.__name__ == 'Runtime' and 'torch' in sys.modules  # the model loads on use\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, capture_output=True)
