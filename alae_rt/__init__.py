@@ -24,7 +24,7 @@ _LAZY = {
     "save_checkpoint": ".checkpoint", "StyleALAE": ".network", "Runtime": ".runtime",
 }
 
-__all__ = [
+__all__ = [  # spelled out (not derived from _LAZY) so that type checkers and linters read it
     "PRESETS", "AlaeError", "Checkpoint", "CheckpointError", "ConfigError", "InputError", "ModelConfig",
     "Runtime", "StyleALAE", "convert", "load_checkpoint", "save_checkpoint",
 ]

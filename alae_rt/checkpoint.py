@@ -245,7 +245,9 @@ def _umask() -> int:
     return 0o022
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+def read_safetensors(path: str | Path, what: str = "safetensors file") -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The tensors and metadata of a .safetensors file; a file that does not read is a CheckpointError naming it
+    as `what`."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -253,7 +255,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
             metadata = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:160]})") from None
+        raise CheckpointError(f"{path}: not a readable {what} ({str(exc).splitlines()[0][:160]})") from None
     return state, metadata
 
 
@@ -289,7 +291,7 @@ def load_checkpoint(path: str | Path, config: ModelConfig | str | Path | None = 
                           {"converted_from": path.name})
     if kind != "safetensors":
         raise CheckpointError(f"{path}: neither a safetensors file nor a PyTorch .pth checkpoint")
-    state, meta = _read_safetensors(path)
+    state, meta = read_safetensors(path)
     provenance = _json_field(meta, "provenance", path) or {}
     if cfg is None and "config" in meta:
         cfg = ModelConfig.from_dict(_json_field(meta, "config", path))

@@ -328,33 +328,32 @@ def main(argv=None) -> int:
         # shared machine drifts over minutes, and figures taken far apart would measure the drift. The Runtime
         # runs in one worker thread, as the server runs its model (CPU thread pools behave differently off the
         # main thread).
-        worker = ThreadPoolExecutor(1)
-        rt = worker.submit(load_runtime, args, info).result()
-        levels = []
-        for n in args.levels:
-            before = scrape(metrics_port)
-            result = asyncio.run(run_level(address, info, args, n))
-            after = scrape(metrics_port)
-            op = BATCHERS[args.op][-1]
-            count = after.get(f"{op}_count", 0) - before.get(f"{op}_count", 0)
-            result["mean_batch"] = (after.get(f"{op}_sum", 0) - before.get(f"{op}_sum", 0)) / count if count else None
-            batch = max(1, min(args.max_batch, round(result["mean_batch"] or 1)))
-            # At one caller the p99s are compared: the direct calls then match the served ones in number.
-            seconds, calls = (args.duration, result["requests"]) if n == 1 else (args.baseline_seconds, args.requests)
-            result["baseline"] = worker.submit(direct_calls, rt, args.op, batch, seconds, max(calls, 3)).result()
-            levels.append(result)
-            print(f"{n:4d} callers: {result['requests']} requests, {result['images_per_s']:.2f} images/s, "
-                  f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, mean batch "
-                  f"{result['mean_batch'] or float('nan'):.2f}; in-process at batch {batch}: "
-                  f"{result['baseline']['images_per_s']:.2f} images/s", file=sys.stderr)
-        direct1 = next((r["baseline"] for r in levels if r["concurrency"] == 1), None)
-        if direct1 is None:
-            direct1 = worker.submit(direct_calls, rt, args.op, 1, args.baseline_seconds, args.requests).result()
-        worker.shutdown()
+        with ThreadPoolExecutor(1) as worker:
+            rt = worker.submit(load_runtime, args, info).result()
+            levels = []
+            for n in args.levels:
+                before = scrape(metrics_port)
+                result = asyncio.run(run_level(address, info, args, n))
+                after = scrape(metrics_port)
+                op = BATCHERS[args.op][-1]
+                count = after.get(f"{op}_count", 0) - before.get(f"{op}_count", 0)
+                images = after.get(f"{op}_sum", 0) - before.get(f"{op}_sum", 0)
+                result["mean_batch"] = images / count if count else None
+                batch = max(1, min(args.max_batch, round(result["mean_batch"] or 1)))
+                # At one caller the p99s are compared: the direct calls then match the served ones in number.
+                seconds, calls = ((args.duration, result["requests"]) if n == 1
+                                  else (args.baseline_seconds, args.requests))
+                result["baseline"] = worker.submit(direct_calls, rt, args.op, batch, seconds, max(calls, 3)).result()
+                levels.append(result)
+                print(f"{n:4d} callers: {result['requests']} requests, {result['images_per_s']:.2f} images/s, "
+                      f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, mean batch "
+                      f"{result['mean_batch'] or float('nan'):.2f}; in-process at batch {batch}: "
+                      f"{result['baseline']['images_per_s']:.2f} images/s", file=sys.stderr)
     finally:
         if server is not None:
             server.close()
     by_n = {r["concurrency"]: r for r in levels}
+    direct1 = by_n[1]["baseline"] if 1 in by_n else None  # the direct calls beside the one-caller level
     goals = {
         "throughput_32": ("n/a" if 32 not in by_n else
                           f"{by_n[32]['images_per_s'] / by_n[32]['baseline']['images_per_s']:.0%}"),

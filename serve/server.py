@@ -154,7 +154,7 @@ class AlaeService(pb_grpc.AlaeServicer):
             x = torch.zeros(n, c, r, r, device=self.rt.device, dtype=self.rt.dtype)  # as _images_to_tensor
             w = self._encode_batch("encode", [[x]])  # [n, D]
             maps = self._noise_maps(n, const, None)  # 2L x [n, 1, h, w]
-            styles = self.rt.styles(w.to(self.rt.device, self.rt.dtype))  # [n, 2L, D]
+            styles = self.rt.styles(w)  # [n, 2L, D], from CPU float32 rows as a request's latents are
             self._decode_batch(("decode", True), [[styles], *[[m] for m in maps]])
 
     async def start(self) -> None:

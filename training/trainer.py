@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from alae_rt.checkpoint import save_checkpoint, write_safetensors
+from alae_rt.checkpoint import read_safetensors, save_checkpoint, write_safetensors
 from alae_rt.config import ModelConfig
 from alae_rt.errors import CheckpointError, InputError
 from alae_rt.images import make_grid, save_image, to_uint8
@@ -452,17 +452,10 @@ def threading_main() -> bool:
 
 def read_state(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     """The tensors and metadata of a training-state file; errors name the file."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no training state to resume from (expected {STATE_FILE} in the run folder)")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable training state ({str(exc).splitlines()[0][:160]})") from None
+    tensors, meta = read_safetensors(path, "training state")
     if meta.get("format") != "alae-rt-train-state":
         raise CheckpointError(f"{path}: not an alae-rt training state")
     return tensors, meta
