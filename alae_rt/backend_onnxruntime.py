@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import CheckpointError, InputError
-from .exported import (
+from alae_rt.errors import CheckpointError, InputError
+from alae_rt.exported import (
     META_DTYPE,
     META_ROLE,
     META_WEIGHTS,
@@ -34,7 +34,7 @@ from .exported import (
     find_onnx,
     io_shapes,
 )
-from .network import StyleALAE
+from alae_rt.network import StyleALAE
 
 
 def _import_onnxruntime():

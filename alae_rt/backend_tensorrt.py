@@ -15,9 +15,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import CheckpointError, InputError
-from .exported import ENGINE_FILES, ENGINE_METADATA, META_WEIGHTS, batch_noise, check_config, check_weights, io_shapes
-from .network import StyleALAE
+from alae_rt.errors import CheckpointError, InputError
+from alae_rt.exported import (
+    ENGINE_FILES,
+    ENGINE_METADATA,
+    META_WEIGHTS,
+    batch_noise,
+    check_config,
+    check_weights,
+    io_shapes,
+)
+from alae_rt.network import StyleALAE
 
 
 def import_tensorrt():

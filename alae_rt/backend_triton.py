@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import InputError
-from .kernels import act_stats, interpreting, modulate, triton_available
-from .kernels.modconv import modulated_conv3x3, pack_conv3x3
-from .network import ENC_NORM_EPS, GEN_NORM_EPS, LRELU_SLOPE, StyleALAE, corner_sum_kernel
+from alae_rt.errors import InputError
+from alae_rt.kernels import act_stats, interpreting, modulate, triton_available
+from alae_rt.kernels.modconv import modulated_conv3x3, pack_conv3x3
+from alae_rt.network import ENC_NORM_EPS, GEN_NORM_EPS, LRELU_SLOPE, StyleALAE, corner_sum_kernel
 
 MAX_GRAPHS = 8  # captured (batch, noise layout) signatures kept per call
 

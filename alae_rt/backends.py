@@ -14,9 +14,9 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from .errors import InputError
-from .network import StyleALAE
-from .official_order import OfficialOrderBackend
+from alae_rt.errors import InputError
+from alae_rt.network import StyleALAE
+from alae_rt.official_order import OfficialOrderBackend
 
 
 class Backend(Protocol):
@@ -47,13 +47,13 @@ class EagerBackend:
 
 
 def _onnxruntime(model: StyleALAE, device: torch.device, **options: Any) -> Backend:
-    from .backend_onnxruntime import OnnxRuntimeBackend  # onnxruntime is imported only when asked for
+    from alae_rt.backend_onnxruntime import OnnxRuntimeBackend  # onnxruntime is imported only when asked for
 
     return OnnxRuntimeBackend(model, device, **options)
 
 
 def _tensorrt(model: StyleALAE, device: torch.device, **options: Any) -> Backend:
-    from .backend_tensorrt import TensorRTBackend  # tensorrt is imported only when asked for
+    from alae_rt.backend_tensorrt import TensorRTBackend  # tensorrt is imported only when asked for
 
     return TensorRTBackend(model, device, **options)
 
@@ -115,7 +115,7 @@ def cpp_compiler_available() -> bool:
 
 
 def _triton(model: StyleALAE, device: torch.device, **options: Any) -> Backend:
-    from .backend_triton import TritonBackend  # imports triton: only when asked for
+    from alae_rt.backend_triton import TritonBackend  # imports triton: only when asked for
 
     return TritonBackend(model, device, **options)
 
@@ -145,11 +145,11 @@ def auto_backend(device: torch.device, model: StyleALAE | None = None) -> str:
     way at 1024x1024, benchmarks/results/cpu_fastpath_*) for models big enough that its one-time compilation
     pays off within a few images, eager for small ones and where no C++ compiler is installed."""
     if device.type == "cuda":
-        from .kernels import triton_available
+        from alae_rt.kernels import triton_available
 
         return "triton" if triton_available() else "eager"
     if model is not None and cpp_compiler_available():
-        from .flops import count_flops
+        from alae_rt.flops import count_flops
 
         if count_flops(model.config)["decode"] >= COMPILE_MIN_GFLOPS * 1e9:
             return "compile"

@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .backends import available_backends
-from .config import ModelConfig
-from .errors import InputError
-from .flops import count_flops
-from .runtime import Runtime, parse_dtype
+from alae_rt.backends import available_backends
+from alae_rt.config import ModelConfig
+from alae_rt.errors import InputError
+from alae_rt.flops import count_flops
+from alae_rt.runtime import Runtime, parse_dtype
 
 OPS = ("encode", "decode", "reconstruct", "map")
 BASELINE = "official"

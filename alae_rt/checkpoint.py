@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .config import PRESETS, ModelConfig, resolve_config
-from .errors import CheckpointError, ConfigError
-from .network import HEAD_LAYERS, StyleALAE, blur_weight
+from alae_rt.config import PRESETS, ModelConfig, resolve_config
+from alae_rt.errors import CheckpointError, ConfigError
+from alae_rt.network import HEAD_LAYERS, StyleALAE, blur_weight
 
 FORMAT_NAME = "alae-rt"
 FORMAT_VERSION = "1"

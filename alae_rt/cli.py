@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import AlaeError, InputError
+from alae_rt.errors import AlaeError, InputError
 
 EXIT_USAGE = 2  # bad input of any kind: a one-line message on stderr, no traceback
 
@@ -114,7 +114,7 @@ def say(args: argparse.Namespace, message: str) -> None:
 
 
 def make_runtime(args: argparse.Namespace, announce: bool = True):
-    from .runtime import Runtime
+    from alae_rt.runtime import Runtime
 
     rt = Runtime.load(args.checkpoint, config=args.config, device=args.device, dtype=args.dtype,
                       backend=args.backend, max_batch=args.batch_size, trust_pickle=args.trust_pickle,
@@ -151,7 +151,7 @@ def _encode_files(rt, args: argparse.Namespace, paths: list[Path], desc: str = "
     """Encode image files in batches with a progress bar -> (w [N, D] float32, originals uint8 list)."""
     import torch
 
-    from .images import read_image
+    from alae_rt.images import read_image
 
     ws, originals = [], []
     with progress_bar(args, len(paths), desc) as bar:
@@ -179,7 +179,7 @@ def _sources(rt, args: argparse.Namespace, items: Sequence[str], what: str):
     """Latents for a command's inputs: one .npy file, `seeds:SPEC`, or images -> (w, originals or None, names)."""
     import torch
 
-    from .images import list_images
+    from alae_rt.images import list_images
 
     if len(items) == 1 and items[0].endswith(".npy"):
         w = torch.from_numpy(load_latents(items[0], rt.config.latent_size, rt.config.num_styles))
@@ -194,14 +194,14 @@ def _sources(rt, args: argparse.Namespace, items: Sequence[str], what: str):
 
 
 def _save_all(images: np.ndarray, names: Sequence[str], out: Path) -> None:
-    from .images import save_image
+    from alae_rt.images import save_image
 
     for img, name in zip(images, names):
         save_image(img, out / f"{name}.png")
 
 
 def _save_grid(rows, path: Path, args: argparse.Namespace) -> None:
-    from .images import make_grid, save_image
+    from alae_rt.images import make_grid, save_image
 
     save_image(make_grid(rows), path)
     say(args, f"wrote {path}")
@@ -219,16 +219,16 @@ def _columns(per_item: Sequence[Sequence[np.ndarray]], per_row: int) -> list[lis
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .config import resolve_config
-    from .flops import count_flops, count_params
+    from alae_rt.config import resolve_config
+    from alae_rt.flops import count_flops, count_params
 
     if args.preset and args.checkpoint:
         raise InputError("give either --preset or --checkpoint, not both")
     if args.preset:
         cfg, source = resolve_config(args.preset), f"preset {args.preset} (no weights)"
     else:
-        from .checkpoint import load_checkpoint
-        from .runtime import default_checkpoint
+        from alae_rt.checkpoint import load_checkpoint
+        from alae_rt.runtime import default_checkpoint
 
         path = args.checkpoint or default_checkpoint()
         if path is None:
@@ -263,7 +263,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .checkpoint import convert
+    from alae_rt.checkpoint import convert
 
     out = out_file(args.out, ".safetensors")
     ckpt = convert(args.src, out, config=args.config, dtype=_torch_dtype(args.dtype) if args.dtype else None,
@@ -274,13 +274,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _torch_dtype(name: str):
-    from .runtime import parse_dtype
+    from alae_rt.runtime import parse_dtype
 
     return parse_dtype(name)
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from .images import list_images
+    from alae_rt.images import list_images
 
     out = out_file(args.out, ".npy")
     paths = list_images(args.images)
@@ -304,7 +304,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from .images import list_images
+    from alae_rt.images import list_images
 
     out = out_dir(args.out)
     paths = list_images(args.images)
@@ -384,7 +384,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from .bench import OPS, format_table, run_bench, write_report
+    from alae_rt.bench import OPS, format_table, run_bench, write_report
 
     if args.preset and args.checkpoint:
         raise InputError("give either --preset or --checkpoint, not both")
@@ -418,7 +418,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from alae_rt.demo import run_demo
 
     out = out_dir(args.out)
     rt = make_runtime(args, announce=False)  # the demo states the weights on stdout itself
@@ -580,7 +580,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from . import __version__
+    from alae_rt import __version__
 
     return __version__
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from alae_rt.errors import ConfigError
 
 # Official config keys (configs/*.yaml of the official code) -> our field names. The official spelling
 # TRUNCATIOM_* is accepted next to the correct one.

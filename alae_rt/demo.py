@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import InputError
-from .images import list_images, make_grid, read_image, save_image
-from .runtime import Runtime
+from alae_rt.errors import InputError
+from alae_rt.images import list_images, make_grid, read_image, save_image
+from alae_rt.runtime import Runtime
 
 # Official FFHQ principal directions shown when the model can use them (D = 512).
 DEMO_DIRECTIONS = ("smile", "young")

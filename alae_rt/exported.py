@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .config import ModelConfig
-from .errors import CheckpointError, InputError
+from alae_rt.config import ModelConfig
+from alae_rt.errors import CheckpointError, InputError
 
 FORMAT = "alae-rt-onnx/1"
 ROLES = ("encoder", "generator", "mapping")

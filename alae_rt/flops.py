@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import ModelConfig
-from .network import StyleALAE
+from alae_rt.config import ModelConfig
+from alae_rt.network import StyleALAE
 
 
 def _meta_model(cfg: ModelConfig) -> StyleALAE:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import InputError
+from alae_rt.errors import InputError
 
 if TYPE_CHECKING:
     from torch import Tensor

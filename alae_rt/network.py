@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ModelConfig
+from alae_rt.config import ModelConfig
 
 LRELU_SLOPE = 0.2
 GEN_NORM_EPS = 1e-8  # generator instance norm (official: InstanceNorm2d(eps=1e-8))

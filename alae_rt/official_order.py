@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import InputError
-from .network import StyleALAE, blur_weight
+from alae_rt.errors import InputError
+from alae_rt.network import StyleALAE, blur_weight
 
 
 def _transform_kernel(w: Tensor) -> Tensor:

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .backends import Backend, create_backend
-from .checkpoint import Checkpoint, load_checkpoint
-from .config import ModelConfig, resolve_config
-from .errors import CheckpointError, InputError
-from .images import images_to_tensor, list_images, read_image, to_uint8
-from .network import StyleALAE
+from alae_rt.backends import Backend, create_backend
+from alae_rt.checkpoint import Checkpoint, load_checkpoint
+from alae_rt.config import ModelConfig, resolve_config
+from alae_rt.errors import CheckpointError, InputError
+from alae_rt.images import images_to_tensor, list_images, read_image, to_uint8
+from alae_rt.network import StyleALAE
 
 NoiseArg = str | Sequence[Tensor]
 DirectionArg = str | Path | np.ndarray | Tensor

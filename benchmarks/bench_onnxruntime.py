@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 import torch
-from alae_rt.export.onnx_export import export_onnx
 
 from alae_rt import Runtime, __version__
 from alae_rt.bench import cpu_model, git_commit
 from alae_rt.config import PRESETS
+from alae_rt.export.onnx_export import export_onnx
 from alae_rt.flops import count_flops
 
 ROOT = Path(__file__).resolve().parents[1]

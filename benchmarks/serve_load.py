@@ -167,6 +167,7 @@ def make_request(op: str, info, rng: np.random.Generator, fmt: str):
 
 async def run_level(address: str, info, args: argparse.Namespace, concurrency: int) -> dict:
     import grpc
+
     from alae_rt.serve import alae_rt_pb2_grpc as pb_grpc
 
     limit = 256 * 1024 * 1024
@@ -302,10 +303,9 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from alae_rt.serve.client import AlaeClient
-
     from alae_rt.bench import git_commit
     from alae_rt.flops import count_flops
+    from alae_rt.serve.client import AlaeClient
 
     server = None
     if args.server:

@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 
 import torch
-from alae_rt.training.config import TrainConfig
-from alae_rt.training.data import ImageSet
-from alae_rt.training.trainer import RunInfo, Trainer
 from torch.utils.flop_counter import FlopCounterMode
 
 from alae_rt.bench import cpu_model, git_commit
 from alae_rt.config import PRESETS, ModelConfig
+from alae_rt.training.config import TrainConfig
+from alae_rt.training.data import ImageSet
+from alae_rt.training.trainer import RunInfo, Trainer
 
 
 def time_lod(mcfg: ModelConfig, lod: int, batch: int, steps: int, warmup: int, device: torch.device,

@@ -8,8 +8,7 @@ import tempfile
 from pathlib import Path
 
 from alae_rt.cli import out_dir, parse_int_list, say
-
-from .errors import ExportError
+from alae_rt.export.errors import ExportError
 
 DESCRIPTION = """\
 Export a model for deployment:
@@ -139,7 +138,7 @@ def _load_model(args: argparse.Namespace):
 
 def cmd_onnx(args: argparse.Namespace) -> int:
     _require_onnx_tools()
-    from .onnx_export import check_export_args, export_onnx
+    from alae_rt.export.onnx_export import check_export_args, export_onnx
 
     check_export_args(args.dtype, args.opset)
     rt = _load_model(args)
@@ -155,8 +154,7 @@ def cmd_onnx(args: argparse.Namespace) -> int:
 def cmd_tensorrt(args: argparse.Namespace) -> int:
     _require_onnx_tools()
     from alae_rt.backend_tensorrt import import_tensorrt, require_cuda
-
-    from .tensorrt_build import build_engines, check_batches, read_export
+    from alae_rt.export.tensorrt_build import build_engines, check_batches, read_export
 
     check_batches(args.min_batch, args.opt_batch, args.max_batch)
     import_tensorrt()
@@ -174,9 +172,9 @@ def cmd_tensorrt(args: argparse.Namespace) -> int:
 
 def cmd_triton_repo(args: argparse.Namespace) -> int:
     _require_onnx_tools()
-    from .onnx_export import check_export_args, export_onnx
-    from .tensorrt_build import read_export
-    from .triton_repo import check_repo_args, write_triton_repo
+    from alae_rt.export.onnx_export import check_export_args, export_onnx
+    from alae_rt.export.tensorrt_build import read_export
+    from alae_rt.export.triton_repo import check_repo_args, write_triton_repo
 
     preferred = parse_int_list(args.preferred_batch_sizes, "--preferred-batch-sizes")
     check_repo_args(args.format, args.max_batch_size, preferred, args.max_queue_delay_us, args.instances,

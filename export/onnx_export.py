@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from alae_rt import __version__
 from alae_rt.config import ModelConfig
+from alae_rt.export.errors import ExportError
 from alae_rt.exported import (
     BATCH_AXIS,
     FORMAT,
@@ -44,8 +45,6 @@ from alae_rt.exported import (
     weights_signature,
 )
 from alae_rt.network import StyleALAE
-
-from .errors import ExportError
 
 SUPPORTED_DTYPES = tuple(NUMPY_DTYPES)
 MIN_OPSET = 18  # torch's exporter writes nothing older: it silently turns a lower request into 18

@@ -16,6 +16,7 @@ import torch
 
 from alae_rt import __version__
 from alae_rt.backend_tensorrt import TensorRTEngine, import_tensorrt, require_cuda
+from alae_rt.export.errors import ExportError
 from alae_rt.exported import (
     ENGINE_FILES,
     ENGINE_METADATA,
@@ -26,8 +27,6 @@ from alae_rt.exported import (
     ONNX_FILES,
     ROLES,
 )
-
-from .errors import ExportError
 
 TIMING_CACHE = "timing.cache"
 # Engine against onnxruntime (CPU) on the same ONNX file and inputs, as torch.allclose. TF32 is off in fp32

@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 import onnx
 
+from alae_rt.export.errors import ExportError
+from alae_rt.export.onnx_export import DLATENT_AVG, read_dlatent_avg
+from alae_rt.export.tensorrt_build import read_export
 from alae_rt.exported import ENGINE_FILES, META_CONFIG, META_DTYPE, ROLES, TRITON_MODELS
-
-from .errors import ExportError
-from .onnx_export import DLATENT_AVG, read_dlatent_avg
-from .tensorrt_build import read_export
 
 MODEL_NAMES = TRITON_MODELS
 PLATFORMS = {"onnx": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
@@ -106,7 +105,7 @@ def write_triton_repo(onnx_dir: str | Path, out_dir: str | Path, *, fmt: str = "
     scratch = None
     try:
         if fmt == "tensorrt":
-            from .tensorrt_build import build_engines
+            from alae_rt.export.tensorrt_build import build_engines
 
             scratch = Path(tempfile.mkdtemp(prefix=".alae-rt-engines-", dir=out))
             meta = build_engines(onnx_dir, scratch, fp16=fp16, min_batch=1, opt_batch=max(preferred_batch_sizes),

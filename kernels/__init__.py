@@ -3,10 +3,12 @@
 Leaf ops: this package imports torch and triton, nothing else of alae-rt. Each public op takes
 impl="auto"|"triton"|"torch": Triton on CUDA (or under TRITON_INTERPRET=1, for correctness checks on CPU),
 else its plain-torch reference `<op>_ref`.
+
+Installed as `alae_rt.kernels`: alae_rt/kernels is a link to this folder (pyproject.toml lists the package).
 """
 
-from ._dispatch import interpreting, triton_available, use_triton
-from .epilogue import (
+from alae_rt.kernels._dispatch import interpreting, triton_available, use_triton
+from alae_rt.kernels.epilogue import (
                        act_stats,
                        act_stats_ref,
                        encoder_epilogue,

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._dispatch import use_triton
+from alae_rt.kernels._dispatch import use_triton
 
 LRELU_SLOPE = 0.2
 _BLUR_1D = (0.25, 0.5, 0.25)  # [1, 2, 1] / 4 per axis: the [1, 2, 1] x [1, 2, 1] / 16 blur
@@ -148,7 +148,7 @@ def encoder_epilogue(x: Tensor, bias: Tensor, eps: float = 1e-5, impl: str = "au
 
 
 def _kernels():
-    from . import _epilogue_kernels
+    from alae_rt.kernels import _epilogue_kernels
 
     return _epilogue_kernels
 

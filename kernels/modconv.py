@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._dispatch import interpreting, use_triton
-from .epilogue import act_stats_ref, merge_stats, modulate_ref
+from alae_rt.kernels._dispatch import interpreting, use_triton
+from alae_rt.kernels.epilogue import act_stats_ref, merge_stats, modulate_ref
 
 
 def pack_conv3x3(weight: Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -43,7 +43,7 @@ def modulated_conv3x3(t: Tensor, mean: Tensor, scale: Tensor, shift: Tensor, wei
     use exact fp32 products unless allow_tf32; fp16/bf16 multiply in their dtype and accumulate in fp32."""
     if not use_triton(impl, t):
         return modulated_conv3x3_ref(t, mean, scale, shift, weight, noise, noise_weight, bias)
-    from ._modconv_kernels import modconv3x3_kernel
+    from alae_rt.kernels._modconv_kernels import modconv3x3_kernel
 
     t = t.contiguous()
     n, cin = scale.shape

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from . import alae_rt_pb2 as alae__rt_dot_v1_dot_alae__rt__pb2
+from alae_rt.serve import alae_rt_pb2 as alae__rt_dot_v1_dot_alae__rt__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli import (
+from alae_rt.cli import (
     _columns,
     add_model_args,
     add_noise_args,
@@ -24,7 +24,7 @@ from ..cli import (
     progress_bar,
     say,
 )
-from ..errors import InputError
+from alae_rt.errors import InputError
 
 SERVE_HELP = """\
 Serve the model over gRPC (service alae_rt.v1.Alae; its .proto ships in alae_rt/serve/protos).
@@ -53,7 +53,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
 
 def _add_serve(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
-    from .server import ServeConfig
+    from alae_rt.serve.server import ServeConfig
 
     d = ServeConfig()
     p = subparsers.add_parser(name, help=help_text, description=SERVE_HELP,
@@ -112,8 +112,8 @@ def _add_serve(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 def cmd_serve(args: argparse.Namespace) -> int:
     import torch
 
-    from ..runtime import Runtime
-    from .server import AlaeServer, ServeConfig, read_tokens, setup_logging
+    from alae_rt.runtime import Runtime
+    from alae_rt.serve.server import AlaeServer, ServeConfig, read_tokens, setup_logging
 
     setup_logging(args.log_format, args.log_level)
     if args.threads is not None:
@@ -226,7 +226,7 @@ def _add_client(subparsers, name: str, help_text: str) -> argparse.ArgumentParse
 
 
 def _client(args: argparse.Namespace):
-    from .client import AlaeClient
+    from alae_rt.serve.client import AlaeClient
 
     return AlaeClient(args.server, token_file=args.token_file, tls=args.tls, tls_ca=args.tls_ca,
                       server_name=args.server_name, timeout=args.timeout)
@@ -258,7 +258,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    from .client import RemoteError
+    from alae_rt.serve.client import RemoteError
 
     deadline = time.monotonic() + args.wait
     with _client(args) as c:
@@ -302,13 +302,13 @@ def _send_images(c, args, paths: list[Path], desc: str, call) -> list:
 
 def _originals(paths: Sequence[Path], info) -> list[np.ndarray]:
     """The inputs as the model sees them (centre crop, R x R), for the grids."""
-    from ..images import image_to_tensor, read_image, to_uint8
+    from alae_rt.images import image_to_tensor, read_image, to_uint8
 
     return [to_uint8(image_to_tensor(read_image(p), info.resolution, info.channels)[None])[0] for p in paths]
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from ..images import list_images
+    from alae_rt.images import list_images
 
     out = out_file(args.out, ".npy")
     paths = list_images(args.images)
@@ -321,7 +321,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from ..images import list_images, save_image
+    from alae_rt.images import list_images, save_image
 
     out = out_dir(args.out)
     paths = list_images(args.images)
@@ -338,7 +338,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ..images import save_image
+    from alae_rt.images import save_image
 
     out = out_dir(args.out)
     seeds = parse_int_list(args.seeds)
@@ -363,8 +363,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def _source(args: argparse.Namespace, items: Sequence[str], info):
     """A client-side latent source: .npy latents, Seeds, or image paths -> (source, originals or None, names)."""
-    from ..images import list_images
-    from .client import Seeds
+    from alae_rt.images import list_images
+    from alae_rt.serve.client import Seeds
 
     if len(items) == 1 and items[0].endswith(".npy"):
         w = load_latents(items[0], info.latent_size, info.num_styles)
@@ -388,7 +388,7 @@ def _direction_value(name: str):
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from ..images import save_image
+    from alae_rt.images import save_image
 
     out = out_dir(args.out)
     edits = [(_direction_value(n), s) for n, s in (parse_direction(d) for d in args.direction)]
@@ -410,7 +410,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_mix(args: argparse.Namespace) -> int:
-    from ..images import save_image
+    from alae_rt.images import save_image
 
     out = out_dir(args.out)
     with _client(args) as c:
@@ -434,7 +434,7 @@ def cmd_mix(args: argparse.Namespace) -> int:
 
 def _latents_and_images(c, src, kw: dict) -> tuple[np.ndarray, list[np.ndarray]]:
     """Latents of a source and their decoded images, so that each input is sent (and encoded) once."""
-    from .client import Seeds
+    from alae_rt.serve.client import Seeds
 
     if isinstance(src, Seeds):
         r = c.generate(seeds=src.seeds, psi=src.psi, return_latents=True, **kw)
@@ -444,7 +444,7 @@ def _latents_and_images(c, src, kw: dict) -> tuple[np.ndarray, list[np.ndarray]]
 
 
 def _grid(rows, path: Path, args: argparse.Namespace) -> None:
-    from ..images import make_grid, save_image
+    from alae_rt.images import make_grid, save_image
 
     save_image(make_grid(rows), path)
     say(args, f"wrote {path}")

@@ -10,10 +10,10 @@ from typing import Any
 import grpc
 import numpy as np
 
-from ..errors import AlaeError
-from . import alae_rt_pb2 as pb
-from . import alae_rt_pb2_grpc as pb_grpc
-from .wire import array_to_tensor, decode_image_message
+from alae_rt.errors import AlaeError
+from alae_rt.serve import alae_rt_pb2 as pb
+from alae_rt.serve import alae_rt_pb2_grpc as pb_grpc
+from alae_rt.serve.wire import array_to_tensor, decode_image_message
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_MB = 256

@@ -26,7 +26,7 @@ def generate(out: Path) -> list[Path]:
         for name in STUBS:
             text = (Path(tmp) / Path(PROTO).parent / name).read_text()
             # protoc names the message module by its proto path (alae_rt.v1); the stubs live in alae_rt.serve.
-            text = re.sub(r"^from alae_rt\.v1 import alae_rt_pb2 as", "from . import alae_rt_pb2 as", text,
+            text = re.sub(r"^from alae_rt\.v1 import alae_rt_pb2 as", "from alae_rt.serve import alae_rt_pb2 as", text,
                           flags=re.MULTILINE)
             path = out / name
             path.write_text(text)

@@ -23,15 +23,23 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from torch import Tensor
 
-from ..errors import AlaeError, InputError
-from ..images import image_to_tensor, to_uint8
-from ..runtime import Runtime
-from . import alae_rt_pb2 as pb
-from . import alae_rt_pb2_grpc as pb_grpc
-from .batcher import BatchStats, Dropped, DynamicBatcher, QueueFull
-from .metrics import Metrics
-from .wire import RequestError, array_to_image, array_to_tensor, check_latents, image_to_array, invalid, over_limit
-from .wire import tensor_to_array as _tensor_to_array
+from alae_rt.errors import AlaeError, InputError
+from alae_rt.images import image_to_tensor, to_uint8
+from alae_rt.runtime import Runtime
+from alae_rt.serve import alae_rt_pb2 as pb
+from alae_rt.serve import alae_rt_pb2_grpc as pb_grpc
+from alae_rt.serve.batcher import BatchStats, Dropped, DynamicBatcher, QueueFull
+from alae_rt.serve.metrics import Metrics
+from alae_rt.serve.wire import (
+    RequestError,
+    array_to_image,
+    array_to_tensor,
+    check_latents,
+    image_to_array,
+    invalid,
+    over_limit,
+)
+from alae_rt.serve.wire import tensor_to_array as _tensor_to_array
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Alae"].full_name  # "alae_rt.v1.Alae"
 HEALTH_EXEMPT = "/grpc.health.v1.Health/"  # load balancers probe health without credentials
@@ -415,7 +423,7 @@ class AlaeService(pb_grpc.AlaeServicer):
                                       t=i / (req.steps - 1))
 
     async def _info_rpc(self, req: pb.GetModelInfoRequest, context) -> pb.ModelInfo:
-        from .. import __version__
+        from alae_rt import __version__
 
         rt, c = self.rt, self.rt.config
         return pb.ModelInfo(

@@ -7,9 +7,9 @@ import io
 import grpc
 import numpy as np
 
-from ..errors import InputError
-from ..images import decode_image_bytes
-from . import alae_rt_pb2 as pb
+from alae_rt.errors import InputError
+from alae_rt.images import decode_image_bytes
+from alae_rt.serve import alae_rt_pb2 as pb
 
 RAW_CHANNELS = (1, 3, 4)
 MAX_DIMS = 4  # latents are [N, D] or [N, 2L, D]; directions [D] or [2L, D]

@@ -7,9 +7,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from alae_rt.network import StyleALAE
-
-from .config import TrainConfig
-from .losses import discriminator_loss, generator_loss, latent_loss
+from alae_rt.training.config import TrainConfig
+from alae_rt.training.losses import discriminator_loss, generator_loss, latent_loss
 
 PHASES = ("d", "g", "ae")
 

@@ -23,9 +23,8 @@ from alae_rt.bench import cpu_model
 from alae_rt.checkpoint import load_checkpoint, save_checkpoint
 from alae_rt.images import make_grid, read_image, save_image, to_uint8
 from alae_rt.runtime import Runtime
-
-from .data import default_holdout
-from .trainer import CHECKPOINT_FILE, STATE_FILE, psnr_db, read_state
+from alae_rt.training.data import default_holdout
+from alae_rt.training.trainer import CHECKPOINT_FILE, STATE_FILE, psnr_db, read_state
 
 MAX_BYTES = 25 * 1024 * 1024
 GRID_SEEDS = range(16)
@@ -110,7 +109,7 @@ def bundle(run: Path, out: Path, hardware: str) -> dict:
 def mean_face_psnr(run_meta: dict, cfg) -> float:
     """PSNR of the mean training image against each held-out image: the score of a model that ignores its
     input, the floor a reconstruction PSNR should be read against."""
-    from .data import load_image_folder, split_holdout, to_float
+    from alae_rt.training.data import load_image_folder, split_holdout, to_float
 
     data = load_image_folder(run_meta["data"], cfg.resolution, cfg.channels, report=lambda m: None)
     holdout = run_meta["holdout"] if run_meta["holdout"] is not None else default_holdout(len(data))

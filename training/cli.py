@@ -13,10 +13,9 @@ import torch
 
 from alae_rt.config import PRESETS, ModelConfig
 from alae_rt.errors import ConfigError, InputError
-
-from .config import TrainConfig
-from .data import default_holdout, load_image_folder, split_holdout
-from .trainer import STATE_FILE, Distributed, RunInfo, Trainer, read_state
+from alae_rt.training.config import TrainConfig
+from alae_rt.training.data import default_holdout, load_image_folder, split_holdout
+from alae_rt.training.trainer import STATE_FILE, Distributed, RunInfo, Trainer, read_state
 
 DEFAULT_PRESET = "small-64"
 DEFAULT_EVERY = 500

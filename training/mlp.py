@@ -25,9 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alae_rt.errors import InputError
-
-from .losses import discriminator_loss, generator_loss, latent_loss
-from .optim import LREQAdam
+from alae_rt.training.losses import discriminator_loss, generator_loss, latent_loss
+from alae_rt.training.optim import LREQAdam
 
 LRELU_SLOPE = 0.2
 
@@ -194,7 +193,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
 def run(args: argparse.Namespace) -> int:
     """The `digits` command: train, evaluate, print (and record) the accuracies."""
-    from .cli import require
+    from alae_rt.training.cli import require
 
     require("sklearn", "digits")
     for flag in ("steps", "latent_size", "hidden", "batch"):

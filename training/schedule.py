@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import TrainConfig
+from alae_rt.training.config import TrainConfig
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,11 @@ from alae_rt.config import ModelConfig
 from alae_rt.errors import CheckpointError, InputError
 from alae_rt.images import make_grid, save_image, to_uint8
 from alae_rt.network import StyleALAE
-
-from .alae import ALAESteps, ema_update
-from .config import TrainConfig
-from .data import BatchSampler, ImageSet, blend_reals, make_batch, to_float
-from .optim import LREQAdam, lr_multipliers
-from .schedule import Phase, phase_at
+from alae_rt.training.alae import ALAESteps, ema_update
+from alae_rt.training.config import TrainConfig
+from alae_rt.training.data import BatchSampler, ImageSet, blend_reals, make_batch, to_float
+from alae_rt.training.optim import LREQAdam, lr_multipliers
+from alae_rt.training.schedule import Phase, phase_at
 
 STATE_FILE = "train_state.safetensors"  # everything to resume: weights, EMA, optimisers, RNG streams, history
 CHECKPOINT_FILE = "checkpoint.safetensors"  # the EMA weights: what Runtime.load and the exporters read

@@ -9,9 +9,9 @@ from __future__ import annotations
 import onnxruntime as ort
 import pytest
 import torch
-from alae_rt.export.onnx_export import VERIFY_BATCH, export_onnx
 
 from alae_rt import Runtime
+from alae_rt.export.onnx_export import VERIFY_BATCH, export_onnx
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}
 N = 2

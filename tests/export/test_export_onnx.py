@@ -10,12 +10,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from alae_rt.export.errors import ExportError
-from alae_rt.export.onnx_export import EXPORT_BATCH, TOLERANCES, export_onnx
 from conftest import OFFICIAL, require
 
 from alae_rt import CheckpointError, InputError, Runtime
 from alae_rt.cli import main
+from alae_rt.export.errors import ExportError
+from alae_rt.export.onnx_export import EXPORT_BATCH, TOLERANCES, export_onnx
 from alae_rt.exported import noise_names
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}  # fp32: onnxruntime against eager and against the official code

@@ -7,12 +7,12 @@ import json
 
 import pytest
 import torch
-from alae_rt.export.onnx_export import export_onnx
-from alae_rt.export.tensorrt_build import TOLERANCES
 from conftest import OFFICIAL, require
 
 from alae_rt import Runtime
 from alae_rt.cli import main
+from alae_rt.export.onnx_export import export_onnx
+from alae_rt.export.tensorrt_build import TOLERANCES
 
 pytestmark = pytest.mark.gpu
 

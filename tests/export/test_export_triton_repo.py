@@ -10,13 +10,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from alae_rt.export.onnx_export import TOLERANCES, export_onnx
 from conftest import OFFICIAL, require
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from alae_rt import Runtime
 from alae_rt.cli import main
+from alae_rt.export.onnx_export import TOLERANCES, export_onnx
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}
 MODELS = {"alae_encoder": "encoder", "alae_generator": "generator", "alae_mapping": "mapping"}

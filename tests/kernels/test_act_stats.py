@@ -4,6 +4,7 @@ backend runs after the up- and down-sampling convolutions - Triton against torch
 import pytest
 import torch
 from _shapes import BIG, DTYPES, SHAPES, TOL, max_err, rand
+
 from alae_rt.kernels import act_stats, act_stats_ref
 
 

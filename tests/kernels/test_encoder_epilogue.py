@@ -2,6 +2,7 @@
 
 import pytest
 from _shapes import BIG, DTYPES, SHAPES, TOL, max_err, rand
+
 from alae_rt.kernels import encoder_epilogue, encoder_epilogue_ref
 
 

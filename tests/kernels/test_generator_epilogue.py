@@ -6,6 +6,7 @@ Forward only: the kernels serve inference; training runs the torch reference, wh
 import pytest
 import torch
 from _shapes import BIG, DTYPES, SHAPES, TOL, max_err, rand
+
 from alae_rt.kernels import generator_epilogue, generator_epilogue_ref
 
 

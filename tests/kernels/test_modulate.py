@@ -3,6 +3,7 @@ modulated map) - the input side of the resampling convolutions - Triton against 
 
 import pytest
 from _shapes import DTYPES, SHAPES, TOL, max_err, rand
+
 from alae_rt.kernels import modulate, modulate_ref
 
 

@@ -4,6 +4,7 @@
 import pytest
 import torch
 from _shapes import DTYPES, TOL, max_err, rand
+
 from alae_rt.kernels.modconv import modulated_conv3x3, modulated_conv3x3_ref, pack_conv3x3
 
 # (batch, in channels, out channels, height, width)

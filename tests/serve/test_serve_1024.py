@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-from alae_rt.serve.client import AlaeClient
-from alae_rt.serve.server import ServeConfig
 from conftest import FACES1024, require
 from serve_helpers import ServerThread
 
 from alae_rt import Runtime
+from alae_rt.serve.client import AlaeClient
+from alae_rt.serve.server import ServeConfig
 
 
 def test_reconstruct_a_1024_face_end_to_end():

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+
 from alae_rt.serve.batcher import BatchStats, DynamicBatcher, QueueFull
 
 

@@ -12,13 +12,13 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from alae_rt.serve import alae_rt_pb2 as pb
-from alae_rt.serve.client import AlaeClient, AsyncAlaeClient, RemoteError
-from alae_rt.serve.server import ServeConfig, read_tokens
 from PIL import Image
 from serve_helpers import ServerThread, images, latents, one_torch_thread, png, same_images, tiny_rt, tiny_server
 
 from alae_rt import Runtime
+from alae_rt.serve import alae_rt_pb2 as pb
+from alae_rt.serve.client import AlaeClient, AsyncAlaeClient, RemoteError
+from alae_rt.serve.server import ServeConfig, read_tokens
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED

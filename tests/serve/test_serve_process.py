@@ -16,11 +16,11 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from alae_rt.serve.client import AlaeClient, RemoteError
 from conftest import DIRECTIONS, FACES128, require
 from serve_helpers import one_torch_thread
 
 from alae_rt import Runtime
+from alae_rt.serve.client import AlaeClient, RemoteError
 
 ALAE_RT = [sys.executable, "-m", "alae_rt.cli"]
 

@@ -11,9 +11,6 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from alae_rt.serve import alae_rt_pb2 as pb
-from alae_rt.serve.client import AlaeClient, AsyncAlaeClient, Seeds
-from alae_rt.serve.server import ServeConfig
 from PIL import Image
 from serve_helpers import (
     ServerThread,
@@ -26,6 +23,10 @@ from serve_helpers import (
     tiny_server,
     u8,
 )
+
+from alae_rt.serve import alae_rt_pb2 as pb
+from alae_rt.serve.client import AlaeClient, AsyncAlaeClient, Seeds
+from alae_rt.serve.server import ServeConfig
 
 # ---- each RPC against the Runtime ---------------------------------------------------------------------------------
 

@@ -7,13 +7,13 @@ import socket
 
 import torch
 import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from alae_rt import ModelConfig
 from alae_rt.training.cli import distributed_setup
 from alae_rt.training.config import TrainConfig
 from alae_rt.training.data import ImageSet, load_image_folder
 from alae_rt.training.trainer import RunInfo, Trainer
-from safetensors.torch import load_file, save_file
-
-from alae_rt import ModelConfig
 
 STEPS = 4  # 4 px, then the 8 px block fading in (a LOD switch: optimiser reset, new parameters in use)
 

@@ -6,9 +6,9 @@ import json
 import math
 
 import numpy as np
-from alae_rt.training.mlp import MLPConfig, evaluate, load_digits_split, train_mlp_alae
 
 from alae_rt.cli import main
+from alae_rt.training.mlp import MLPConfig, evaluate, load_digits_split, train_mlp_alae
 
 
 def test_mlp_alae_trains_and_w_separates_digits():

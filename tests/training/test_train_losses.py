@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from alae_rt.training.losses import discriminator_loss, generator_loss, latent_loss, r1_penalty
 
 from alae_rt import ModelConfig, StyleALAE
+from alae_rt.training.losses import discriminator_loss, generator_loss, latent_loss, r1_penalty
 
 
 def softplus(v: float) -> float:

@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
-from alae_rt.training.optim import HEAD_LRMUL, MAPPING_LRMUL, LREQAdam, lr_multipliers
 
 from alae_rt import ModelConfig, StyleALAE
+from alae_rt.training.optim import HEAD_LRMUL, MAPPING_LRMUL, LREQAdam, lr_multipliers
 
 
 def test_multiplier_table():

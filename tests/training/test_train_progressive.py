@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
+from alae_rt import ModelConfig, StyleALAE
 from alae_rt.training.config import TrainConfig
 from alae_rt.training.data import blend_reals
 from alae_rt.training.schedule import phase_at
-
-from alae_rt import ModelConfig, StyleALAE
 
 CFG = ModelConfig.preset("tiny")  # L = 3: LODs 0, 1, 2 at 4, 8, 16 px
 

@@ -13,13 +13,13 @@ import time
 
 import pytest
 import torch
-from alae_rt.training.config import TrainConfig
-from alae_rt.training.data import BatchSampler, ImageSet, load_image_folder
-from alae_rt.training.trainer import RunInfo, Trainer
 from safetensors.torch import load_file
 
 from alae_rt import ModelConfig, Runtime, load_checkpoint
 from alae_rt.cli import main
+from alae_rt.training.config import TrainConfig
+from alae_rt.training.data import BatchSampler, ImageSet, load_image_folder
+from alae_rt.training.trainer import RunInfo, Trainer
 
 TINY = ["--preset", "tiny", "--lod-images", "16", "--lod-batch", "4", "--threads", "1", "-q"]
 
