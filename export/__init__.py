@@ -2,7 +2,7 @@
 
 Modules: `onnx_export` (export_onnx, verify_onnx), `tensorrt_build` (build_engines), `triton_repo`
 (write_triton_repo), `cli` (the `alae-rt export` subcommand). The backends that run the results live in the core
-(`alae_rt.backend_onnxruntime`, `alae_rt.backend_tensorrt`) and share its file contract (`alae_rt.exported`).
+(`alae_rt.backends.onnxruntime`, `alae_rt.backends.tensorrt`) and share its file contract (`alae_rt.exported`).
 Nothing heavy is imported here: the CLI loads this package to build its parser.
 
 Installed as `alae_rt.export`: alae_rt/export is a link to this folder (pyproject.toml lists the package).

@@ -153,7 +153,7 @@ def cmd_onnx(args: argparse.Namespace) -> int:
 
 def cmd_tensorrt(args: argparse.Namespace) -> int:
     _require_onnx_tools()
-    from alae_rt.backend_tensorrt import import_tensorrt, require_cuda
+    from alae_rt.backends.tensorrt import import_tensorrt, require_cuda
     from alae_rt.export.tensorrt_build import build_engines, check_batches, read_export
 
     check_batches(args.min_batch, args.opt_batch, args.max_batch)
@@ -182,7 +182,7 @@ def cmd_triton_repo(args: argparse.Namespace) -> int:
     if args.onnx and args.checkpoint:
         raise ExportError("give either --checkpoint (export it) or --onnx (an existing export), not both")
     if args.format == "tensorrt":
-        from alae_rt.backend_tensorrt import import_tensorrt, require_cuda
+        from alae_rt.backends.tensorrt import import_tensorrt, require_cuda
 
         import_tensorrt()
         require_cuda("alae-rt export triton-repo --format tensorrt")

@@ -15,7 +15,7 @@ import onnx
 import torch
 
 from alae_rt import __version__
-from alae_rt.backend_tensorrt import TensorRTEngine, import_tensorrt, require_cuda
+from alae_rt.backends.tensorrt import TensorRTEngine, import_tensorrt, require_cuda
 from alae_rt.export.errors import ExportError
 from alae_rt.exported import (
     ENGINE_FILES,

@@ -1,27 +1,18 @@
-"""Shared test fixtures: paths into ../shared, loaded official fixtures, and the gpu / slow markers."""
+"""Fixtures and hooks: loaded official fixtures, sample data, the gpu / slow markers (helpers live in helpers.py)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import FACES128, FIXTURE_NAMES, OFFICIAL, TRAINING_TESTS, require, write_images
 
 # Without a GPU the Triton kernels run through Triton's interpreter (decided when a kernel is defined, so
 # before any test imports one).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-OFFICIAL = SHARED / "fixtures" / "official"
-FACES128 = SHARED / "data" / "faces128"
-FACES1024 = SHARED / "data" / "faces1024"
-DIRECTIONS = SHARED / "data" / "principal_directions"
-FIXTURE_NAMES = ("rgb128", "gray32")
 
 
 def pytest_addoption(parser):
@@ -36,31 +27,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_slow)
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
-
-
-def require(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"{path} is missing (the shared fixtures/data live beside the project)")
-    return path
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    """`alae-rt ARGV` in this process: (exit status, stdout, stderr)."""
-    from alae_rt.cli import main
-
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    """The CLI's contract for bad input: exit status 2, one `alae-rt: error:` line naming the problem."""
-    assert code == 2
-    lines = [line for line in err.strip().splitlines() if line.startswith("alae-rt: error:")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 @pytest.fixture(scope="session", params=FIXTURE_NAMES)
@@ -93,27 +59,6 @@ def faces128() -> Path:
 
 
 # ---- the training tests ---------------------------------------------------------------------------------------
-TRAINING_TESTS = Path(__file__).resolve().parent / "training"
-
-
-def write_images(folder: Path, count: int, seed: int = 0) -> Path:
-    """`count` random images of assorted sizes and formats (PNG, JPEG, grey, RGBA) under `folder`."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        h, w = int(rng.integers(12, 40)), int(rng.integers(12, 40))
-        kind = i % 4
-        if kind == 2:
-            img = Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8), "L")
-        elif kind == 3:
-            img = Image.fromarray(rng.integers(0, 256, (h, w, 4), dtype=np.uint8), "RGBA")
-        else:
-            # smooth-ish colour fields, so the images are not pure noise
-            y, x = np.mgrid[0:h, 0:w]
-            base = np.stack([np.sin(x / (3 + i)), np.cos(y / (4 + i)), np.sin((x + y) / 5)], -1)
-            img = Image.fromarray(((base * 0.5 + 0.5) * 255).astype(np.uint8), "RGB")
-        img.save(folder / f"img{i:03d}.{'jpg' if kind == 1 else 'png'}")
-    return folder
 
 
 @pytest.fixture

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import OFFICIAL, require
-from test_official_parity import check_all_outputs
+from helpers import OFFICIAL, check_all_outputs, require
 
 from alae_rt import InputError, Runtime
 

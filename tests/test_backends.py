@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import OFFICIAL, require
-from test_official_parity import check_all_outputs
+from helpers import OFFICIAL, check_all_outputs, require
 
 from alae_rt import InputError, Runtime
-from alae_rt.backends import CompileBackend, available_backends, cpp_compiler_available
+from alae_rt.backends import available_backends, create_backend
+from alae_rt.backends.compile import CompileBackend, cpp_compiler_available
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +17,20 @@ def gray32():
     return folder / "checkpoint.pth", torch.load(folder / "reference.pt", weights_only=True)
 
 
-def test_registry_lists_the_backends():
-    assert {"eager", "compile", "official"} <= set(available_backends())
+def test_every_backend_checks_its_options_the_same_way(rt128):
+    """The registry builds each backend from its own module; unknown options get one message for all of them,
+    naming what the backend does take."""
+    assert available_backends()[:6] == ["eager", "compile", "official", "triton", "onnxruntime", "tensorrt"]
+    model, device = rt128.model, rt128.device
+    with pytest.raises(InputError, match=r"backend 'eager' has no option\(s\) speed; it takes none"):
+        create_backend("eager", model, device, speed=1)
+    with pytest.raises(InputError, match=r"backend 'official' has no option\(s\) x; it takes none"):
+        create_backend("official", model, device, x=1)
+    with pytest.raises(InputError, match=r"'onnxruntime' has no option\(s\) threadz; it takes onnx_dir, providers"):
+        create_backend("onnxruntime", model, device, threadz=2)
+    with pytest.raises(InputError, match="unknown backend 'nope'; choose from auto, eager, compile"):
+        create_backend("nope", model, device)
+    assert create_backend("eager", model, device).name == "eager"
 
 
 def test_official_order_backend_matches_the_fixtures(official):

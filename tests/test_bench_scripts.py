@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def test_kernel_benchmark_smoke(tmp_path, monkeypatch):

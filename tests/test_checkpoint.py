@@ -10,7 +10,7 @@ import stat
 import pytest
 import torch
 import yaml
-from conftest import OFFICIAL, require
+from helpers import OFFICIAL, require
 
 from alae_rt import CheckpointError, ModelConfig, Runtime, convert, load_checkpoint, save_checkpoint
 from alae_rt.checkpoint import _umask, convert_official, infer_config, model_shapes, official_layout

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DIRECTIONS, FACES128, assert_one_line_error, require
-from conftest import run_cli as run
+from helpers import DIRECTIONS, FACES128, assert_one_line_error, require
+from helpers import run_cli as run
 
 from alae_rt import Runtime, save_checkpoint
 from alae_rt.cli import main, parse_int_list
@@ -191,7 +191,7 @@ def test_backend_options_reach_the_backend(capsys, rgb128_checkpoint, tmp_path, 
     assert backend_options(args) == {"onnx_dir": "a/b", "threads": 2, "cuda_graphs": False}
     code, _, err = run(capsys, "encode", faces3[0], "-c", str(rgb128_checkpoint), "--backend", "eager",
                        "--backend-option", "speed=11", "-o", str(tmp_path / "w.npy"))
-    assert_one_line_error(code, err, "backend 'eager' takes no options, got speed")
+    assert_one_line_error(code, err, "backend 'eager' has no option(s) speed; it takes none")
     code, _, err = run(capsys, "encode", faces3[0], "-c", str(rgb128_checkpoint), "--backend-option", "novalue",
                        "-o", str(tmp_path / "w.npy"))
     assert_one_line_error(code, err, "expected KEY=VALUE")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from conftest import OFFICIAL, require
+from helpers import OFFICIAL, require
 
 from alae_rt import ConfigError, ModelConfig
 from alae_rt.config import PRESETS, resolve_config

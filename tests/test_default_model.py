@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import torch
-from conftest import FACES128, require
+from helpers import FACES128, require
 from safetensors import safe_open
 
 from alae_rt import Runtime

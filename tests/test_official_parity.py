@@ -4,25 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FACES128, require
+from helpers import FACES128, check_all_outputs, require
+from helpers import PARITY_TOL as TOL
 
 from alae_rt import Runtime, convert
-
-TOL = {"atol": 1e-4, "rtol": 1e-4}
-
-
-def check_all_outputs(rt: Runtime, ref: dict) -> None:
-    torch.testing.assert_close(rt.encode(ref["x"]), ref["encode_w"], **TOL)
-    torch.testing.assert_close(rt.discriminate(ref["encode_w"]), ref["encode_d_logit"], **TOL)
-    torch.testing.assert_close(rt.map(ref["z"]), ref["mapped_w"], **TOL)
-    torch.testing.assert_close(rt.model.dlatent_avg, ref["dlatent_avg"], **TOL)
-    reconstructed = rt.decode(ref["encode_w"], noise=ref["reconstruct_noise"])
-    torch.testing.assert_close(reconstructed, ref["reconstruct_img"], **TOL)
-    generated = rt.generate(z=ref["z"], truncation_psi=ref["truncation_psi"],
-                            truncation_cutoff=ref["truncation_cutoff"], noise=ref["generate_noise"])
-    torch.testing.assert_close(generated, ref["generate_img"], **TOL)
-    mixed = rt.mix(ref["encode_w"], ref["mapped_w"], ref["mix_cutoff"], noise=ref["mix_noise"])
-    torch.testing.assert_close(mixed, ref["mix_img"], **TOL)
 
 
 def test_official_checkpoint_reproduces_every_output(official):

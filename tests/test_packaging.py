@@ -7,7 +7,7 @@ import subprocess
 import sys
 from importlib import metadata
 
-from conftest import ROOT
+from helpers import ROOT
 
 SUBPACKAGES = ("kernels", "export", "training", "serve")
 

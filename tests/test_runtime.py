@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import DIRECTIONS, FACES1024, require
+from helpers import DIRECTIONS, FACES1024, require
 
 from alae_rt import CheckpointError, InputError, ModelConfig, Runtime
 from alae_rt.images import read_image

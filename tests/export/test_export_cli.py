@@ -6,8 +6,8 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import OFFICIAL, assert_one_line_error, require
-from conftest import run_cli as run
+from helpers import OFFICIAL, assert_one_line_error, require
+from helpers import run_cli as run
 
 from alae_rt.cli import main
 

@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import OFFICIAL, require
+from helpers import OFFICIAL, require
 
 from alae_rt import CheckpointError, InputError, Runtime
 from alae_rt.cli import main

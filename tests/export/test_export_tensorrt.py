@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import OFFICIAL, require
+from helpers import OFFICIAL, require
 
 from alae_rt import Runtime
 from alae_rt.cli import main

@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import OFFICIAL, require
 from google.protobuf import text_format
+from helpers import OFFICIAL, require
 from tritonclient.grpc import model_config_pb2 as mc
 
 from alae_rt import Runtime

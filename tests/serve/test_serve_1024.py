@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import FACES1024, require
+from helpers import FACES1024, require
 from serve_helpers import ServerThread
 
 from alae_rt import Runtime

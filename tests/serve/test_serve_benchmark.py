@@ -6,7 +6,7 @@ import importlib.util
 import json
 
 import torch
-from conftest import ROOT
+from helpers import ROOT
 
 
 def test_serve_load_benchmark_runs_on_a_small_preset(tmp_path):

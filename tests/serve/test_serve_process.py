@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from conftest import DIRECTIONS, FACES128, require
+from helpers import DIRECTIONS, FACES128, require
 from serve_helpers import one_torch_thread
 
 from alae_rt import Runtime

@@ -8,8 +8,6 @@ against this, in the same run on the same machine.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -45,9 +43,7 @@ class OfficialOrderBackend:
 
     name = "official"
 
-    def __init__(self, model: StyleALAE, device: torch.device, **options: Any):
-        if options:
-            raise InputError(f"backend 'official' takes no options, got {', '.join(options)}")
+    def __init__(self, model: StyleALAE, device: torch.device):
         if next(model.parameters()).dtype != torch.float32:
             raise InputError("backend 'official' runs in fp32 only, as the official code does")
         self.model = model

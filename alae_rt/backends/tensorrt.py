@@ -115,11 +115,10 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, model: StyleALAE, device: torch.device, engine_dir: str | Path | None = None,
-                 check_weights_match: bool = True, **unknown: Any):
-        if unknown:
-            raise InputError(f"backend 'tensorrt' has no option(s) {', '.join(unknown)}")
+                 check_weights_match: bool = True):
         if engine_dir is None:
-            raise InputError("backend 'tensorrt' needs backend_options={'engine_dir': DIR}, the folder written by "
+            raise InputError("backend 'tensorrt' needs --backend-option engine_dir=DIR "
+                             "(backend_options={'engine_dir': DIR} in Python), the folder written by "
                              "`alae-rt export tensorrt`")
         trt = import_tensorrt()
         if device.type != "cuda":

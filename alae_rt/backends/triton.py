@@ -32,10 +32,7 @@ class TritonBackend:
 
     name = "triton"
 
-    def __init__(self, model: StyleALAE, device: torch.device, cuda_graphs: bool = True, allow_tf32: bool = False,
-                 **options: Any):
-        if options:
-            raise InputError(f"backend 'triton' takes cuda_graphs and allow_tf32, got {', '.join(options)}")
+    def __init__(self, model: StyleALAE, device: torch.device, cuda_graphs: bool = True, allow_tf32: bool = False):
         if not triton_available():
             raise InputError("backend 'triton' needs the triton package (it comes with the CUDA builds of torch)")
         if device.type != "cuda" and not interpreting():

@@ -136,12 +136,10 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, model: StyleALAE, device: torch.device, onnx_dir: str | Path | None = None,
-                 providers: list[Any] | None = None, threads: int | None = None, check_weights_match: bool = True,
-                 **unknown: Any):
-        if unknown:
-            raise InputError(f"backend 'onnxruntime' has no option(s) {', '.join(unknown)}")
+                 providers: list[Any] | None = None, threads: int | None = None, check_weights_match: bool = True):
         if onnx_dir is None:
-            raise InputError("backend 'onnxruntime' needs backend_options={'onnx_dir': DIR}, the folder written by "
+            raise InputError("backend 'onnxruntime' needs --backend-option onnx_dir=DIR "
+                             "(backend_options={'onnx_dir': DIR} in Python), the folder written by "
                              "`alae-rt export onnx`")
         folder = Path(onnx_dir)
         if not folder.is_dir():

@@ -1,0 +1,69 @@
+"""The `compile` backend: torch.compile (inductor) of the eager modules, the CPU fast path."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from alae_rt.errors import InputError
+from alae_rt.network import StyleALAE
+
+
+class CompileBackend:
+    """torch.compile (inductor) of the eager modules: fuses each layer's elementwise chain (noise, bias,
+    leaky_relu, instance norm, AdaIN) into the convolutions' neighbours. The CPU fast path.
+
+    Compiles on the first call of each input signature (tens of seconds on a small CPU; inductor caches
+    the result on disk for later processes). A compilation failure falls back to eager, once, with a warning.
+    Options: mode, freezing (inductor's weight freezing: constant-folded, prepacked for oneDNN; it measured no
+    faster here and compiles slower, benchmarks/results/cpu_fastpath_*), and anything else torch.compile takes.
+    """
+
+    name = "compile"
+
+    def __init__(self, model: StyleALAE, device: torch.device, mode: str | None = None,
+                 freezing: bool = False, **options: Any):
+        if device.type == "cpu" and not cpp_compiler_available():
+            raise InputError("backend 'compile' on CPU needs a C++ compiler (g++ or clang++) on PATH")
+        self.model = model
+        inductor = dict(options.pop("options", None) or {})
+        inductor.setdefault("freezing", bool(freezing))
+        try:
+            self._encode = torch.compile(model.encoder, mode=mode, options=inductor, **options)
+            self._decode = torch.compile(model.generator, mode=mode, options=inductor, **options)
+        except (TypeError, RuntimeError) as exc:
+            raise InputError(f"backend 'compile': bad options ({exc})") from None
+        self.fallback_reason: str | None = None
+
+    def _run(self, compiled: Callable[..., Tensor], eager: Callable[..., Tensor], *args: Any) -> Tensor:
+        if self.fallback_reason is None:
+            try:
+                return compiled(*args)
+            except Exception as exc:  # any compiler failure: keep serving, exactly, through eager
+                if not _is_compile_failure(exc):
+                    raise
+                self.fallback_reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+                warnings.warn(f"torch.compile failed, running eager instead ({self.fallback_reason})", stacklevel=3)
+        return eager(*args)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self._run(self._encode, self.model.encoder, x)
+
+    def decode(self, styles: Tensor, noise: list[Tensor | None]) -> Tensor:
+        return self._run(self._decode, self.model.generator, styles, noise)
+
+
+def _is_compile_failure(exc: Exception) -> bool:
+    from torch._dynamo.exc import BackendCompilerFailed, InternalTorchDynamoError, TorchDynamoException
+
+    return isinstance(exc, (BackendCompilerFailed, InternalTorchDynamoError, TorchDynamoException))
+
+
+def cpp_compiler_available() -> bool:
+    """Inductor on CPU writes C++: it needs a compiler."""
+    return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
