@@ -458,8 +458,8 @@ def add_noise_args(p: argparse.ArgumentParser, default: str = "const") -> None:
 # name -> (module, one-line help). The module has `add_parser(subparsers, name, help)`, which adds the
 # subcommand's arguments and sets `func`; it may use add_model_args, make_runtime, progress_bar, ... above.
 EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("alae_rt.serve.cli", "serve the model over gRPC, with dynamic batching, health, metrics, auth and TLS"),
-    "client": ("alae_rt.serve.cli", "call an alae-rt server: info, health, encode, reconstruct, generate, edit, mix"),
+    "serve": ("alae_rt.cli.client", "serve the model over gRPC, with dynamic batching, health, metrics, auth and TLS"),
+    "client": ("alae_rt.cli.client", "call an alae-rt server: info, health, encode, reconstruct, generate, edit, mix"),
     "export": ("alae_rt.export.cli", "export to ONNX or TensorRT, or write a Triton Inference Server model repository"),
     "train": ("alae_rt.training.cli", "train a StyleALAE with the ALAE algorithm on a folder of images"),
     "digits": ("alae_rt.training.mlp", "MLP ALAE on scikit-learn digits: 1-NN / linear-SVM accuracy of w"),

@@ -46,7 +46,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         return _add_serve(subparsers, name, help_text)
     if name == "client":
         return _add_client(subparsers, name, help_text)
-    raise ValueError(f"alae_rt.serve.cli has no command {name!r}")
+    raise ValueError(f"alae_rt.cli.client has no command {name!r}")
 
 
 # ---- serve ----------------------------------------------------------------------------------------------------
