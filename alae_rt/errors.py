@@ -1,5 +1,7 @@
 """User-facing errors: the CLI and the server turn these into one-line messages."""
 
+from __future__ import annotations
+
 
 class AlaeError(Exception):
     """Base class for errors caused by the user's input (files, arguments, configs)."""
@@ -14,4 +16,12 @@ class CheckpointError(AlaeError):
 
 
 class InputError(AlaeError, ValueError):
-    """An image, latent or argument of the wrong shape, type or value."""
+    """An image, latent or argument of the wrong shape, type or value.
+
+    `field` names the offending argument as the Runtime calls it (`"w_b"`, `"cutoff"`, `"edits[2]"`), so a
+    front end can name its own field instead (the server: the request field). The message starts with it.
+    """
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field

@@ -17,10 +17,15 @@ from alae_rt.checkpoint import Checkpoint, load_checkpoint
 from alae_rt.config import ModelConfig, resolve_config
 from alae_rt.errors import CheckpointError, InputError
 from alae_rt.images import images_to_tensor, list_images, read_image, to_uint8
+from alae_rt.latents import check_latents
 from alae_rt.network import StyleALAE
 
 NoiseArg = str | Sequence[Tensor]
 DirectionArg = str | Path | np.ndarray | Tensor
+Progress = Callable[[int], object] | None  # called with the rows each chunk just finished
+
+PSI_RANGE = (-2.0, 2.0)  # truncation psi: 0 gives dlatent_avg, 1 no truncation, beyond +-2 only noise
+SEED_MAX = 2**64 - 1  # seeds seed torch generators, which take 64-bit unsigned values
 
 CONST_NOISE_SEED = 0  # the "const" noise maps are drawn once, from this seed, on the CPU
 DEFAULT_MAX_BATCH = 8
@@ -40,12 +45,12 @@ def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
     """torch.float32 / "fp32" / "fp16" / "bf16" ... -> torch.dtype."""
     if isinstance(dtype, torch.dtype):
         if dtype not in _DTYPES.values():
-            raise InputError(f"dtype {dtype} is not supported; use fp32, fp16 or bf16")
+            raise InputError(f"dtype {dtype} is not supported; use fp32, fp16 or bf16", field="dtype")
         return dtype
     try:
         return _DTYPES[str(dtype).lower()]
     except KeyError:
-        raise InputError(f"unknown dtype {dtype!r}; use fp32, fp16 or bf16") from None
+        raise InputError(f"unknown dtype {dtype!r}; use fp32, fp16 or bf16", field="dtype") from None
 
 
 def parse_device(device: torch.device | str) -> torch.device:
@@ -55,14 +60,15 @@ def parse_device(device: torch.device | str) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise InputError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+        raise InputError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto", field="device") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise InputError(f"device {device!r} asked for, but this machine has no usable CUDA GPU")
+            raise InputError(f"device {device!r} asked for, but this machine has no usable CUDA GPU", field="device")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise InputError(f"device {device!r} asked for, but there are {torch.cuda.device_count()} CUDA GPU(s)")
+            raise InputError(f"device {device!r} asked for, but there are {torch.cuda.device_count()} CUDA GPU(s)",
+                             field="device")
     elif dev.type != "cpu":
-        raise InputError(f"device type {dev.type!r} is not supported; use cpu or cuda")
+        raise InputError(f"device type {dev.type!r} is not supported; use cpu or cuda", field="device")
     return dev
 
 
@@ -84,7 +90,7 @@ class Runtime:
                  dtype: torch.dtype | str = torch.float32, backend: str = "eager", source: str = "",
                  max_batch: int = DEFAULT_MAX_BATCH, backend_options: Mapping[str, Any] | None = None):
         if max_batch < 1:
-            raise InputError(f"max_batch must be >= 1, got {max_batch}")
+            raise InputError(f"max_batch must be >= 1, got {max_batch}", field="max_batch")
         self.device = parse_device(device)
         self.dtype = parse_dtype(dtype)
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
@@ -160,7 +166,7 @@ class Runtime:
             x = [x]
         if isinstance(x, (list, tuple)):
             if len(x) == 0:
-                raise InputError("x: empty batch")
+                raise InputError("x: empty batch", field="x")
             if all(isinstance(item, (str, Path)) for item in x):
                 paths = list_images(x)
                 x = images_to_tensor([read_image(p) for p in paths], r, c, names=[str(p) for p in paths])
@@ -169,26 +175,20 @@ class Runtime:
         elif isinstance(x, np.ndarray):
             x = torch.from_numpy(x)
         if not isinstance(x, Tensor):
-            raise InputError(f"x: expected images (tensor, array, list or paths), got {type(x).__name__}")
+            raise InputError(f"x: expected images (tensor, array, list or paths), got {type(x).__name__}", field="x")
         if x.dtype == torch.uint8:
             x = images_to_tensor(x[None] if x.ndim == 3 else x, r, c)
         elif not x.is_floating_point():
-            raise InputError(f"x: expected float images in [-1, 1] or uint8 images, got {x.dtype}")
+            raise InputError(f"x: expected float images in [-1, 1] or uint8 images, got {x.dtype}", field="x")
         if x.ndim != 4 or tuple(x.shape[1:]) != (c, r, r) or x.shape[0] == 0:
-            raise InputError(f"x: expected float images [N, {c}, {r}, {r}] in [-1, 1], got {list(x.shape)}")
+            raise InputError(f"x: expected float images [N, {c}, {r}, {r}] in [-1, 1], got {list(x.shape)}", field="x")
         return x.to(self.device, self.dtype)
 
     def _latent(self, w: Any, name: str, allow_styles: bool = True) -> Tensor:
         """w [N, D] (or [N, 2L, D] when allowed) on the device; errors name the argument and the shape."""
+        check_latents(w, self.config.latent_size, self.config.num_styles, name, allow_styles)
         if isinstance(w, np.ndarray):
             w = torch.from_numpy(w)
-        if not isinstance(w, Tensor) or not w.is_floating_point():
-            raise InputError(f"{name}: expected a float tensor or array, got {getattr(w, 'dtype', type(w).__name__)}")
-        d, s = self.config.latent_size, self.config.num_styles
-        ok = (w.ndim == 2 and w.shape[1] == d) or (allow_styles and w.ndim == 3 and tuple(w.shape[1:]) == (s, d))
-        if not ok or w.shape[0] == 0:
-            want = f"[N, {d}]" + (f" or [N, {s}, {d}]" if allow_styles else "")
-            raise InputError(f"{name}: expected {want}, got {list(w.shape)}")
         return w.to(self.device, self.dtype)
 
     def styles(self, w: Any, name: str = "w") -> Tensor:
@@ -213,15 +213,16 @@ class Runtime:
                 return list(self._const_noise)
             if mode == "random":
                 gen = torch.Generator(device=self.device)
-                gen.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
+                gen.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1 if seed is None else _seed(seed, "seed"))
                 # Block 0's first map has batch 1, as in the official code: it is added to `const`.
                 return [torch.randn(1 if i == 0 else n, 1, r, r, generator=gen, device=self.device).to(self.dtype)
                         for i, r in enumerate(self._noise_resolutions())]
-            raise InputError(f"noise: unknown mode {mode!r}; use random, const, none or a list of tensors")
+            raise InputError(f"noise: unknown mode {mode!r}; use random, const, none or a list of tensors",
+                             field="noise")
         maps = list(mode)
         resolutions = self._noise_resolutions()
         if len(maps) != len(resolutions):
-            raise InputError(f"noise: expected {len(resolutions)} tensors, got {len(maps)}")
+            raise InputError(f"noise: expected {len(resolutions)} tensors, got {len(maps)}", field="noise")
         out = []
         for i, (t, r) in enumerate(zip(maps, resolutions)):
             if t is None:
@@ -229,30 +230,44 @@ class Runtime:
                 continue
             t = torch.as_tensor(t)
             if t.ndim != 4 or t.shape[0] not in (1, n) or tuple(t.shape[1:]) != (1, r, r):
-                raise InputError(f"noise[{i}]: expected [1 or {n}, 1, {r}, {r}], got {list(t.shape)}")
+                raise InputError(f"noise[{i}]: expected [1 or {n}, 1, {r}, {r}], got {list(t.shape)}", field="noise")
             out.append(t.to(self.device, self.dtype))
         return out
 
     def seed_noise(self, seeds: Sequence[int]) -> list[Tensor]:
         """Random noise for a batch, one stream per seed: a seed gives the same maps alone or in any batch."""
-        per_seed = [self.noise(1, "random", seed=s) for s in seeds]
+        per_seed = [self.noise(1, "random", seed=_seed(s, "seeds")) for s in seeds]
         return [torch.cat(maps) for maps in zip(*per_seed)]
+
+    def generation_noise(self, n: int, noise: NoiseArg = "random", seed: int | None = None,
+                         seeds: Sequence[int] | None = None) -> list[Tensor | None]:
+        """The noise of a generated batch of n: random noise with no `seed` but with `seeds` draws each image's
+        maps from its own seed (so a seed gives the same image alone or in any batch); otherwise `noise(n, ...)`."""
+        if seeds is not None and isinstance(noise, str) and noise == "random" and seed is None:
+            if len(seeds) != n:
+                raise InputError(f"seeds: {len(seeds)} seeds for a batch of {n}", field="seeds")
+            return self.seed_noise(seeds)
+        return self.noise(n, noise, seed)
 
     # ---- chunking ------------------------------------------------------------------------------------
     def _chunks(self, n: int) -> Iterable[slice]:
         for start in range(0, n, self.max_batch):
             yield slice(start, min(start + self.max_batch, n))
 
-    def _run_chunked(self, fn: Callable[[slice], Tensor], n: int) -> Tensor:
+    def _run_chunked(self, fn: Callable[[slice], Tensor], n: int, progress: Progress = None) -> Tensor:
+        parts = []
         with torch.inference_mode():
-            parts = [fn(sl) for sl in self._chunks(n)]
+            for sl in self._chunks(n):
+                parts.append(fn(sl))
+                if progress is not None:
+                    progress(sl.stop - sl.start)
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     # ---- the operations -------------------------------------------------------------------------------
-    def encode(self, x: Any) -> Tensor:
-        """Images -> w [N, D]."""
+    def encode(self, x: Any, progress: Progress = None) -> Tensor:
+        """Images -> w [N, D]. `progress(k)` is called after each chunk with the k images it encoded."""
         x = self.prepare_images(x)
-        return self._run_chunked(lambda sl: self.backend.encode(x[sl]), x.shape[0])
+        return self._run_chunked(lambda sl: self.backend.encode(x[sl]), x.shape[0], progress)
 
     def discriminate(self, w: Any) -> Tensor:
         """w [N, D] -> the discriminator's real/fake logits [N]."""
@@ -264,70 +279,110 @@ class Runtime:
         z = self._latent(z, "z", allow_styles=False)
         return self._run_chunked(lambda sl: self.model.mapping(z[sl]), z.shape[0])
 
-    def decode(self, w: Any, noise: NoiseArg = "random", seed: int | None = None) -> Tensor:
+    def decode(self, w: Any, noise: NoiseArg = "random", seed: int | None = None, progress: Progress = None) -> Tensor:
         """w [N, D] (broadcast to all 2L style inputs) or styles [N, 2L, D] -> images [N, C, R, R]."""
         styles = self.styles(w)
         maps = self.noise(styles.shape[0], noise, seed)
-        return self._decode(styles, maps)
+        return self._decode(styles, maps, progress)
 
-    def _decode(self, styles: Tensor, maps: list[Tensor | None]) -> Tensor:
+    def _decode(self, styles: Tensor, maps: list[Tensor | None], progress: Progress = None) -> Tensor:
         def chunk(sl: slice) -> Tensor:
-            part = [m if m is None or m.shape[0] == 1 else m[sl] for m in maps]
-            return self.backend.decode(styles[sl], part)
+            return self.backend.decode(styles[sl], _rows(maps, sl))
 
-        return self._run_chunked(chunk, styles.shape[0])
+        return self._run_chunked(chunk, styles.shape[0], progress)
 
+    # ---- generation ---------------------------------------------------------------------------------------
     def seeds_to_z(self, seeds: Sequence[int]) -> Tensor:
-        """One z [D] per seed, from a CPU generator seeded with it (the same on every device) -> [N, D]."""
+        """One z [D] per seed, from a CPU generator seeded with it (the same on every device) -> [N, D].
+        Seeds are integers in [0, 2**64 - 1]."""
         if len(seeds) == 0:
-            raise InputError("seeds: empty list")
+            raise InputError("seeds: empty list", field="seeds")
+        seeds = [_seed(s, "seeds") for s in seeds]
         d = self.config.latent_size
-        z = torch.stack([torch.randn(d, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+        z = torch.stack([torch.randn(d, generator=torch.Generator().manual_seed(s)) for s in seeds])
         return z.to(self.device, self.dtype)
 
+    def check_psi(self, truncation_psi: float | None) -> float:
+        """truncation_psi (None: the config's) checked to be finite and in PSI_RANGE."""
+        if truncation_psi is None:
+            return self.config.truncation_psi
+        psi = float(truncation_psi)
+        if not (np.isfinite(psi) and PSI_RANGE[0] <= psi <= PSI_RANGE[1]):
+            raise InputError(f"truncation_psi: {psi} is out of range [{PSI_RANGE[0]}, {PSI_RANGE[1]}]",
+                             field="truncation_psi")
+        return psi
+
+    def check_cutoff(self, cutoff: int | None, field: str = "cutoff") -> int:
+        """A style-input cutoff (mix, truncation) checked to be in [0, 2L]; None: the config's truncation cutoff."""
+        if cutoff is None:
+            return self.config.truncation_cutoff
+        s = self.config.num_styles
+        if isinstance(cutoff, bool) or not isinstance(cutoff, (int, np.integer)) or not 0 <= cutoff <= s:
+            raise InputError(f"{field}: {cutoff!r} is out of range 0..{s}", field=field)
+        return int(cutoff)
+
     def truncate(self, w: Any, truncation_psi: float | None = None, truncation_cutoff: int | None = None) -> Tensor:
-        """Styles [N, 2L, D] pulled towards dlatent_avg by psi on style inputs < cutoff (config defaults)."""
-        psi = self.config.truncation_psi if truncation_psi is None else float(truncation_psi)
-        cutoff = self.config.truncation_cutoff if truncation_cutoff is None else int(truncation_cutoff)
-        if not np.isfinite(psi):
-            raise InputError(f"truncation_psi must be finite, got {psi}")
+        """Styles [N, 2L, D] pulled towards dlatent_avg by psi on style inputs < cutoff (config defaults).
+        psi must be in PSI_RANGE, cutoff in [0, 2L]."""
+        psi = self.check_psi(truncation_psi)
+        cutoff = self.check_cutoff(truncation_cutoff, "truncation_cutoff")
         with torch.inference_mode():
             return self.model.truncate(self.styles(w), psi, cutoff)
 
+    def z_styles(self, z: Any, truncation_psi: float | None = None, truncation_cutoff: int | None = None) -> Tensor:
+        """z [N, D] -> F -> truncation -> styles [N, 2L, D] (psi/cutoff default to the config's)."""
+        self.check_psi(truncation_psi)  # before any work: a bad request costs nothing
+        self.check_cutoff(truncation_cutoff, "truncation_cutoff")
+        return self.truncate(self.map(z), truncation_psi, truncation_cutoff)
+
+    def seed_styles(self, seeds: Sequence[int], truncation_psi: float | None = None,
+                    truncation_cutoff: int | None = None) -> Tensor:
+        """A z from each seed -> F -> truncation -> styles [N, 2L, D] (generate's styles)."""
+        self.check_psi(truncation_psi)
+        self.check_cutoff(truncation_cutoff, "truncation_cutoff")
+        return self.z_styles(self.seeds_to_z(seeds), truncation_psi, truncation_cutoff)
+
     def generate(self, z: Any = None, seeds: Sequence[int] | None = None, truncation_psi: float | None = None,
-                 truncation_cutoff: int | None = None, noise: NoiseArg = "random", seed: int | None = None) -> Tensor:
+                 truncation_cutoff: int | None = None, noise: NoiseArg = "random", seed: int | None = None,
+                 progress: Progress = None) -> Tensor:
         """Images from z [N, D] or from seeds, through F and truncation (psi/cutoff default to the config's).
 
-        With seeds and random noise but no `seed`, each image's noise comes from its own seed too.
+        With seeds and random noise but no `seed`, each image's noise comes from its own seed too
+        (`generation_noise`).
         """
         if (z is None) == (seeds is None):
-            raise InputError("generate: give exactly one of z and seeds")
-        z = self.seeds_to_z(seeds) if seeds is not None else self._latent(z, "z", allow_styles=False)
-        styles = self.truncate(self.map(z), truncation_psi, truncation_cutoff)
-        if seeds is not None and noise == "random" and seed is None:
-            maps = self.seed_noise(seeds)
+            raise InputError("generate: give exactly one of z and seeds", field="seeds")
+        if seeds is not None:
+            styles = self.seed_styles(seeds, truncation_psi, truncation_cutoff)
         else:
-            maps = self.noise(z.shape[0], noise, seed)
-        return self._decode(styles, maps)
+            styles = self.z_styles(self._latent(z, "z", allow_styles=False), truncation_psi, truncation_cutoff)
+        maps = self.generation_noise(styles.shape[0], noise, seed, seeds)
+        return self._decode(styles, maps, progress)
 
-    def reconstruct(self, x: Any, noise: NoiseArg = "random", seed: int | None = None) -> Tensor:
-        """Images -> E -> G -> images (w broadcast to every style input)."""
-        return self.decode(self.encode(x), noise=noise, seed=seed)
+    def reconstruct(self, x: Any, noise: NoiseArg = "random", seed: int | None = None,
+                    progress: Progress = None) -> Tensor:
+        """Images -> E -> G -> images (w broadcast to every style input), one chunk at a time."""
+        x = self.prepare_images(x)
+        maps = self.noise(x.shape[0], noise, seed)
 
+        def chunk(sl: slice) -> Tensor:
+            w = self.backend.encode(x[sl])  # [n, D]
+            return self.backend.decode(w[:, None].expand(-1, self.config.num_styles, -1), _rows(maps, sl))
+
+        return self._run_chunked(chunk, x.shape[0], progress)
+
+    # ---- mixing ------------------------------------------------------------------------------------------
     def mix(self, w_a: Any, w_b: Any, cutoff: int, noise: NoiseArg = "random", seed: int | None = None) -> Tensor:
         """Style mixing: style inputs < cutoff from w_a (coarse), the rest from w_b -> images [N, C, R, R]."""
         return self.decode(self.mix_styles(w_a, w_b, cutoff), noise=noise, seed=seed)
 
     def mix_styles(self, w_a: Any, w_b: Any, cutoff: int) -> Tensor:
         """The mixed styles [N, 2L, D] of `mix`; a batch of 1 broadcasts against the other side."""
+        cutoff = self.check_cutoff(cutoff)
         a, b = self.styles(w_a, "w_a"), self.styles(w_b, "w_b")
-        s = self.config.num_styles
-        if not 0 <= int(cutoff) <= s:
-            raise InputError(f"cutoff must be in [0, {s}], got {cutoff}")
-        if a.shape[0] != b.shape[0] and 1 not in (a.shape[0], b.shape[0]):
-            raise InputError(f"w_a and w_b: batch sizes {a.shape[0]} and {b.shape[0]} differ (and neither is 1)")
-        layer = torch.arange(s, device=self.device)[None, :, None]
-        return torch.where(layer < int(cutoff), a, b)
+        _batch_of_pair(a, b)
+        layer = torch.arange(self.config.num_styles, device=self.device)[None, :, None]
+        return torch.where(layer < cutoff, a, b)
 
     # ---- latent-space edits ----------------------------------------------------------------------------
     def load_directions(self, source: str | Path | Mapping[str, DirectionArg]) -> list[str]:
@@ -338,7 +393,7 @@ class Runtime:
         else:
             folder = Path(source)
             if not folder.is_dir():
-                raise InputError(f"{folder}: no such directions folder")
+                raise InputError(f"{folder}: no such directions folder", field="directions")
             items = {}
             for f in sorted(folder.glob("*.npy")):
                 items[f.stem] = f
@@ -346,12 +401,12 @@ class Runtime:
                 if m and int(m.group(1)) in OFFICIAL_FFHQ_DIRECTION_LABELS:
                     items[OFFICIAL_FFHQ_DIRECTION_LABELS[int(m.group(1))]] = f
             if not items:
-                raise InputError(f"{folder}: holds no .npy direction files")
+                raise InputError(f"{folder}: holds no .npy direction files", field="directions")
         for name, value in items.items():
             self.directions[name] = self._direction(value, name)
         return list(items)
 
-    def _direction(self, value: DirectionArg, name: str) -> Tensor:
+    def _direction(self, value: DirectionArg, name: str, field: str = "directions") -> Tensor:
         """A direction [D] or [2L, D] from a registered name, a .npy path, an array or a tensor."""
         if isinstance(value, str) and value in self.directions:
             return self.directions[value]
@@ -359,17 +414,19 @@ class Runtime:
             path = Path(value)
             if path.suffix != ".npy" or not path.is_file():
                 known = ", ".join(sorted(self.directions)) or "none loaded"
-                raise InputError(f"direction {name!r}: neither a loaded direction ({known}) nor a .npy file")
+                raise InputError(f"direction {name!r}: neither a loaded direction ({known}) nor a .npy file",
+                                 field=field)
             try:
                 value = np.load(path, allow_pickle=False)
             except (ValueError, OSError) as exc:
-                raise InputError(f"{path}: not a readable .npy array ({exc})") from None
+                raise InputError(f"{path}: not a readable .npy array ({exc})", field=field) from None
         t = torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value)
         d, s = self.config.latent_size, self.config.num_styles
         if not t.is_floating_point() or tuple(t.shape) not in ((d,), (s, d)):
-            raise InputError(f"direction {name!r}: expected float [{d}] or [{s}, {d}], got {t.dtype} {list(t.shape)}")
+            raise InputError(f"direction {name!r}: expected float [{d}] or [{s}, {d}], got {t.dtype} {list(t.shape)}",
+                             field=field)
         if not torch.isfinite(t).all():
-            raise InputError(f"direction {name!r}: holds NaN or Inf")
+            raise InputError(f"direction {name!r}: holds NaN or Inf", field=field)
         return t.to(self.device, self.dtype)
 
     def edit(self, w: Any, edits: Mapping[Any, float] | Iterable[tuple[Any, float]], mode: str = "add",
@@ -384,16 +441,21 @@ class Runtime:
         layers: style indices (or a slice) the edit applies to; the others keep w.
         """
         if mode not in ("add", "set"):
-            raise InputError(f"edit mode must be 'add' or 'set', got {mode!r}")
+            raise InputError(f"mode: edit mode must be 'add' or 'set', got {mode!r}", field="mode")
+        keep = self.check_layers(layers)
         w = self._latent(w, "w")
-        s = self.config.num_styles
         dirs = []
-        for key, strength in (edits.items() if isinstance(edits, Mapping) else edits):
-            name = key if isinstance(key, (str, Path)) else f"#{len(dirs)}"
+        for i, (key, strength) in enumerate(edits.items() if isinstance(edits, Mapping) else edits):
+            name = key if isinstance(key, (str, Path)) else f"#{i}"
             if not np.isfinite(float(strength)):
-                raise InputError(f"direction {name!r}: strength must be finite, got {strength}")
-            dirs.append((self._direction(key, str(name)), float(strength)))
-        per_layer = layers is not None or w.ndim == 3 or any(d.ndim == 2 for d, _ in dirs)
+                raise InputError(f"direction {name!r}: strength must be finite, got {strength}", field=f"edits[{i}]")
+            d = self._direction(key, str(name), field=f"edits[{i}]")
+            # A zero direction has no coordinate to set; checked on the host: directions are small.
+            if mode == "set" and not bool(((d * d).sum(-1) > 0).all()):
+                raise InputError(f"edits[{i}]: direction {name!r} is zero; edit mode 'set' needs a non-zero "
+                                 "direction", field=f"edits[{i}]")
+            dirs.append((d, float(strength)))
+        per_layer = keep is not None or w.ndim == 3 or any(d.ndim == 2 for d, _ in dirs)
         out = self.styles(w) if per_layer else w  # [N, 2L, D] or [N, D]
         avg = self.model.dlatent_avg if per_layer else self.model.dlatent_avg[0]
         edited = out
@@ -402,28 +464,42 @@ class Runtime:
                 edited = edited + strength * d
             else:
                 norm2 = (d * d).sum(-1, keepdim=True)
-                if not bool((norm2 > 0).all()):
-                    raise InputError("edit mode 'set' needs non-zero directions")
                 coord = ((edited - avg) * d).sum(-1, keepdim=True) / norm2
                 edited = edited + (strength - coord) * d
-        if layers is not None:
-            keep = torch.zeros(s, dtype=torch.bool)
-            try:
-                keep[layers if isinstance(layers, slice) else list(layers)] = True
-            except (IndexError, TypeError):
-                raise InputError(f"layers: expected style indices in [0, {s}), got {layers!r}") from None
+        if keep is not None:
             edited = torch.where(keep.to(self.device)[None, :, None], edited, out)
         return edited
 
+    def check_layers(self, layers: Iterable[int] | slice | None) -> Tensor | None:
+        """Style indices (or a slice) an edit applies to -> a mask [2L] (None: all); each index in [0, 2L)."""
+        if layers is None:
+            return None
+        s = self.config.num_styles
+        keep = torch.zeros(s, dtype=torch.bool)
+        if isinstance(layers, slice):
+            keep[layers] = True
+            return keep
+        try:
+            items = list(layers)
+        except TypeError:
+            raise InputError(f"layers: expected style indices or a slice, got {layers!r}", field="layers") from None
+        for i, layer in enumerate(items):
+            if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < s:
+                raise InputError(f"layers[{i}]: {layer!r} is out of range 0..{s - 1}", field="layers")
+            keep[int(layer)] = True
+        return keep
+
     def interpolate(self, w_a: Any, w_b: Any, steps: int) -> Tensor:
-        """Linear interpolation in W from w_a to w_b (both ends included) -> [steps, *w.shape]."""
+        """Linear interpolation in W from w_a to w_b (both ends included) -> [steps, *w.shape].
+
+        Ends of different shapes (w against styles, or a batch of 1 against n) both become styles [n, 2L, D].
+        """
         if int(steps) < 2:
-            raise InputError(f"steps must be >= 2, got {steps}")
+            raise InputError(f"steps must be >= 2, got {steps}", field="steps")
         a, b = self._latent(w_a, "w_a"), self._latent(w_b, "w_b")
         if a.shape != b.shape:
-            a, b = self.styles(a, "w_a"), self.styles(b, "w_b")
-        if a.shape != b.shape:
-            raise InputError(f"w_a and w_b: shapes {list(a.shape)} and {list(b.shape)} differ")
+            n = _batch_of_pair(a, b)
+            a, b = (self.styles(t).expand(n, -1, -1) for t in (a, b))  # [n, 2L, D]
         t = torch.linspace(0, 1, int(steps), device=self.device, dtype=self.dtype).view(-1, *([1] * a.ndim))
         return torch.lerp(a[None], b[None], t)
 
@@ -432,3 +508,23 @@ class Runtime:
     def to_uint8(images: Tensor) -> np.ndarray:
         """float [N, C, R, R] in [-1, 1] -> uint8 [N, R, R, C]."""
         return to_uint8(images)
+
+
+def _seed(value: Any, field: str) -> int:
+    """A seed as an int in [0, 2**64 - 1] (what a torch generator takes)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= int(value) <= SEED_MAX:
+        raise InputError(f"{field}: {value!r} is not a seed; seeds are integers in [0, 2**64 - 1]", field=field)
+    return int(value)
+
+
+def _rows(maps: list[Tensor | None], sl: slice) -> list[Tensor | None]:
+    """The noise maps of a chunk of rows (a map of batch 1 is shared by every row)."""
+    return [m if m is None or m.shape[0] == 1 else m[sl] for m in maps]
+
+
+def _batch_of_pair(a: Tensor, b: Tensor) -> int:
+    """The batch of two sides that pair row by row: equal, or one of them 1 (it broadcasts)."""
+    if a.shape[0] != b.shape[0] and 1 not in (a.shape[0], b.shape[0]):
+        raise InputError(f"w_b: batch size {b.shape[0]} differs from w_a's {a.shape[0]} (and neither is 1)",
+                         field="w_b")
+    return max(a.shape[0], b.shape[0])

@@ -65,9 +65,10 @@ def test_bad_image_inputs_name_the_argument(rt128):
 
 def test_latent_shapes_are_checked(rt128):
     d, s = rt128.config.latent_size, rt128.config.num_styles
-    with pytest.raises(InputError, match=rf"w: expected \[N, {d}\] or \[N, {s}, {d}\], got \[2, 7\]"):
+    fits = "does not fit this model, which takes"
+    with pytest.raises(InputError, match=rf"w: \[2, 7\] {fits} \[N, {d}\] or \[N, {s}, {d}\]"):
         rt128.decode(torch.zeros(2, 7))
-    with pytest.raises(InputError, match=rf"z: expected \[N, {d}\], got \[2, {s}, {d}\]"):
+    with pytest.raises(InputError, match=rf"z: \[2, {s}, {d}\] {fits} \[N, {d}\] with"):
         rt128.map(torch.zeros(2, s, d))
     assert rt128.discriminate(torch.zeros(3, d)).shape == (3,)
 
@@ -129,8 +130,9 @@ def test_mix_takes_coarse_styles_from_a_and_the_rest_from_b(rt128):
     torch.testing.assert_close(rt128.mix(a, b, 0, noise="const"), rt128.decode(b, noise="const"), **TOL)
     torch.testing.assert_close(rt128.mix(a, b, 12, noise="const"), rt128.decode(a, noise="const"), **TOL)
     assert rt128.mix(a[:1], b, 6, noise="const").shape[0] == 2  # a batch of one broadcasts
-    with pytest.raises(InputError, match=r"cutoff must be in \[0, 12\]"):
+    with pytest.raises(InputError, match=r"^cutoff: 13 is out of range 0..12$") as err:
         rt128.mix(a, b, 13)
+    assert err.value.field == "cutoff"
 
 
 def test_edit_add_and_set_relative_to_dlatent_avg(rt128, tmp_path):
@@ -210,7 +212,7 @@ def test_load_errors_are_clear(rgb128_checkpoint, monkeypatch):
     monkeypatch.setattr("alae_rt.runtime.default_checkpoint", lambda: None)
     with pytest.raises(CheckpointError, match="no bundled default model"):
         Runtime.load()
-    with pytest.raises(InputError, match="backend 'tensorrt' needs backend_options"):
+    with pytest.raises(InputError, match="backend 'tensorrt' needs --backend-option engine_dir"):
         Runtime.load(rgb128_checkpoint, backend="tensorrt")
     with pytest.raises(InputError, match="unknown backend 'fastest'"):
         Runtime.load(rgb128_checkpoint, backend="fastest")
@@ -219,3 +221,116 @@ def test_load_errors_are_clear(rgb128_checkpoint, monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="no usable CUDA GPU"):
             Runtime.load(rgb128_checkpoint, device="cuda")
+
+
+def test_input_errors_carry_the_field(rt128):
+    d, s = rt128.config.latent_size, rt128.config.num_styles
+    cases = [
+        (lambda: rt128.decode(np.zeros((2, 7), np.float32)), "w", r"^w: \[2, 7\] does not fit"),
+        (lambda: rt128.decode(np.full((1, d), np.nan, np.float32)), "w", "^w: holds NaN or Inf$"),
+        (lambda: rt128.decode(np.zeros((2, d), np.int64)), "w", "^w: expected a float array, got int64$"),
+        (lambda: rt128.mix_styles(torch.zeros(2, d), torch.zeros(3, d), 4), "w_b",
+         r"^w_b: batch size 3 differs from w_a's 2 \(and neither is 1\)$"),
+        (lambda: rt128.interpolate(torch.zeros(2, d), torch.zeros(3, s, d), 3), "w_b", "^w_b: batch size 3"),
+        (lambda: rt128.edit(torch.zeros(1, d), {torch.ones(d): 1.0}, layers=[0, s]), "layers",
+         rf"^layers\[1\]: {s} is out of range 0..{s - 1}$"),
+        (lambda: rt128.edit(torch.zeros(1, d), [(torch.ones(d), 1.0), (torch.zeros(s, d), 1.0)], mode="set"),
+         "edits[1]", r"^edits\[1\]: direction '#1' is zero; edit mode 'set' needs a non-zero direction$"),
+        (lambda: rt128.edit(torch.zeros(1, d), {}, mode="scale"), "mode", "^mode: edit mode must be"),
+        (lambda: rt128.noise(1, "loud"), "noise", "^noise: unknown mode"),
+        (lambda: rt128.interpolate(torch.zeros(1, d), torch.zeros(1, d), 1), "steps", "steps must be >= 2"),
+    ]
+    for call, field, message in cases:
+        with pytest.raises(InputError, match=message) as err:
+            call()
+        assert err.value.field == field, message
+    assert InputError("plain").field is None and str(InputError("a: b", field="a")) == "a: b"
+
+
+def test_seeds_are_64_bit_unsigned_integers(rt128):
+    top = 2**64 - 1
+    assert rt128.seeds_to_z([0, top]).shape == (2, rt128.config.latent_size)
+    for bad in (2**64, -1, 1.5, True):
+        with pytest.raises(InputError, match=r"^seeds: .* is not a seed; seeds are integers in \[0, 2\*\*64 - 1\]$") \
+                as err:
+            rt128.seed_styles([3, bad])
+        assert err.value.field == "seeds"
+    with pytest.raises(InputError, match="^seed: ") as err:
+        rt128.decode(torch.zeros(1, rt128.config.latent_size), seed=2**64)
+    assert err.value.field == "seed"
+    torch.testing.assert_close(rt128.seeds_to_z([np.uint64(top)]), rt128.seeds_to_z([top]), atol=0, rtol=0)
+
+
+def test_truncation_psi_and_cutoff_ranges(rt128):
+    s = rt128.config.num_styles
+    w = rt128.map(rt128.seeds_to_z([0]))
+    for psi in (2.5, -2.01, float("nan"), float("inf")):
+        for call in (lambda p=psi: rt128.truncate(w, p), lambda p=psi: rt128.generate(seeds=[1], truncation_psi=p),
+                     lambda p=psi: rt128.z_styles(rt128.seeds_to_z([1]), p)):
+            with pytest.raises(InputError, match=r"^truncation_psi: .* is out of range \[-2.0, 2.0\]$") as err:
+                call()
+            assert err.value.field == "truncation_psi"
+    for cutoff in (-1, s + 1):
+        with pytest.raises(InputError, match=rf"^truncation_cutoff: {cutoff} is out of range 0..{s}$") as err:
+            rt128.seed_styles([1], 0.5, cutoff)
+        assert err.value.field == "truncation_cutoff"
+    rt128.truncate(w, -2.0, s)  # both ends of both ranges are allowed
+    rt128.truncate(w, 2.0, 0)
+
+
+def test_seed_and_z_styles_are_generate_s_styles(rt128):
+    seeds = [4, 9]
+    styles = rt128.seed_styles(seeds, 0.5, 6)  # [N, 2L, D]
+    assert styles.shape == (2, rt128.config.num_styles, rt128.config.latent_size)
+    expected = rt128.truncate(rt128.map(rt128.seeds_to_z(seeds)), 0.5, 6)
+    torch.testing.assert_close(styles, expected, atol=0, rtol=0)
+    torch.testing.assert_close(rt128.z_styles(rt128.seeds_to_z(seeds), 0.5, 6), styles, atol=0, rtol=0)
+    images = rt128.generate(seeds=seeds, truncation_psi=0.5, truncation_cutoff=6, noise="const")
+    torch.testing.assert_close(images, rt128.decode(styles, noise="const"), **TOL)
+
+
+def test_generation_noise_draws_each_seed_s_own_stream(rt128):
+    seeds = [7, 2, 7]
+    maps = rt128.generation_noise(3, "random", seeds=seeds)
+    alone = rt128.generation_noise(1, "random", seeds=[7])
+    for m, a in zip(maps, alone):
+        assert m.shape[0] == 3
+        torch.testing.assert_close(m[0:1], a, atol=0, rtol=0)
+        torch.testing.assert_close(m[2:3], a, atol=0, rtol=0)
+    assert not torch.equal(maps[-1][0], maps[-1][1])
+    # a noise seed, or another mode, overrides the per-seed rule: one stream for the batch
+    seeded = rt128.generation_noise(3, "random", seed=5, seeds=seeds)
+    for m, ref in zip(seeded, rt128.noise(3, "random", seed=5)):
+        torch.testing.assert_close(m, ref, atol=0, rtol=0)
+    const = rt128.generation_noise(3, "const", seeds=seeds)
+    assert all(m.shape[0] == 1 for m in const)
+    assert rt128.generation_noise(3, "none", seeds=seeds) == [None] * rt128.config.num_styles
+    # generate follows it: an image from seed 7 is the same at both places in the batch
+    images = rt128.generate(seeds=seeds)
+    torch.testing.assert_close(images[0], images[2], atol=0, rtol=0)
+
+
+def test_progress_counts_the_rows_of_each_chunk(rgb128_checkpoint, faces):
+    rt = Runtime.load(rgb128_checkpoint, max_batch=4)
+    for name, call in [("encode", lambda p: rt.encode(faces, progress=p)),
+                       ("decode", lambda p: rt.decode(torch.zeros(6, rt.config.latent_size), progress=p)),
+                       ("generate", lambda p: rt.generate(seeds=range(6), progress=p)),
+                       ("reconstruct", lambda p: rt.reconstruct(faces, progress=p))]:
+        done: list[int] = []
+        out = call(done.append)
+        assert done == [4, 2] and len(out) == 6, name
+
+
+def test_reconstruct_in_chunks_is_decode_of_encode(rgb128_checkpoint, faces):
+    rt = Runtime.load(rgb128_checkpoint, max_batch=4)
+    torch.testing.assert_close(rt.reconstruct(faces, noise="random", seed=3),
+                               rt.decode(rt.encode(faces), noise="random", seed=3), **TOL)
+
+
+def test_interpolate_broadcasts_a_batch_of_one(rt128):
+    d, s = rt128.config.latent_size, rt128.config.num_styles
+    a, b = rt128.map(rt128.seeds_to_z([0])), rt128.map(rt128.seeds_to_z([1, 2, 3]))
+    path = rt128.interpolate(a, b, 4)  # [steps, n, 2L, D]: both ends as styles
+    assert path.shape == (4, 3, s, d)
+    torch.testing.assert_close(path[0], rt128.styles(a).expand(3, -1, -1), atol=0, rtol=0)
+    torch.testing.assert_close(path[-1], rt128.styles(b), **TOL)
