@@ -9,6 +9,7 @@ import numpy as np
 
 from alae_rt.errors import InputError
 from alae_rt.images import decode_image_bytes
+from alae_rt.latents import check_latents
 from alae_rt.serve import alae_rt_pb2 as pb
 
 RAW_CHANNELS = (1, 3, 4)
@@ -63,13 +64,16 @@ def array_to_tensor(a: np.ndarray) -> pb.Tensor:
     return pb.Tensor(shape=list(a.shape), data=a.tobytes())
 
 
-def check_latents(arr: np.ndarray, field: str, latent_size: int, num_styles: int, styles: bool = True) -> None:
-    """w [N, D] or (when `styles`) [N, 2L, D]."""
-    ok = (arr.ndim == 2 and arr.shape[1] == latent_size) or (
-        styles and arr.ndim == 3 and arr.shape[1:] == (num_styles, latent_size))
-    if not ok:
-        want = f"[N, {latent_size}]" + (f" or [N, {num_styles}, {latent_size}]" if styles else "")
-        raise invalid(f"{field}.shape", f"{list(arr.shape)} does not fit this model, which takes {want}")
+def tensor_to_latents(t: pb.Tensor, field: str, latent_size: int, num_styles: int,
+                      allow_styles: bool = True) -> np.ndarray:
+    """A Tensor message of latents -> float32 w [N, D] (or, when allowed, styles [N, 2L, D]), checked by the
+    Runtime's own rule (alae_rt.latents); errors name `field`."""
+    arr = tensor_to_array(t, field)
+    try:
+        check_latents(arr, latent_size, num_styles, f"{field}.shape", allow_styles)
+    except InputError as exc:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+    return arr
 
 
 # ---- images ---------------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from alae_rt import Runtime
 
 pytest.importorskip("grpc", reason="the serve extra is not installed (make setup installs it)")
 
-from alae_rt.serve.server import AlaeServer, ServeConfig  # noqa: E402
+from alae_rt.serve.config import ServeConfig  # noqa: E402
+from alae_rt.serve.server import AlaeServer  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -18,7 +18,7 @@ from serve_helpers import ServerThread, images, latents, one_torch_thread, png, 
 from alae_rt import Runtime
 from alae_rt.serve import alae_rt_pb2 as pb
 from alae_rt.serve.client import AlaeClient, AsyncAlaeClient, RemoteError
-from alae_rt.serve.server import ServeConfig, read_tokens
+from alae_rt.serve.config import ServeConfig, read_tokens
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -112,6 +112,18 @@ BAD_INPUTS = {
                             INVALID, "cutoff: 7 is out of range 0..6"),
     "psi out of range": ("Generate", pb.GenerateRequest(seeds=[1], truncation_psi=50), INVALID,
                          "truncation_psi: 50.0 is out of range"),
+    "generation cutoff out of range": ("Generate", pb.GenerateRequest(seeds=[1], truncation_cutoff=7), INVALID,
+                                       "truncation_cutoff: 7 is out of range 0..6"),
+    "source psi out of range": ("Mix", pb.MixRequest(a=pb.LatentSource(seeds=[1], truncation_psi=-3),
+                                                     b=pb.LatentSource(seeds=[2])),
+                                INVALID, "a.truncation_psi: -3.0 is out of range [-2.0, 2.0]"),
+    "mismatched interpolation ends": ("Interpolate", pb.InterpolateRequest(
+        a=pb.LatentSource(latents=tensor(latents(2, styles=6))), b=pb.LatentSource(seeds=[3, 4, 5]), steps=3),
+        INVALID, "b: batch size 3 differs from a's 2 (and neither is 1)"),
+    "zero direction in set mode": ("Edit", pb.EditRequest(
+        source=pb.LatentSource(seeds=[1]), mode=pb.EDIT_MODE_SET,
+        edits=[pb.DirectionEdit(name="up", strength=1), pb.DirectionEdit(vector=tensor(np.zeros(32)), strength=1)]),
+        INVALID, "edits[1]: direction '#1' is zero; edit mode 'set' needs a non-zero direction"),
     "steps out of range": ("Interpolate", pb.InterpolateRequest(a=pb.LatentSource(seeds=[1]),
                                                                 b=pb.LatentSource(seeds=[2]), steps=1),
                            INVALID, "steps: 1 is out of range 2..256"),
@@ -211,7 +223,7 @@ def queue_server(tiny_rt):
 
 def test_a_full_queue_answers_resource_exhausted(queue_server):
     s = queue_server
-    decoder = s.server.service.decoder
+    decoder = s.server.service.decode_batcher
 
     async def main():
         async with AsyncAlaeClient(s.address) as c:
@@ -242,7 +254,7 @@ async def _until(cond, timeout: float = 30) -> None:
 @pytest.mark.parametrize("how", ["deadline", "cancel"])
 def test_requests_whose_caller_gave_up_are_dropped_before_compute(queue_server, how):
     s = queue_server
-    decoder = s.server.service.decoder
+    decoder = s.server.service.decode_batcher
     images_before = s.metric("alae_rt_images_total", op="decode")
 
     async def main():

@@ -26,7 +26,7 @@ from serve_helpers import (
 
 from alae_rt.serve import alae_rt_pb2 as pb
 from alae_rt.serve.client import AlaeClient, AsyncAlaeClient, Seeds
-from alae_rt.serve.server import ServeConfig
+from alae_rt.serve.config import ServeConfig
 
 # ---- each RPC against the Runtime ---------------------------------------------------------------------------------
 
@@ -217,10 +217,14 @@ def test_64_concurrent_callers_each_get_their_own_answer(tiny_server, tiny_rt):
                      for i in range(n_callers)]
             t0 = time.monotonic()
             service = s.server.service
+
+            def pending():
+                return service.decode_batcher.pending, service.encode_batcher.pending
+
             # 48 decode-only callers and 16 reconstructions, which wait in the encoder's queue first
-            while (service.decoder.pending, service.encoder.pending) != (48, 16) and time.monotonic() - t0 < 60:
+            while pending() != (48, 16) and time.monotonic() - t0 < 60:
                 await asyncio.sleep(0.01)
-            assert (service.decoder.pending, service.encoder.pending) == (48, 16)
+            assert pending() == (48, 16)
             gate.set()
             return await asyncio.gather(*calls)
         finally:

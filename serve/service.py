@@ -1,0 +1,359 @@
+"""The alae_rt.v1.Alae RPCs over one Runtime: two batchers (encode, decode), and one wrapper around every call for
+its status code, metrics and access log."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import torch
+from torch import Tensor
+
+from alae_rt.errors import InputError
+from alae_rt.images import to_uint8
+from alae_rt.runtime import Runtime
+from alae_rt.serve import alae_rt_pb2 as pb
+from alae_rt.serve import alae_rt_pb2_grpc as pb_grpc
+from alae_rt.serve.batcher import BatchStats, Dropped, DynamicBatcher, QueueFull
+from alae_rt.serve.config import ServeConfig
+from alae_rt.serve.logs import log
+from alae_rt.serve.metrics import Metrics
+from alae_rt.serve.requests import (
+    PAIR_FIELDS,
+    check_count,
+    check_output,
+    check_steps,
+    edit_args,
+    generation_args,
+    images_tensor,
+    latents_tensor,
+    noise_args,
+    request_error,
+    runtime_fields,
+    source_fields,
+    source_kind,
+)
+from alae_rt.serve.wire import RequestError, array_to_image, array_to_tensor, invalid, over_limit
+
+
+@dataclass
+class Call:
+    """One RPC in flight, as its wrapper sees it: what it returned, for the access log."""
+
+    method: str
+    peer: str
+    started: float
+    images: int = 0  # images (or latents, or frames) answered
+
+    def done(self, resp: Any) -> Any:
+        """Count the images (or latents) of a unary response, and return it."""
+        latents = getattr(resp, "latents", None)
+        self.images = len(getattr(resp, "images", ())) or (
+            latents.shape[0] if latents is not None and len(latents.shape) else 0)
+        return resp
+
+
+class AlaeService(pb_grpc.AlaeServicer):
+    """The RPCs. Model work runs in one compute thread through two batchers (encode, decode); image files and
+    latents are prepared in a small thread pool, so the event loop only moves messages."""
+
+    def __init__(self, rt: Runtime, cfg: ServeConfig, metrics: Metrics, compute: ThreadPoolExecutor,
+                 pool: ThreadPoolExecutor):
+        self.rt = rt
+        self.cfg = cfg
+        self.metrics = metrics
+        self.compute = compute
+        self.pool = pool
+        self.state = "warming"  # -> "serving" -> "draining"
+        self.inflight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        common = {"max_batch": rt.max_batch, "max_delay_s": cfg.max_delay_ms / 1000, "max_queue": cfg.max_queue,
+                  "may_grow": self._others_in_flight}
+        self.encode_batcher = DynamicBatcher("encode", self._encode_batch, compute, stats=self._stats("encode"),
+                                             **common)
+        self.decode_batcher = DynamicBatcher("decode", self._decode_batch, compute, stats=self._stats("decode"),
+                                             **common)
+
+    def _others_in_flight(self) -> bool:
+        """Whether some call in flight is outside both batchers (being prepared, or just arrived): it may join."""
+        return self.inflight > self.encode_batcher.requests + self.decode_batcher.requests
+
+    def _stats(self, op: str) -> BatchStats:
+        m = self.metrics
+        return BatchStats(on_batch=lambda n, s: m.observe_batch(op, n, s),
+                          on_drop=lambda reason, n: m.dropped.labels(op, reason).inc(n),
+                          on_depth=lambda n: m.queue_depth.labels(op).set(n))
+
+    # ---- compute (the compute thread) ------------------------------------------------------------------------
+    def _encode_batch(self, key, inputs: list[list[Tensor | None]]) -> Tensor:
+        x = torch.cat(inputs[0])  # [B, C, R, R]
+        return self.rt.encode(x).float().cpu()  # [B, D]
+
+    def _decode_batch(self, key, inputs: list[list[Tensor | None]]) -> Tensor:
+        styles = torch.cat(inputs[0])  # [B, 2L, D]
+        _, with_noise = key
+        noise = [torch.cat(parts) for parts in inputs[1:]] if with_noise else "none"  # 2L x [B, 1, h, w]
+        return self.rt.decode(styles, noise=noise).float().cpu()  # [B, C, R, R]
+
+    def warm_up(self) -> None:
+        """Run encode and decode batches through the batchers' own compute functions, with inputs built as a
+        merged batch builds them (dtype, device, per-row noise maps), so that lazy initialisation and
+        compilation are not paid by a caller. Compiled backends see batches of 1, 2 and max_batch: a compiler
+        specialises on 1, then goes dynamic. Decodes warm up with noise maps (every mode but NOISE_MODE_NONE
+        sends them); a NOISE_MODE_NONE call is compiled when it first comes."""
+        c, r = self.rt.config.channels, self.rt.config.resolution
+        sizes = [1] if self.rt.backend.name == "eager" else sorted({1, min(2, self.rt.max_batch), self.rt.max_batch})
+        for n in sizes:
+            x = torch.zeros(n, c, r, r, device=self.rt.device, dtype=self.rt.dtype)  # as images_tensor makes
+            w = self._encode_batch("encode", [[x]])  # [n, D]
+            maps = self._noise_maps(n, "const", None)  # 2L x [n, 1, h, w]
+            styles = self.rt.styles(w)  # [n, 2L, D], from CPU float32 rows as a request's latents are
+            self._decode_batch(("decode", True), [[styles], *[[m] for m in maps]])
+
+    async def start(self) -> None:
+        self.encode_batcher.start()
+        self.decode_batcher.start()
+
+    async def close(self) -> None:
+        await self.encode_batcher.close()
+        await self.decode_batcher.close()
+
+    # ---- steps of a request ---------------------------------------------------------------------------------
+    async def _in_pool(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
+
+    @staticmethod
+    def _deadline(context) -> float | None:
+        remaining = context.time_remaining()
+        return None if remaining is None else asyncio.get_running_loop().time() + remaining
+
+    async def _latents(self, t: pb.Tensor, field: str, allow_styles: bool = True) -> Tensor:
+        return await self._in_pool(latents_tensor, t, field, self.rt, self.cfg, allow_styles)
+
+    async def _encode(self, images: Sequence[pb.Image], field: str, deadline: float | None) -> Tensor:
+        """Image messages -> w [n, D] through the encode batcher."""
+        check_count(len(images), field, self.cfg)
+        x = await self._in_pool(images_tensor, list(images), field, self.rt, self.cfg)
+        return await self.encode_batcher.run("encode", [x], deadline)
+
+    async def _source(self, src: pb.LatentSource, field: str, deadline: float | None) -> Tensor:
+        """A LatentSource -> w [n, D] or styles [n, 2L, D]."""
+        kind = source_kind(src, field)
+        if kind == "images":
+            return await self._encode(src.images, f"{field}.images", deadline)
+        if kind == "latents":
+            return await self._latents(src.latents, f"{field}.latents")
+        check_count(len(src.seeds), f"{field}.seeds", self.cfg, "seeds")
+        psi = src.truncation_psi if src.HasField("truncation_psi") else None
+        with runtime_fields(source_fields(field)):
+            return await self._in_pool(self.rt.seed_styles, list(src.seeds), psi)
+
+    def _noise_maps(self, n: int, mode: str, seed: int | None,
+                    seeds: Sequence[int] | None = None) -> list[Tensor] | None:
+        """This request's own 2L noise maps, each [n, 1, h, w], so that merging it with others changes nothing."""
+        if mode == "none":
+            return None
+        maps = self.rt.generation_noise(n, mode, seed, seeds)
+        # Block 0's first map has batch 1 (shared by the request's images): give every row its copy (a view).
+        return [m.expand(n, -1, -1, -1) for m in maps]
+
+    async def _decode_maps(self, styles: Tensor, maps: list[Tensor] | None, deadline: float | None) -> Tensor:
+        """Styles [n, 2L, D] and noise maps -> images float [n, C, R, R] on the CPU, through the decode batcher."""
+        inputs = [styles] if maps is None else [styles, *maps]
+        return await self.decode_batcher.run(("decode", maps is not None), inputs, deadline)
+
+    async def _decode(self, latents: Tensor, noise: pb.Noise, deadline: float | None,
+                      seeds: Sequence[int] | None = None) -> Tensor:
+        """w [n, D] or styles [n, 2L, D] -> images float [n, C, R, R] on the CPU."""
+        maps = await self._in_pool(self._noise_maps, latents.shape[0], *noise_args(noise), seeds)
+        return await self._decode_maps(self.rt.styles(latents), maps, deadline)  # styles: a view for w
+
+    def _images_out(self, images: Tensor, out: pb.OutputOptions) -> list[pb.Image]:
+        return [array_to_image(a, out.format, out.jpeg_quality) for a in to_uint8(images)]
+
+    async def _respond(self, images: Tensor | None, latents: Tensor | None, out: pb.OutputOptions,
+                       message=pb.ImagesResponse, **fields: Any):
+        resp = message(**fields)
+        if images is not None and not out.skip_images:
+            resp.images.extend(await self._in_pool(self._images_out, images, out))
+        if out.return_latents and latents is not None:
+            resp.latents.CopyFrom(array_to_tensor(latents.float().cpu().numpy()))
+        size = resp.ByteSize()
+        if size > self.cfg.max_message_bytes:
+            raise over_limit("output", f"the response would be {size / 2**20:.1f} MiB, over this server's "
+                                       f"{self.cfg.max_message_mb:g} MiB (--max-message-mb); ask for fewer "
+                                       "images, or PNG/JPEG instead of RAW")
+        return resp
+
+    async def _pair(self, req: pb.MixRequest | pb.InterpolateRequest, deadline) -> tuple[Tensor, Tensor]:
+        if not req.a.ByteSize() and not req.b.ByteSize():
+            raise invalid("a", "missing (and so is b)")
+        return await self._source(req.a, "a", deadline), await self._source(req.b, "b", deadline)
+
+    # ---- the one wrapper: status codes, metrics and logs around every RPC ------------------------------------
+    @asynccontextmanager
+    async def _call(self, method: str, context, needs_model: bool = True) -> AsyncIterator[Call]:
+        """Around each RPC's body, unary or streaming: refuses calls while warming up or draining, counts calls in
+        flight, turns every failure into a status (never a traceback to the caller), records metrics and logs."""
+        call = Call(method, context.peer(), time.perf_counter())
+        try:
+            self._begin(needs_model)
+        except RequestError as exc:
+            self._finish(call, exc.code, exc.message)
+            await context.abort(exc.code, exc.message)
+        try:
+            yield call
+        except asyncio.CancelledError:
+            self._finish(call, grpc.StatusCode.CANCELLED)
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a traceback to the caller
+            code, message = self._status_of(exc)
+        else:
+            self._finish(call, grpc.StatusCode.OK)
+            return
+        finally:
+            self._end()
+        self._finish(call, code, message)
+        await context.abort(code, message)
+
+    def _status_of(self, exc: BaseException) -> tuple[grpc.StatusCode, str]:
+        if isinstance(exc, InputError):
+            exc = request_error(exc)
+        if isinstance(exc, RequestError):
+            return exc.code, exc.message
+        if isinstance(exc, QueueFull):
+            return grpc.StatusCode.RESOURCE_EXHAUSTED, f"{exc}; retry later (--max-queue)"
+        if isinstance(exc, Dropped):
+            return grpc.StatusCode.DEADLINE_EXCEEDED, f"dropped before compute: {exc}"
+        if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc)):
+            return grpc.StatusCode.RESOURCE_EXHAUSTED, "out of memory on the server; send fewer images per request"
+        log.error("internal error", exc_info=exc, extra={"fields": {"event": "internal_error"}})
+        return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); the server log has the details"
+
+    def _begin(self, needs_model: bool) -> None:
+        if needs_model and self.state != "serving":
+            why = "warming up" if self.state == "warming" else "shutting down"
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, f"the server is {why}; retry shortly")
+        self.inflight += 1
+        self.idle.clear()
+        self.metrics.inflight.set(self.inflight)
+
+    def _end(self) -> None:
+        self.inflight -= 1
+        self.metrics.inflight.set(self.inflight)
+        if self.inflight == 0:
+            self.idle.set()
+
+    def _finish(self, call: Call, code: grpc.StatusCode, message: str = "") -> None:
+        seconds = time.perf_counter() - call.started
+        self.metrics.requests.labels(call.method, code.name).inc()
+        self.metrics.latency.labels(call.method).observe(seconds)
+        fields = {"event": "rpc", "method": call.method, "code": code.name, "ms": round(seconds * 1000, 2),
+                  "images": call.images, "peer": call.peer}
+        if message:
+            fields["error"] = message
+        log.log(logging.INFO if code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED) else logging.WARNING,
+                "rpc", extra={"fields": fields})
+
+    # ---- the RPCs -----------------------------------------------------------------------------------------------
+    async def Encode(self, req: pb.EncodeRequest, context) -> pb.EncodeResponse:
+        async with self._call("Encode", context) as call:
+            w = await self._encode(req.images, "images", self._deadline(context))
+            return call.done(pb.EncodeResponse(latents=array_to_tensor(w.numpy())))
+
+    async def Decode(self, req: pb.DecodeRequest, context) -> pb.ImagesResponse:
+        async with self._call("Decode", context) as call:
+            noise_args(req.noise)
+            check_output(req.output)
+            if not req.HasField("latents"):
+                raise invalid("latents", "missing")
+            w = await self._latents(req.latents, "latents")
+            images = await self._decode(w, req.noise, self._deadline(context))
+            return call.done(await self._respond(images, w, req.output))
+
+    async def Reconstruct(self, req: pb.ReconstructRequest, context) -> pb.ImagesResponse:
+        async with self._call("Reconstruct", context) as call:
+            noise_args(req.noise)
+            check_output(req.output)
+            deadline = self._deadline(context)
+            w = await self._encode(req.images, "images", deadline)
+            return call.done(await self._respond(await self._decode(w, req.noise, deadline), w, req.output))
+
+    async def Generate(self, req: pb.GenerateRequest, context) -> pb.ImagesResponse:
+        async with self._call("Generate", context) as call:
+            noise_args(req.noise)
+            check_output(req.output)
+            psi, cutoff = generation_args(req, self.rt)
+            seeds = None
+            if req.seeds:
+                check_count(len(req.seeds), "seeds", self.cfg, "seeds")
+                seeds = list(req.seeds)
+                styles = await self._in_pool(self.rt.seed_styles, seeds, psi, cutoff)
+            else:
+                z = await self._latents(req.z, "z", allow_styles=False)
+                styles = await self._in_pool(self.rt.z_styles, z, psi, cutoff)
+            images = await self._decode(styles, req.noise, self._deadline(context), seeds=seeds)
+            return call.done(await self._respond(images, styles, req.output))
+
+    async def Edit(self, req: pb.EditRequest, context) -> pb.ImagesResponse:
+        async with self._call("Edit", context) as call:
+            noise_args(req.noise)
+            check_output(req.output)
+            edits, mode, layers = edit_args(req, self.rt, self.cfg)
+            deadline = self._deadline(context)
+            w = await self._source(req.source, "source", deadline)
+            with runtime_fields({"w": "source"}):
+                edited = await self._in_pool(self.rt.edit, w, edits, mode=mode, layers=layers)
+            return call.done(await self._respond(await self._decode(edited, req.noise, deadline), edited, req.output))
+
+    async def Mix(self, req: pb.MixRequest, context) -> pb.ImagesResponse:
+        async with self._call("Mix", context) as call:
+            noise_args(req.noise)
+            check_output(req.output)
+            self.rt.check_cutoff(req.cutoff)  # before the sources are encoded
+            deadline = self._deadline(context)
+            a, b = await self._pair(req, deadline)
+            with runtime_fields(PAIR_FIELDS):
+                styles = await self._in_pool(self.rt.mix_styles, a, b, req.cutoff)  # [n, 2L, D]
+            return call.done(await self._respond(await self._decode(styles, req.noise, deadline), styles, req.output))
+
+    async def Interpolate(self, req: pb.InterpolateRequest, context) -> AsyncIterator[pb.InterpolateFrame]:
+        async with self._call("Interpolate", context) as call:
+            mode, seed = noise_args(req.noise)
+            check_output(req.output)
+            check_steps(req.steps, self.cfg)
+            deadline = self._deadline(context)
+            a, b = await self._pair(req, deadline)
+            with runtime_fields(PAIR_FIELDS):
+                path = await self._in_pool(self.rt.interpolate, a, b, req.steps)  # [steps, n, ...]
+            # One set of noise maps for every frame, so that only the latent moves.
+            maps = await self._in_pool(self._noise_maps, path.shape[1], mode, seed)
+            for i in range(req.steps):
+                images = await self._decode_maps(self.rt.styles(path[i]), maps, deadline)
+                frame = await self._respond(images, path[i], req.output, message=pb.InterpolateFrame, index=i,
+                                            t=i / (req.steps - 1))
+                call.images += 1
+                yield frame
+
+    async def GetModelInfo(self, req: pb.GetModelInfoRequest, context) -> pb.ModelInfo:
+        from alae_rt import __version__
+
+        async with self._call("GetModelInfo", context, needs_model=False) as call:
+            rt, c = self.rt, self.rt.config
+            return call.done(pb.ModelInfo(
+                config_name=c.name, config_json=c.to_json(), resolution=c.resolution, channels=c.channels,
+                latent_size=c.latent_size, layer_count=c.layer_count, num_styles=c.num_styles,
+                directions=sorted(rt.directions), backend=rt.backend.name, device=str(rt.device),
+                dtype=str(rt.dtype).replace("torch.", ""), weights=rt.source, truncation_psi=c.truncation_psi,
+                truncation_cutoff=c.truncation_cutoff, max_batch=rt.max_batch, max_images=self.cfg.max_images,
+                max_message_bytes=self.cfg.max_message_bytes, max_pixels=self.cfg.max_pixels,
+                max_strength=self.cfg.max_strength, max_steps=self.cfg.max_steps, version=__version__))
