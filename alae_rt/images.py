@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import io
-import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from alae_rt import codecs
+from alae_rt.codecs import DEFAULT_MAX_PIXELS
 from alae_rt.errors import InputError
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-# Bounds a decoded image before its pixels are read (decompression bombs); a 64-megapixel photo passes.
-DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
@@ -27,44 +25,15 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         raise InputError(f"{path}: is a directory, not an image")
     if not path.is_file():
         raise InputError(f"{path}: no such image file")
-    return _decode(path, str(path), max_pixels)
+    try:
+        return codecs.read_file(path, max_pixels)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def decode_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image") -> np.ndarray:
     """Like read_image, for encoded bytes (PNG, JPEG, ...)."""
-    return _decode(io.BytesIO(data), name, max_pixels)
-
-
-def _decode(source, name: str, max_pixels: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():
-            # PIL's own bomb warning fires on open; the explicit limit below is the check that counts.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(source)
-        with img:
-            # The header gives the size before any pixel is decoded.
-            if img.width * img.height > max_pixels:
-                raise InputError(f"{name}: {img.width}x{img.height} pixels is over the limit of {max_pixels}")
-            img.load()
-            return _pil_to_array(img)
-    except UnidentifiedImageError:
-        raise InputError(f"{name}: not a readable image (unknown or corrupt format)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise InputError(f"{name}: corrupt or truncated image ({exc})") from None
-
-
-def _pil_to_array(img) -> np.ndarray:
-    if img.mode.startswith("I") or img.mode == "F":  # 16/32-bit grey
-        arr = np.asarray(img, dtype=np.float64)
-        if img.mode.startswith("I;16") or arr.max(initial=0) > 255:
-            arr = arr / 257.0
-        return np.clip(arr + 0.5, 0, 255).astype(np.uint8)[:, :, None]
-    if img.mode == "L":
-        return np.array(img, dtype=np.uint8)[:, :, None]
-    target = "RGBA" if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info else "RGB"
-    return np.array(img if img.mode == target else img.convert(target), dtype=np.uint8)
+    return codecs.decode_image(data, max_pixels, name)
 
 
 def image_to_tensor(image: np.ndarray | Tensor, resolution: int, channels: int, name: str = "image") -> Tensor:
@@ -129,12 +98,18 @@ def to_uint8(x: Tensor) -> np.ndarray:
 
 
 def save_image(image: np.ndarray, path: str | Path) -> Path:
-    """Write uint8 [H, W, C] (C = 1 or 3) as PNG/JPEG by the file's suffix."""
-    from PIL import Image
-
+    """Write uint8 [H, W, C] (C = 1, 3 or 4) as PNG or JPEG (alae_rt.codecs), or another format by the file's suffix."""
     path = Path(path)
-    arr = image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image
-    Image.fromarray(np.ascontiguousarray(arr)).save(path)
+    suffix = path.suffix.lower()
+    if suffix == ".png":
+        path.write_bytes(codecs.encode_png(image))
+    elif suffix in (".jpg", ".jpeg"):
+        path.write_bytes(codecs.encode_jpeg(image))
+    else:
+        from PIL import Image
+
+        arr = image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image
+        Image.fromarray(np.ascontiguousarray(arr)).save(path)
     return path
 
 
