@@ -338,9 +338,9 @@ class Runtime:
     def seed_styles(self, seeds: Sequence[int], truncation_psi: float | None = None,
                     truncation_cutoff: int | None = None) -> Tensor:
         """A z from each seed -> F -> truncation -> styles [N, 2L, D] (generate's styles)."""
-        self.check_psi(truncation_psi)
+        self.check_psi(truncation_psi)  # before any work: a bad request costs nothing
         self.check_cutoff(truncation_cutoff, "truncation_cutoff")
-        return self.z_styles(self.seeds_to_z(seeds), truncation_psi, truncation_cutoff)
+        return self.truncate(self.map(self.seeds_to_z(seeds)), truncation_psi, truncation_cutoff)
 
     def generate(self, z: Any = None, seeds: Sequence[int] | None = None, truncation_psi: float | None = None,
                  truncation_cutoff: int | None = None, noise: NoiseArg = "random", seed: int | None = None,
