@@ -14,23 +14,13 @@ from torch import Tensor, nn
 
 from alae_rt.config import ModelConfig
 
-LRELU_SLOPE = 0.2
-GEN_NORM_EPS = 1e-8  # generator instance norm (official: InstanceNorm2d(eps=1e-8))
-ENC_NORM_EPS = 1e-5  # encoder instance norm (official: InstanceNorm2d default eps)
+# Shared with the kernels' torch references and defined there, once (kernels are leaf ops: they cannot import
+# this module); blur_weight is re-exported for the checkpoint reader and the official-order backend.
+from alae_rt.kernels.common import ENC_NORM_EPS, GEN_NORM_EPS, LRELU_SLOPE, blur
+from alae_rt.kernels.common import blur_weight as blur_weight
+
 PIXEL_NORM_EPS = 1e-8
 HEAD_LAYERS = 3  # the discriminator head (official MappingToLatent) always has three layers
-
-
-def blur_weight(channels: int, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
-    """Depthwise [1, 2, 1] x [1, 2, 1] / 16 kernel, [channels, 1, 3, 3] (the official Blur buffer)."""
-    f = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float32)
-    k = f[:, None] * f[None, :]
-    k = k / k.sum()
-    return k.expand(channels, 1, 3, 3).to(dtype=dtype, device=device)
-
-
-def blur(x: Tensor) -> Tensor:
-    return F.conv2d(x, blur_weight(x.shape[1], x.dtype, x.device), padding=1, groups=x.shape[1])
 
 
 def corner_sum_kernel(weight: Tensor) -> Tensor:

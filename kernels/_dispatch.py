@@ -1,4 +1,5 @@
-"""Which implementation an op runs: Triton on CUDA (or under TRITON_INTERPRET=1), else the torch reference."""
+"""Which implementation an op runs: Triton on CUDA (or under TRITON_INTERPRET=1), else the torch reference;
+and what the launchers share."""
 
 from __future__ import annotations
 
@@ -33,3 +34,8 @@ def use_triton(impl: str, *tensors: torch.Tensor) -> bool:
         why = "triton is not installed" if not triton_available() else "tensors are not on CUDA"
         raise RuntimeError(f"impl='triton' asked for, but {why} (TRITON_INTERPRET=1 runs the kernels on CPU)")
     return ok
+
+
+def broadcast_stride(t: torch.Tensor) -> int:
+    """A launcher's batch stride for t: 0 for a batch of one, which the kernels broadcast over the batch."""
+    return t.stride(0) if t.shape[0] > 1 else 0

@@ -1,16 +1,18 @@
-"""Triton kernel of the modulated 3x3 convolution with the fused epilogue (see modconv.py)."""
+"""Triton kernel of modulated_conv3x3 (the op, its reference and its launcher are in modulated_conv3x3.py)."""
 
 import triton
 import triton.language as tl
 
+from alae_rt.kernels._triton_helpers import leaky_relu
+
 
 @triton.jit
-def modconv3x3_kernel(t_ptr, t_stride_n, mean_ptr, scale_ptr, shift_ptr, w_ptr,
-                      noise_ptr, noise_stride_n, nw_ptr, bias_ptr, out_ptr, part_ptr,
-                      CIN, COUT, H, W, TILES_M,
-                      HAS_NOISE: tl.constexpr, HAS_BIAS: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-                      DOT_FP32: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def modulated_conv3x3_kernel(t_ptr, t_stride_n, mean_ptr, scale_ptr, shift_ptr, w_ptr,
+                             noise_ptr, noise_stride_n, nw_ptr, bias_ptr, out_ptr, part_ptr,
+                             CIN, COUT, H, W, TILES_M,
+                             HAS_NOISE: tl.constexpr, HAS_BIAS: tl.constexpr, SLOPE: tl.constexpr,
+                             INPUT_PRECISION: tl.constexpr, DOT_FP32: tl.constexpr,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Grid (position tiles, output-channel tiles, samples). A [BLOCK_M positions, BLOCK_K input channels]
     tile per tap is loaded from t (NCHW), modulated in fp32 and zeroed outside the image; B is the packed
     weight [9, CIN, COUT]; the fp32 accumulator takes noise, bias and leaky_relu, is stored once, and leaves
@@ -54,7 +56,7 @@ def modconv3x3_kernel(t_ptr, t_stride_n, mean_ptr, scale_ptr, shift_ptr, w_ptr,
         acc += nz[:, None] * nw[None, :]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    acc = tl.where(acc >= 0, acc, acc * 0.2)
+    acc = leaky_relu(acc, SLOPE)
     out_ptrs = out_ptr + (n * COUT + offs_n[None, :]) * hw + offs_m[:, None]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
     # The tile's moments per output channel, over its valid positions.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
 from helpers import ROOT
 
 
@@ -16,9 +17,21 @@ def test_kernel_benchmark_smoke(tmp_path, monkeypatch):
                                "-o", str(tmp_path)])
     assert code == 0
     report = json.loads(next(tmp_path.glob("kernels_*.json")).read_text())
-    ops = {r["op"] for r in report["rows"]}
-    assert ops == {"generator_epilogue", "encoder_epilogue", "act_stats_blur", "act_stats_pool", "modulate_blur",
-                   "modulated_conv3x3"}
-    assert all(r["ms"] > 0 and r["gb_per_s"] > 0 for r in report["rows"])
+    # one entry per op of alae_rt.kernels, each variant timed with both implementations asked for
+    assert {r["op"] for r in report["rows"]} == {"act_stats", "modulate", "modulated_conv3x3"}
+    cases = {(r["op"], r["variant"], r["impl"], tuple(r["shape"])) for r in report["rows"]}
+    assert len(cases) == len(report["rows"]) == 5 * 2 * 2  # variants x impls x smoke shapes
+    for r in report["rows"]:
+        assert r["gb_per_s"] == pytest.approx(r["bytes"] / (r["ms"] / 1e3) / 1e9)
     assert next(tmp_path.glob("kernels_*.md")).read_text().startswith("# Kernel benchmark")
+    sys.modules.pop("bench_kernels", None)
+
+
+def test_kernel_benchmark_times_no_triton_on_cpu(tmp_path, monkeypatch, capsys):
+    """Off CUDA only the torch references are timed: asking for Triton's speed there is refused."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_kernels
+
+    assert bench_kernels.main(["--device", "cpu", "--impls", "torch,triton", "-o", str(tmp_path)]) == 2
+    assert "speed needs a CUDA GPU" in capsys.readouterr().err and not list(tmp_path.iterdir())
     sys.modules.pop("bench_kernels", None)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alae_rt.errors import InputError
-from alae_rt.network import StyleALAE, blur_weight
+from alae_rt.network import ENC_NORM_EPS, GEN_NORM_EPS, LRELU_SLOPE, StyleALAE, blur_weight
 
 
 def _transform_kernel(w: Tensor) -> Tensor:
@@ -71,8 +71,8 @@ class OfficialOrderBackend:
                 if noise[2 * i + j] is not None:
                     x = torch.addcmul(x, value=1.0, tensor1=_per_channel(nw), tensor2=noise[2 * i + j])
                 x = x + _per_channel(bias)
-                x = F.leaky_relu(x, 0.2)
-                x = F.instance_norm(x, eps=1e-8)
+                x = F.leaky_relu(x, LRELU_SLOPE)
+                x = F.instance_norm(x, eps=GEN_NORM_EPS)
                 x = _style_mod(x, F.linear(styles[:, 2 * i + j], style.weight, style.bias))
         rgb = gen.to_rgb[-1]
         return F.conv2d(x, rgb.weight, rgb.bias)
@@ -81,25 +81,25 @@ class OfficialOrderBackend:
         enc = self.model.encoder
         styles = torch.zeros(x.shape[0], 1, enc.latent_size, device=x.device)
         rgb = enc.from_rgb[0]
-        x = F.leaky_relu(F.conv2d(x, rgb.weight, rgb.bias), 0.2)
-        x = F.leaky_relu(x, 0.2)
+        x = F.leaky_relu(F.conv2d(x, rgb.weight, rgb.bias), LRELU_SLOPE)
+        x = F.leaky_relu(x, LRELU_SLOPE)
         for blk in enc.blocks:
             x = F.conv2d(x, blk.conv_1, padding=1) + _per_channel(blk.bias_1)
-            x = F.leaky_relu(x, 0.2)
+            x = F.leaky_relu(x, LRELU_SLOPE)
             m = torch.mean(x, dim=[2, 3], keepdim=True)
             std = torch.sqrt(torch.mean((x - m) ** 2, dim=[2, 3], keepdim=True))
             style_1 = torch.cat((m, std), dim=1)
-            x = F.instance_norm(x)
+            x = F.instance_norm(x, eps=ENC_NORM_EPS)
             if blk.fused:
                 x = F.conv2d(self._blur_conv(x), _transform_kernel(blk.conv_2) * 0.25, stride=2, padding=1)
             else:
                 x = F.avg_pool2d(F.conv2d(self._blur_conv(x), blk.conv_2, padding=1), 2, 2)
             x = x + _per_channel(blk.bias_2)
-            x = F.leaky_relu(x, 0.2)
+            x = F.leaky_relu(x, LRELU_SLOPE)
             m = torch.mean(x, dim=[2, 3], keepdim=True)
             std = torch.sqrt(torch.mean((x - m) ** 2, dim=[2, 3], keepdim=True))
             style_2 = torch.cat((m, std), dim=1)
-            x = F.instance_norm(x)
+            x = F.instance_norm(x, eps=ENC_NORM_EPS)
             w1 = F.linear(style_1.view(style_1.shape[0], style_1.shape[1]), blk.style_1.weight, blk.style_1.bias)
             w2 = F.linear(style_2.view(style_2.shape[0], style_2.shape[1]), blk.style_2.weight, blk.style_2.bias)
             styles[:, 0] += w1 + w2

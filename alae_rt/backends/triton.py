@@ -19,9 +19,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alae_rt.errors import InputError
-from alae_rt.kernels import act_stats, interpreting, modulate, triton_available
-from alae_rt.kernels.modconv import modulated_conv3x3, pack_conv3x3
-from alae_rt.network import ENC_NORM_EPS, GEN_NORM_EPS, LRELU_SLOPE, StyleALAE, corner_sum_kernel
+from alae_rt.kernels import (
+    ENC_NORM_EPS,
+    GEN_NORM_EPS,
+    LRELU_SLOPE,
+    act_stats,
+    interpreting,
+    modulate,
+    modulated_conv3x3,
+    pack_conv3x3,
+    triton_available,
+)
+from alae_rt.network import StyleALAE, corner_sum_kernel
 
 MAX_GRAPHS = 8  # captured (batch, noise layout) signatures kept per call
 

@@ -1,0 +1,26 @@
+"""What the ops' torch references and the network share: the leaky_relu slope, the instance-norm eps values and
+the [1, 2, 1] blur, defined here once (alae_rt.network imports them; the Triton kernels get them as constexprs).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LRELU_SLOPE = 0.2
+GEN_NORM_EPS = 1e-8  # generator instance norm (official: InstanceNorm2d(eps=1e-8))
+ENC_NORM_EPS = 1e-5  # encoder instance norm (official: InstanceNorm2d default eps)
+
+
+def blur_weight(channels: int, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+    """Depthwise [1, 2, 1] x [1, 2, 1] / 16 kernel, [channels, 1, 3, 3] (the official Blur buffer)."""
+    f = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float32)
+    k = f[:, None] * f[None, :]
+    k = k / k.sum()
+    return k.expand(channels, 1, 3, 3).to(dtype=dtype, device=device)
+
+
+def blur(x: Tensor) -> Tensor:
+    """The depthwise blur with zero padding, x [N, C, H, W] -> [N, C, H, W]."""
+    return F.conv2d(x, blur_weight(x.shape[1], x.dtype, x.device), padding=1, groups=x.shape[1])

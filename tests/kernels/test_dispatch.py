@@ -1,0 +1,33 @@
+"""impl="auto"|"triton"|"torch" of every op: auto falls back to the torch reference without CUDA or the
+interpreter, "triton" then says what is missing, anything else is refused."""
+
+import pytest
+import torch
+from _shapes import rand
+
+from alae_rt.kernels import act_stats, act_stats_ref, modulate, modulate_ref, modulated_conv3x3, modulated_conv3x3_ref
+
+_T, _M, _S, _B = rand(2, 3, 3, 5), rand(2, 3, seed=1), rand(2, 3, seed=2), rand(2, 3, seed=3)
+OPS = {
+    "act_stats": (act_stats, act_stats_ref, (_T, rand(2, 1, 3, 5, seed=4), rand(3, seed=5), rand(3, seed=6))),
+    "modulate": (modulate, modulate_ref, (_T, _M, _S, _B)),
+    "modulated_conv3x3": (modulated_conv3x3, modulated_conv3x3_ref, (_T, _M, _S, _B, rand(4, 3, 3, 3, seed=7))),
+}
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_auto_takes_the_reference_without_cuda_or_the_interpreter(op, monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: auto takes Triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    fn, ref, args = OPS[op]
+    torch.testing.assert_close(fn(*args), ref(*args), atol=0, rtol=0)  # tensors or tuples of them
+    with pytest.raises(RuntimeError, match="not on CUDA"):
+        fn(*args, impl="triton")
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_unknown_impl_is_refused(op):
+    fn, _, args = OPS[op]
+    with pytest.raises(ValueError, match="impl must be one of auto, triton, torch, got 'cuda'"):
+        fn(*args, impl="cuda")
