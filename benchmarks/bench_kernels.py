@@ -110,6 +110,7 @@ def run(device: str, dtypes: list[str], layers, batch: int, reps: int, impls: li
     # runs kernels that call triton.language's own jit functions only when it was on before triton's import.
     from alae_rt.bench import machine_info
 
+    load_start = os.getloadavg()[0]
     rows = []
     for dtype_name in dtypes:
         for c, r in layers:
@@ -127,14 +128,17 @@ def run(device: str, dtypes: list[str], layers, batch: int, reps: int, impls: li
                                  "shape": [batch, c, r, r], "bytes": case["bytes"], "flops": case["flops"],
                                  "ms": sec * 1e3, "gb_per_s": case["bytes"] / sec / 1e9,
                                  "tflop_per_s": case["flops"] / sec / 1e12 if case["flops"] else None})
-                    print(f"{label:60s} {sec * 1e3:9.3f} ms {case['bytes'] / sec / 1e9:8.1f} GB/s", flush=True)
+                    print(f"{label:60s} {sec * 1e3:9.3f} ms {case['bytes'] / sec / 1e9:8.3g} GB/s", flush=True)
     note = "GB/s counts the bytes an op must move at least (inputs read once, outputs written once)"
     if device == "cpu" and "triton" not in impls:
         note += ("; CPU: the torch references only - the Triton kernels' speed needs a CUDA GPU "
                  "(make bench-gpu), on CPU they run only under Triton's interpreter")
     elif device == "cpu":
         note += "; CPU: Triton under its interpreter - these times check that the script runs, not speed"
-    return {"machine": machine_info(torch.device(device)), "batch": batch, "rows": rows, "note": note}
+    report = {"machine": machine_info(torch.device(device)), "batch": batch, "rows": rows, "note": note}
+    if device == "cpu":  # other work on the machine shows in CPU times: the load says how much there was
+        report["load_average_1min"] = {"start": load_start, "end": os.getloadavg()[0]}
+    return report
 
 
 def write(report: dict, out: Path, stem: str) -> list[Path]:
@@ -145,12 +149,15 @@ def write(report: dict, out: Path, stem: str) -> list[Path]:
     lines = [f"# Kernel benchmark on {m['device_name']}", "",
              f"- device {m['device']}, {m['threads']} threads, date {m['date']}, commit {m['commit']}, versions "
              f"{', '.join(f'{k} {v}' for k, v in m['versions'].items())}",
-             f"- {report['note']}", "",
+             f"- {report['note']}",
+             *([f"- 1-minute load average {report['load_average_1min']['start']:.1f} at the start, "
+                f"{report['load_average_1min']['end']:.1f} at the end"] if "load_average_1min" in report else []),
+             "",
              "| op | variant | dtype | shape | impl | ms | GB/s | TFLOP/s |", "|---|---|---|---|---|---:|---:|---:|"]
     for r in report["rows"]:
-        tf = f"{r['tflop_per_s']:.2f}" if r["tflop_per_s"] else "-"
+        tf = f"{r['tflop_per_s']:.3g}" if r["tflop_per_s"] else "-"
         lines.append(f"| {r['op']} | {r['variant']} | {r['dtype']} | {'x'.join(map(str, r['shape']))} | "
-                     f"{r['impl']} | {r['ms']:.3f} | {r['gb_per_s']:.1f} | {tf} |")
+                     f"{r['impl']} | {r['ms']:.3f} | {r['gb_per_s']:.3g} | {tf} |")
     paths[1].write_text("\n".join(lines) + "\n")
     try:
         import matplotlib
@@ -189,8 +196,11 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, help="default 8 on CUDA, 1 on CPU")
     p.add_argument("--smoke", action="store_true", help="tiny shapes, a few repetitions: checks the script runs")
     p.add_argument("--reps", type=int, default=5, help="repetitions off CUDA, median taken (CUDA: triton's do_bench)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default torch's own)")
     p.add_argument("-o", "--out", default="benchmarks/results")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cuda = args.device == "cuda"
     impls = (args.impls or (",".join(IMPLS) if cuda else "torch")).split(",")
     if unknown := set(impls) - set(IMPLS):
