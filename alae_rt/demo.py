@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from alae_rt.errors import InputError
-from alae_rt.images import list_images, make_grid, read_image, save_image
+from alae_rt.images import list_images, make_grid, save_image
 from alae_rt.runtime import Runtime
 
 # Official FFHQ principal directions shown when the model can use them (D = 512).
@@ -46,19 +46,14 @@ def run_demo(rt: Runtime, faces: str | Path, out: Path, count: int = 8, strength
             why_not = f"{directions_dir} lacks {' and '.join(DEMO_DIRECTIONS)}"
     say(f"weights: {rt.source}")
     # PCA needs a sample of encodings; the official directions only the faces shown.
-    to_encode = paths[:count] if use_official else paths
-    ws, originals = [], []
-    bar = progress(len(to_encode), "encode") if progress else None
-    for start in range(0, len(to_encode), rt.max_batch):
-        batch = [read_image(p) for p in to_encode[start:start + rt.max_batch]]
-        x = rt.prepare_images(batch)
-        ws.append(rt.encode(x))
-        originals.extend(rt.to_uint8(x))
+    x = rt.prepare_images(paths[:count] if use_official else paths)
+    originals = rt.to_uint8(x)
+    bar = progress(len(x), "encode") if progress else None
+    try:
+        w = rt.encode(x, progress=bar.update if bar else None)
+    finally:
         if bar:
-            bar.update(len(batch))
-    if bar:
-        bar.close()
-    w = torch.cat(ws)
+            bar.close()
     shown = min(count, len(w))
     if use_official:
         directions = [(name, 3.0 if strength is None else strength) for name in DEMO_DIRECTIONS]

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from alae_rt.cli import out_dir, parse_int_list, say
+from alae_rt.cli.options import add_checkpoint_args, add_out_arg, out_dir, parse_int_list, say
 from alae_rt.export.errors import ExportError
 
 DESCRIPTION = """\
@@ -50,12 +50,7 @@ def _positive(text: str) -> int:
 
 
 def _checkpoint_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("-c", "--checkpoint", metavar="PATH",
-                   help="weights: an alae-rt .safetensors or an official ALAE .pth (default: the bundled model)")
-    g.add_argument("--config", metavar="CFG", help="preset name or official YAML, to override the checkpoint's config")
-    g.add_argument("--trust-pickle", action="store_true",
-                   help="allow a .pth that holds Python objects besides tensors (only for files you trust)")
+    add_checkpoint_args(p.add_argument_group("model"))
 
 
 def _onnx_args(p: argparse.ArgumentParser) -> None:
@@ -82,14 +77,14 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     o = formats.add_parser("onnx", help="ONNX files of the encoder, generator and mapping", description=ONNX_HELP,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     _checkpoint_args(o)
-    o.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder")
+    add_out_arg(o, "output folder", metavar="DIR")
     _onnx_args(o)
     o.set_defaults(func=cmd_onnx)
 
     t = formats.add_parser("tensorrt", help="TensorRT engines from an ONNX export (needs TensorRT and a GPU)",
                            description=TENSORRT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--onnx", required=True, metavar="DIR", help="folder written by `alae-rt export onnx`")
-    t.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder for the engines")
+    add_out_arg(t, "output folder for the engines", metavar="DIR")
     _batch_args(t)
     t.add_argument("--min-batch", type=_positive, default=1, metavar="N", help="smallest batch (default 1)")
     t.add_argument("--opt-batch", type=_positive, default=8, metavar="N", help="batch tuned for (default 8)")
@@ -101,7 +96,7 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
                            description=TRITON_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     _checkpoint_args(r)
     r.add_argument("--onnx", metavar="DIR", help="package this ONNX export instead of exporting --checkpoint")
-    r.add_argument("-o", "--out", required=True, metavar="DIR", help="the model repository folder")
+    add_out_arg(r, "the model repository folder", metavar="DIR")
     r.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx",
                    help="onnx (Triton's onnxruntime backend) or tensorrt (engines built here) (default onnx)")
     _onnx_args(r)

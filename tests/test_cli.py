@@ -92,6 +92,96 @@ def test_mix_and_edit(capsys, rgb128_checkpoint, tmp_path, faces3):
     np.testing.assert_allclose(edited, w + 2 * d, atol=1e-5)
 
 
+def test_edit_grid_layout_for_images_and_for_latents(capsys, rgb128_checkpoint, tmp_path, faces3):
+    """One edit layout, drawn by grids.edit_rows for the local command and the client alike: original |
+    reconstruction | edited for images, decoded | edited for latents and seeds, two groups a row."""
+    ck, d = str(rgb128_checkpoint), tmp_path / "d.npy"
+    np.save(d, np.random.default_rng(0).standard_normal(64).astype(np.float32))
+    code, out, _ = run(capsys, "edit", *faces3, "-c", ck, "--direction", f"{d}=2", "-o", str(tmp_path / "img"))
+    assert code == 0 and "(original | reconstruction | edited)" in out
+    grid = read_image(tmp_path / "img" / "grid.png")
+    assert grid.shape == (2 + 2 * 130, 2 + 6 * 130, 3)  # 3 triples, 2 a row
+    rt = Runtime.load(rgb128_checkpoint)
+    original = rt.to_uint8(rt.prepare_images(faces3[2:]))[0]
+    assert np.array_equal(grid[132:260, 2:130], original)  # row 2 starts with the third face as the model sees it
+    code, out, _ = run(capsys, "edit", "seeds:0-2", "-c", ck, "--direction", f"{d}=2", "-o", str(tmp_path / "seeds"))
+    assert code == 0 and "(decoded | edited)" in out
+    assert read_image(tmp_path / "seeds" / "grid.png").shape == (2 + 2 * 130, 2 + 4 * 130, 3)
+    styles = rt.seed_styles([0], truncation_psi=None)
+    decoded = rt.to_uint8(rt.decode(styles, noise="const"))[0]
+    assert np.array_equal(read_image(tmp_path / "seeds" / "grid.png")[2:130, 2:130], decoded)
+
+
+def test_grid_layouts():
+    from alae_rt.cli import grids
+
+    imgs = [np.full((4, 4, 3), i, np.uint8) for i in range(10)]
+    rows, cols = grids.edit_rows(imgs[:3], imgs[3:6], imgs[6:9])
+    assert cols == "original | reconstruction | edited"
+    assert [[int(a[0, 0, 0]) for a in row] for row in rows] == [[0, 3, 6, 1, 4, 7], [2, 5, 8]]
+    rows, cols = grids.edit_rows(None, imgs[:3], imgs[3:6])
+    assert cols == "decoded | edited" and [[int(a[0, 0, 0]) for a in row] for row in rows] == [[0, 3, 1, 4], [2, 5]]
+    rows = grids.reconstruct_rows(imgs[:5], imgs[5:])
+    assert [len(r) for r in rows] == [8, 2]
+    assert [len(r) for r in grids.generate_rows(imgs)] == [8, 2]
+    rows = grids.mix_rows(imgs[:2], imgs[2:5], [imgs[5:8], imgs[7:10]])
+    assert [[int(a[0, 0, 0]) for a in row] for row in rows] == [[255, 2, 3, 4], [0, 5, 6, 7], [1, 7, 8, 9]]
+
+
+class _Bar:
+    """Stands in for the tqdm bar: records its updates."""
+
+    def __init__(self, bars: list, total: int, desc: str):
+        self.desc, self.total, self.updates = desc, total, []
+        bars.append(self)
+
+    def update(self, k: int) -> None:
+        self.updates.append(k)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def test_progress_comes_from_the_runtimes_chunks(capsys, rgb128_checkpoint, faces128, tmp_path, monkeypatch):
+    """--batch-size is the Runtime's chunk; the bar moves once per chunk, from one Runtime call (no second loop)."""
+    bars: list[_Bar] = []
+    monkeypatch.setattr("alae_rt.cli.ops.progress_bar", lambda args, total, desc: _Bar(bars, total, desc))
+    calls = {"encode": 0, "decode": 0}
+
+    def counting(name: str):
+        fn = getattr(Runtime, name)
+
+        def counted(self, *args, **kwargs):
+            calls[name] += 1
+            return fn(self, *args, **kwargs)
+        return counted
+
+    for name in calls:
+        monkeypatch.setattr(Runtime, name, counting(name))
+    five = [str(p) for p in sorted(faces128.glob("*.png"))[:5]]
+    ck = str(rgb128_checkpoint)
+    assert run(capsys, "encode", *five, "-c", ck, "--batch-size", "2", "-o", str(tmp_path / "w.npy"))[0] == 0
+    assert run(capsys, "generate", "--seeds", "0-4", "-c", ck, "--batch-size", "2", "-o", str(tmp_path / "g"))[0] == 0
+    assert [(b.desc, b.total, b.updates) for b in bars] == [("encode", 5, [2, 2, 1]), ("generate", 5, [2, 2, 1])]
+    assert calls == {"encode": 1, "decode": 1}
+
+
+def test_random_noise_with_a_seed_does_not_depend_on_the_batch_size(capsys, rgb128_checkpoint, tmp_path):
+    """decode --noise random --seed S draws the noise of all N rows once (it was drawn again for every batch,
+    so image k depended on --batch-size)."""
+    w = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    np.save(tmp_path / "w.npy", w)
+    code, _, _ = run(capsys, "decode", str(tmp_path / "w.npy"), "-c", str(rgb128_checkpoint), "--noise", "random",
+                     "--seed", "3", "--batch-size", "2", "-o", str(tmp_path / "dec"))
+    assert code == 0
+    rt = Runtime.load(rgb128_checkpoint)
+    expected = rt.to_uint8(rt.decode(torch.from_numpy(w), noise="random", seed=3))
+    assert np.array_equal(read_image(tmp_path / "dec" / "000002.png"), expected[2])
+
+
 def test_edit_with_named_official_directions(capsys, tmp_path):
     rt = Runtime.from_config(Runtime.from_config("tiny").config.replace(latent_size=512, name="d512"))
     ck = save_checkpoint(tmp_path / "d512.safetensors", rt.model.state_dict(), rt.config)
@@ -177,7 +267,7 @@ def test_bad_arguments(capsys, rgb128_checkpoint, tmp_path, faces3):
     assert_one_line_error(code, err, "must end in .safetensors")
     code, _, err = run(capsys, "mix", "-c", ck, "--a", faces3[0], "--b", faces3[1], "--cutoff", "40",
                        "-o", str(tmp_path / "m"))
-    assert_one_line_error(code, err, "cutoff must be in [0, 12]")
+    assert_one_line_error(code, err, "cutoff: 40 is out of range 0..12")
     with pytest.raises(SystemExit) as exc:
         main(["generate", "--batch-size", "0", "-o", str(tmp_path / "g")])
     assert exc.value.code == 2
@@ -199,6 +289,13 @@ def test_backend_options_reach_the_backend(capsys, rgb128_checkpoint, tmp_path, 
 
 def test_parse_int_list():
     assert parse_int_list("0-3,7, 9-10") == [0, 1, 2, 3, 7, 9, 10]
+
+
+def test_bench_help_names_the_benchmarks_ops():
+    from alae_rt.bench import OPS
+    from alae_rt.cli.bench import BENCH_OPS
+
+    assert BENCH_OPS == OPS
 
 
 def test_console_script_help_and_a_real_process(rgb128_checkpoint, tmp_path):

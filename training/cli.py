@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from alae_rt.cli.options import add_device_arg, add_out_arg, add_threads_arg
 from alae_rt.config import PRESETS, ModelConfig
 from alae_rt.errors import ConfigError, InputError
 from alae_rt.training.config import TrainConfig
@@ -73,7 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--data", metavar="DIR", help="folder of images, any size and format (searched recursively; "
                    "centre-cropped and resized to the resolution; unreadable files are reported and skipped)")
-    g.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder for checkpoints, grids and logs")
+    add_out_arg(g, "run folder for checkpoints, grids and logs", metavar="RUN_DIR")
     g.add_argument("--steps", type=int, default=10_000, metavar="N",
                    help="stop after N iterations in all, counting earlier sessions of the run (default 10000)")
     g.add_argument("--resume", action="store_true",
@@ -83,8 +84,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--holdout", type=int, default=None, metavar="N",
                    help="hold out the last N images (path order) for the PSNR report "
                         "(default 10%%, at most 16; none under 10 images)")
-    g.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto; torchrun: one GPU per rank)")
-    g.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's)")
+    add_device_arg(g, "cpu, cuda or auto (default auto; torchrun: one GPU per rank)")
+    add_threads_arg(g)
 
     m = p.add_argument_group("model (a preset, optionally changed field by field)")
     m.add_argument("--preset", default=DEFAULT_PRESET,

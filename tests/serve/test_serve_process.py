@@ -19,7 +19,9 @@ import torch
 from helpers import DIRECTIONS, FACES128, require
 from serve_helpers import one_torch_thread
 
-from alae_rt import Runtime
+from alae_rt import Runtime, save_checkpoint
+from alae_rt.cli import main
+from alae_rt.images import read_image
 from alae_rt.serve.client import AlaeClient, RemoteError
 
 ALAE_RT = [sys.executable, "-m", "alae_rt.cli"]
@@ -129,9 +131,11 @@ def test_cli_client_round_trip(tmp_path):
         rec = run_cli("client", "reconstruct", *map(str, files), "-o", "rec", *srv, cwd=tmp_path)
         gen = run_cli("client", "generate", "--seeds", "0-2", "--noise", "const", "-o", "gen", *srv, cwd=tmp_path)
         edit = run_cli("client", "edit", "seeds:1-2", "--direction", f"{direction}=2", "-o", "edit", *srv, cwd=tmp_path)
+        edit_image = run_cli("client", "edit", str(files[0]), "--direction", f"{direction}=2", "-o", "edit_image",
+                             *srv, cwd=tmp_path)
         mix = run_cli("client", "mix", "--a", str(files[0]), "--b", "seeds:3-4", "-o", "mix", *srv, cwd=tmp_path)
         unknown = run_cli("client", "edit", "seeds:1", "--direction", "smile=2", "-o", "e2", *srv, cwd=tmp_path)
-    for done in (enc, rec, gen, edit, mix):
+    for done in (enc, rec, gen, edit, edit_image, mix):
         assert done.returncode == 0, done.stderr
     rt = Runtime.from_config("tiny")
     np.testing.assert_allclose(np.load(tmp_path / "w.npy"), rt.encode(files).numpy(), atol=1e-5)
@@ -143,6 +147,15 @@ def test_cli_client_round_trip(tmp_path):
     ref = rt.edit(rt.truncate(rt.map(rt.seeds_to_z([1, 2]))), [(torch.from_numpy(np.load(direction)), 2.0)])
     np.testing.assert_allclose(edited, ref.numpy(), atol=1e-5)
     assert len(list((tmp_path / "mix").glob("mix_*.png"))) == 2
+    # The client draws the local command's edit grid: decoded | edited for seeds, original | reconstruction | edited
+    # for images, two groups a row, the same pixels as `alae-rt edit` on the same weights.
+    assert "(decoded | edited)" in edit.stdout and "(original | reconstruction | edited)" in edit_image.stdout
+    assert read_image(tmp_path / "edit_image" / "grid.png").shape == (2 + 18, 2 + 3 * 18, 3)
+    save_checkpoint(tmp_path / "tiny.safetensors", rt.model.state_dict(), rt.config)
+    assert main(["-q", "edit", "seeds:1-2", "-c", str(tmp_path / "tiny.safetensors"), "--direction", f"{direction}=2",
+                 "-o", str(tmp_path / "local_edit")]) == 0
+    local, remote = (read_image(tmp_path / d / "grid.png").astype(int) for d in ("local_edit", "edit"))
+    assert local.shape == remote.shape == (2 + 18, 2 + 4 * 18, 3) and np.abs(local - remote).max() <= 1
     assert unknown.returncode == 2
     assert unknown.stderr.strip().splitlines()[-1].startswith("alae-rt: error: Edit: INVALID_ARGUMENT: edits[0].name")
     assert "Traceback" not in unknown.stderr

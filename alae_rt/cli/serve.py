@@ -1,0 +1,122 @@
+"""`alae-rt serve`: the gRPC server (alae_rt.serve), started from the model options every command shares."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from alae_rt.cli.options import add_model_args, add_threads_arg, backend_options, set_threads
+from alae_rt.errors import InputError
+
+SERVE_HELP = """\
+Serve the model over gRPC (service alae_rt.v1.Alae; its .proto ships in alae_rt/serve/protos).
+
+Requests from all callers are merged by a dynamic batcher (up to --max-batch images per forward pass,
+waiting at most --max-delay-ms for a batch to fill). Health (grpc.health.v1) says NOT_SERVING while the
+model warms up and while the server drains; reflection is on; Prometheus metrics are on --metrics-port.
+SIGTERM or Ctrl-C drains: new calls get UNAVAILABLE, calls in flight finish within --grace-s.
+Logs are JSON lines on stderr (--log-format text for people)."""
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    """Register `serve` (the CLI's EXTERNAL_COMMANDS hook: loaded only when `serve` runs)."""
+    from alae_rt.serve.config import ServeConfig
+
+    d = ServeConfig()
+    p = subparsers.add_parser(name, help=help_text, description=SERVE_HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=cmd_serve)
+    add_model_args(p)
+    m = p.add_argument_group("model (more)")
+    m.add_argument("--preset", help="serve random weights of a preset instead of a checkpoint (tests, benchmarks; "
+                                    "not a trained model)")
+    m.add_argument("--directions-dir", metavar="DIR",
+                   help="folder of W-space direction .npy files that Edit can name (official FFHQ "
+                        "direction_<k>.npy also answer to smile, young, ...)")
+    add_threads_arg(m)
+    n = p.add_argument_group("network")
+    n.add_argument("--host", default=d.host, help=f"address to listen on (default {d.host}; 0.0.0.0 or [::] "
+                                                  "for every interface)")
+    n.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port}; 0: any free port)")
+    n.add_argument("--port-file", metavar="PATH", help="write the port here once listening (useful with --port 0)")
+    n.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (needs --tls-key)")
+    n.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    n.add_argument("--auth-token-file", metavar="PATH",
+                   help="require 'authorization: Bearer <token>' with a token from this file (one a line); "
+                        "health checks are exempt; others get UNAUTHENTICATED")
+    n.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics on http://METRICS_HOST:PORT/metrics (default: off)")
+    n.add_argument("--metrics-host", default=d.metrics_host, help=f"metrics address (default {d.metrics_host})")
+    b = p.add_argument_group("batching and limits")
+    b.add_argument("--max-batch", dest="batch_size", type=int, metavar="N",
+                   help="most images per forward pass: requests are merged up to this (same as --batch-size)")
+    b.add_argument("--max-delay-ms", type=float, default=d.max_delay_ms,
+                   help=f"longest a request waits for its batch to fill (default {d.max_delay_ms:g})")
+    b.add_argument("--max-queue", type=int, default=d.max_queue,
+                   help=f"images waiting per operation before new calls get RESOURCE_EXHAUSTED (default {d.max_queue})")
+    b.add_argument("--max-images", type=int, default=d.max_images,
+                   help=f"images, seeds or latents per request (default {d.max_images})")
+    b.add_argument("--max-message-mb", type=float, default=d.max_message_mb,
+                   help=f"largest request or response in MiB (default {d.max_message_mb:g})")
+    b.add_argument("--max-pixels", type=int, default=d.max_pixels,
+                   help=f"largest input image in pixels, checked before decoding (default {d.max_pixels})")
+    b.add_argument("--max-strength", type=float, default=d.max_strength,
+                   help=f"largest |strength| of an edit (default {d.max_strength:g})")
+    b.add_argument("--max-steps", type=int, default=d.max_steps,
+                   help=f"most frames of an Interpolate call (default {d.max_steps})")
+    b.add_argument("--workers", type=int, default=d.workers,
+                   help=f"threads that decode and encode image files (default {d.workers})")
+    o = p.add_argument_group("operation")
+    o.add_argument("--grace-s", type=float, default=d.grace_s,
+                   help=f"on SIGTERM, how long calls in flight may take to finish (default {d.grace_s:g})")
+    o.add_argument("--no-warmup", action="store_true", help="skip the warm-up forward passes at start")
+    o.add_argument("--log-format", choices=["json", "text"], default="json", help="log lines (default json)")
+    o.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
+                   help="info logs every call; warning only failures (default info)")
+    return p
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from alae_rt.runtime import Runtime
+    from alae_rt.serve.config import ServeConfig, read_tokens
+    from alae_rt.serve.logs import setup_logging
+    from alae_rt.serve.server import AlaeServer
+
+    setup_logging(args.log_format, args.log_level)
+    set_threads(args.threads)
+    if args.preset and args.checkpoint:
+        raise InputError("give --checkpoint or --preset, not both")
+    cfg = ServeConfig(
+        host=args.host, port=args.port, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
+        max_images=args.max_images, max_message_mb=args.max_message_mb, max_pixels=args.max_pixels,
+        max_strength=args.max_strength, max_steps=args.max_steps, grace_s=args.grace_s,
+        metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None, tls_key=Path(args.tls_key) if args.tls_key else None,
+        auth_tokens=read_tokens(args.auth_token_file) if args.auth_token_file else (), workers=args.workers,
+        warmup=not args.no_warmup)
+    cfg.check(args.batch_size)
+    common = {"device": args.device, "dtype": args.dtype, "backend": args.backend, "max_batch": args.batch_size,
+              "backend_options": backend_options(args)}
+    if args.preset:
+        rt = Runtime.from_config(args.preset, **common)
+    else:
+        rt = Runtime.load(args.checkpoint, config=args.config, trust_pickle=args.trust_pickle, **common)
+    if args.directions_dir:
+        rt.load_directions(args.directions_dir)
+    server = AlaeServer(rt, cfg)
+
+    async def run() -> None:
+        if args.port_file:
+            # written once listening, before the warm-up: health answers from then on
+            task = asyncio.get_running_loop().create_task(server.serve_until_signal())
+            while not server.port and not task.done():
+                await asyncio.sleep(0.01)
+            if server.port:
+                Path(args.port_file).write_text(f"{server.port}\n")
+            await task
+        else:
+            await server.serve_until_signal()
+
+    asyncio.run(run())
+    return 0
