@@ -25,10 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alae_rt.errors import InputError
+from alae_rt.network import LRELU_SLOPE
 from alae_rt.training.losses import discriminator_loss, generator_loss, latent_loss
 from alae_rt.training.optim import LREQAdam
-
-LRELU_SLOPE = 0.2
 
 
 @dataclass(frozen=True)

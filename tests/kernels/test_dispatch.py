@@ -1,6 +1,9 @@
 """impl="auto"|"triton"|"torch" of every op: auto falls back to the torch reference without CUDA or the
 interpreter, "triton" then says what is missing, anything else is refused."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from _shapes import rand
@@ -31,3 +34,12 @@ def test_unknown_impl_is_refused(op):
     fn, _, args = OPS[op]
     with pytest.raises(ValueError, match="impl must be one of auto, triton, torch, got 'cuda'"):
         fn(*args, impl="cuda")
+
+
+def test_the_references_import_without_triton():
+    """network.py takes its constants and blur from alae_rt.kernels, whose op modules import triton only
+    when a kernel launches: the references work where Triton is not installed."""
+    code = ("import sys, alae_rt.network, alae_rt.kernels; "
+            "assert 'triton' not in sys.modules, sorted(m for m in sys.modules if 'triton' in m)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
