@@ -87,14 +87,20 @@ def images_to_tensor(images: Sequence[np.ndarray | Tensor] | np.ndarray | Tensor
     ])
 
 
-def to_uint8(x: Tensor) -> np.ndarray:
-    """float [N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C] (rounded, clipped)."""
+def to_uint8_tensor(x: Tensor) -> Tensor:
+    """float [N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C] (rounded, clipped), on x's device: a quarter of the
+    bytes of float32 to move to the host."""
     import torch
 
     if x.ndim != 4:
         raise InputError(f"images must be [N, C, H, W], got {list(x.shape)}")
     y = (x.detach().float() * 127.5 + 128.0).floor().clamp_(0, 255).to(torch.uint8)
-    return y.permute(0, 2, 3, 1).cpu().numpy()
+    return y.permute(0, 2, 3, 1)
+
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    """float [N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C] numpy array on the host."""
+    return to_uint8_tensor(x).cpu().numpy()
 
 
 def save_image(image: np.ndarray, path: str | Path) -> Path:

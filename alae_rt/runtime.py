@@ -16,7 +16,7 @@ from alae_rt.backends import Backend, create_backend
 from alae_rt.checkpoint import Checkpoint, load_checkpoint
 from alae_rt.config import ModelConfig, resolve_config
 from alae_rt.errors import CheckpointError, InputError
-from alae_rt.images import images_to_tensor, list_images, read_image, to_uint8
+from alae_rt.images import images_to_tensor, list_images, read_image, to_uint8, to_uint8_tensor
 from alae_rt.latents import check_latents
 from alae_rt.network import StyleALAE
 
@@ -278,6 +278,12 @@ class Runtime:
         """z [N, D] -> w [N, D] through the mapping network F."""
         z = self._latent(z, "z", allow_styles=False)
         return self._run_chunked(lambda sl: self.model.mapping(z[sl]), z.shape[0])
+
+    def decode_uint8(self, w: Any, noise: NoiseArg = "random", seed: int | None = None) -> Tensor:
+        """`decode`, then uint8 [N, R, R, C] on the Runtime's device: what a server sends on (a quarter of the
+        bytes of float32 to the host, or to an on-device image encoder)."""
+        with torch.inference_mode():
+            return to_uint8_tensor(self.decode(w, noise=noise, seed=seed))
 
     def decode(self, w: Any, noise: NoiseArg = "random", seed: int | None = None, progress: Progress = None) -> Tensor:
         """w [N, D] (broadcast to all 2L style inputs) or styles [N, 2L, D] -> images [N, C, R, R]."""

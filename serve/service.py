@@ -17,8 +17,9 @@ import grpc
 import torch
 from torch import Tensor
 
+from alae_rt import nvjpeg
+from alae_rt.codecs import DEFAULT_JPEG_QUALITY
 from alae_rt.errors import InputError
-from alae_rt.images import to_uint8
 from alae_rt.runtime import Runtime
 from alae_rt.serve import alae_rt_pb2 as pb
 from alae_rt.serve import alae_rt_pb2_grpc as pb_grpc
@@ -96,13 +97,13 @@ class AlaeService(pb_grpc.AlaeServicer):
     # ---- compute (the compute thread) ------------------------------------------------------------------------
     def _encode_batch(self, key, inputs: list[list[Tensor | None]]) -> Tensor:
         x = torch.cat(inputs[0])  # [B, C, R, R]
-        return self.rt.encode(x).float().cpu()  # [B, D]
+        return self.rt.encode(x)  # [B, D], on the model's device: w goes on to the decoder from there
 
     def _decode_batch(self, key, inputs: list[list[Tensor | None]]) -> Tensor:
         styles = torch.cat(inputs[0])  # [B, 2L, D]
         _, with_noise = key
         noise = [torch.cat(parts) for parts in inputs[1:]] if with_noise else "none"  # 2L x [B, 1, h, w]
-        return self.rt.decode(styles, noise=noise).float().cpu()  # [B, C, R, R]
+        return self.rt.decode_uint8(styles, noise=noise)  # uint8 [B, R, R, C] on the model's device
 
     def warm_up(self) -> None:
         """Run encode and decode batches through the batchers' own compute functions, with inputs built as a
@@ -116,7 +117,7 @@ class AlaeService(pb_grpc.AlaeServicer):
             x = torch.zeros(n, c, r, r, device=self.rt.device, dtype=self.rt.dtype)  # as images_tensor makes
             w = self._encode_batch("encode", [[x]])  # [n, D]
             maps = self._noise_maps(n, "const", None)  # 2L x [n, 1, h, w]
-            styles = self.rt.styles(w)  # [n, 2L, D], from CPU float32 rows as a request's latents are
+            styles = self.rt.styles(w)  # [n, 2L, D], from the encoder's rows on the device, as a request's are
             self._decode_batch(("decode", True), [[styles], *[[m] for m in maps]])
 
     async def start(self) -> None:
@@ -167,18 +168,24 @@ class AlaeService(pb_grpc.AlaeServicer):
         return [m.expand(n, -1, -1, -1) for m in maps]
 
     async def _decode_maps(self, styles: Tensor, maps: list[Tensor] | None, deadline: float | None) -> Tensor:
-        """Styles [n, 2L, D] and noise maps -> images float [n, C, R, R] on the CPU, through the decode batcher."""
+        """Styles [n, 2L, D] and noise maps -> uint8 images [n, R, R, C] on the model's device, through the decode
+        batcher."""
         inputs = [styles] if maps is None else [styles, *maps]
         return await self.decode_batcher.run(("decode", maps is not None), inputs, deadline)
 
     async def _decode(self, latents: Tensor, noise: pb.Noise, deadline: float | None,
                       seeds: Sequence[int] | None = None) -> Tensor:
-        """w [n, D] or styles [n, 2L, D] -> images float [n, C, R, R] on the CPU."""
+        """w [n, D] or styles [n, 2L, D] -> uint8 images [n, R, R, C] on the model's device."""
         maps = await self._in_pool(self._noise_maps, latents.shape[0], *noise_args(noise), seeds)
         return await self._decode_maps(self.rt.styles(latents), maps, deadline)  # styles: a view for w
 
     def _images_out(self, images: Tensor, out: pb.OutputOptions) -> list[pb.Image]:
-        return [array_to_image(a, out.format, out.jpeg_quality) for a in to_uint8(images)]
+        """uint8 [n, R, R, C] on the model's device -> Image messages. Only the uint8 pixels cross to the host, once;
+        JPEG on a GPU is encoded there (nvJPEG) and only the files cross."""
+        if out.format == pb.IMAGE_FORMAT_JPEG and images.shape[3] != 4 and nvjpeg.available(images.device):
+            quality = out.jpeg_quality or DEFAULT_JPEG_QUALITY
+            return [pb.Image(encoded=data) for data in nvjpeg.encode(images, quality)]
+        return [array_to_image(a, out.format, out.jpeg_quality) for a in images.cpu().numpy()]
 
     async def _respond(self, images: Tensor | None, latents: Tensor | None, out: pb.OutputOptions,
                        message=pb.ImagesResponse, **fields: Any):
@@ -268,7 +275,7 @@ class AlaeService(pb_grpc.AlaeServicer):
     async def Encode(self, req: pb.EncodeRequest, context) -> pb.EncodeResponse:
         async with self._call("Encode", context) as call:
             w = await self._encode(req.images, "images", self._deadline(context))
-            return call.done(pb.EncodeResponse(latents=array_to_tensor(w.numpy())))
+            return call.done(pb.EncodeResponse(latents=array_to_tensor(w.float().cpu().numpy())))
 
     async def Decode(self, req: pb.DecodeRequest, context) -> pb.ImagesResponse:
         async with self._call("Decode", context) as call:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from importlib import metadata
 
+import pytest
 from helpers import ROOT
 
 SUBPACKAGES = ("kernels", "export", "training", "serve")
@@ -21,6 +22,15 @@ def test_folders_import_under_alae_rt_only(tmp_path):
         "    assert importlib.util.find_spec(name) is None, 'top-level package ' + name + ' is installed'\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    """A package missing from pyproject's list works in the editable install and is absent from a wheel."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {"alae_rt"} | {f"alae_rt.{p.name}" for p in (ROOT / "alae_rt").iterdir()
+                             if (p / "__init__.py").is_file()}
+    assert listed == folders
 
 
 def test_distribution_metadata():

@@ -99,6 +99,14 @@ def test_decode_broadcasts_w_to_all_style_inputs(rt128):
     torch.testing.assert_close(rt128.decode(w, noise="const"), rt128.decode(styles, noise="const"), atol=0, rtol=0)
 
 
+def test_decode_uint8_is_to_uint8_of_decode_on_the_device(rt128):
+    w = torch.randn(3, rt128.config.latent_size, generator=torch.Generator().manual_seed(4))
+    images = rt128.decode_uint8(w, noise="const")
+    r, c = rt128.config.resolution, rt128.config.channels
+    assert images.dtype == torch.uint8 and tuple(images.shape) == (3, r, r, c) and images.device == rt128.device
+    np.testing.assert_array_equal(images.cpu().numpy(), rt128.to_uint8(rt128.decode(w, noise="const")))
+
+
 def test_generate_by_seed_is_independent_of_the_batch(rt128):
     alone = rt128.generate(seeds=[3])
     batch = rt128.generate(seeds=[1, 3, 8])

@@ -1,0 +1,69 @@
+"""JPEG on the GPU (alae_rt.nvjpeg) against the CPU codec, and its header parsing and fallback on CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import FACES128, require
+
+from alae_rt import InputError, codecs, nvjpeg
+
+MIN_PSNR_DB = 40.0  # the two codecs' files, decoded, agree at least this well
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+@pytest.fixture(scope="module")
+def faces() -> np.ndarray:
+    files = sorted(require(FACES128).glob("*.png"))[:4]
+    return np.stack([codecs.decode_image(f.read_bytes()) for f in files])  # [4, 128, 128, 3]
+
+
+def test_jpeg_size_reads_the_frame_header(faces):
+    for channels in (1, 3):
+        data = codecs.encode_jpeg(faces[0, :100, :60, :channels])
+        assert nvjpeg.jpeg_size(data) == (60, 100, channels)
+    assert nvjpeg.jpeg_size(codecs.encode_png(faces[0])) is None
+    assert nvjpeg.jpeg_size(codecs.JPEG_SIGNATURE + b"\x00" * 10) is None
+    assert nvjpeg.jpeg_size(codecs.encode_jpeg(faces[0])[:20]) is None  # cut before the frame header
+
+
+def test_not_available_on_the_cpu():
+    assert not nvjpeg.available(torch.device("cpu"))
+
+
+@pytest.mark.gpu
+def test_gpu_encode_agrees_with_the_cpu_codec(faces):
+    images = torch.from_numpy(faces).cuda()
+    gpu = nvjpeg.encode(images, quality=90)
+    assert len(gpu) == len(faces)
+    for data, face in zip(gpu, faces):
+        decoded = codecs.decode_image(data)
+        assert decoded.shape == face.shape
+        assert _psnr(decoded, codecs.decode_image(codecs.encode_jpeg(face, 90))) >= MIN_PSNR_DB
+
+
+@pytest.mark.gpu
+def test_gpu_decode_agrees_with_the_cpu_codec_in_order(faces):
+    files = [codecs.encode_jpeg(f, 90) for f in faces] + [codecs.encode_jpeg(faces[0, :, :, :1], 90)]
+    out = nvjpeg.decode(files, torch.device("cuda"), 10**6, [f"images[{i}]" for i in range(len(files))])
+    assert [tuple(t.shape) for t in out] == [(128, 128, 3)] * 4 + [(128, 128, 1)]
+    for t, data in zip(out, files):
+        assert t.is_cuda and t.dtype == torch.uint8
+        assert _psnr(t.cpu().numpy(), codecs.decode_image(data)) >= MIN_PSNR_DB
+
+
+@pytest.mark.gpu
+def test_gpu_decode_names_a_corrupt_or_oversized_file(faces):
+    good = codecs.encode_jpeg(faces[0])
+    names = ["images[0]", "images[1]"]
+    with pytest.raises(InputError, match=r"^images\[1\]: corrupt or truncated"):
+        nvjpeg.decode([good, good[: len(good) // 2]], torch.device("cuda"), 10**6, names)
+    with pytest.raises(InputError, match=r"^images\[0\]: 128x128 pixels is over the limit of 1000"):
+        nvjpeg.decode([good, good], torch.device("cuda"), 1000, names)
+    # the device still works after a failed batch
+    assert len(nvjpeg.decode([good], torch.device("cuda"), 10**6, names[:1])) == 1
