@@ -266,8 +266,18 @@ class Runtime:
     # ---- the operations -------------------------------------------------------------------------------
     def encode(self, x: Any, progress: Progress = None) -> Tensor:
         """Images -> w [N, D]. `progress(k)` is called after each chunk with the k images it encoded."""
+        n, inputs = self._image_chunks(x)
+        return self._run_chunked(lambda sl: self.backend.encode(inputs(sl)), n, progress)
+
+    def _image_chunks(self, x: Any) -> tuple[int, Callable[[slice], Tensor]]:
+        """(N, rows -> model input) for images; image files are read a chunk at a time, so that a long list of
+        large photos never sits in memory as one float tensor."""
+        if isinstance(x, (str, Path)) or (isinstance(x, (list, tuple)) and x
+                                           and all(isinstance(item, (str, Path)) for item in x)):
+            paths = list_images([x] if isinstance(x, (str, Path)) else x)
+            return len(paths), lambda sl: self.prepare_images(paths[sl])
         x = self.prepare_images(x)
-        return self._run_chunked(lambda sl: self.backend.encode(x[sl]), x.shape[0], progress)
+        return x.shape[0], lambda sl: x[sl]
 
     def discriminate(self, w: Any) -> Tensor:
         """w [N, D] -> the discriminator's real/fake logits [N]."""
@@ -279,11 +289,13 @@ class Runtime:
         z = self._latent(z, "z", allow_styles=False)
         return self._run_chunked(lambda sl: self.model.mapping(z[sl]), z.shape[0])
 
-    def decode_uint8(self, w: Any, noise: NoiseArg = "random", seed: int | None = None) -> Tensor:
-        """`decode`, then uint8 [N, R, R, C] on the Runtime's device: what a server sends on (a quarter of the
-        bytes of float32 to the host, or to an on-device image encoder)."""
-        with torch.inference_mode():
-            return to_uint8_tensor(self.decode(w, noise=noise, seed=seed))
+    def decode_uint8(self, w: Any, noise: NoiseArg = "random", seed: int | None = None,
+                     progress: Progress = None) -> Tensor:
+        """`decode` -> uint8 [N, R, R, C] on the Runtime's device, converted a chunk at a time: what a server sends
+        on (a quarter of the bytes of float32 to the host, or to an on-device image encoder) and a CLI saves."""
+        styles = self.styles(w)
+        maps = self.noise(styles.shape[0], noise, seed)
+        return self._decode(styles, maps, progress, to_uint8_tensor)
 
     def decode(self, w: Any, noise: NoiseArg = "random", seed: int | None = None, progress: Progress = None) -> Tensor:
         """w [N, D] (broadcast to all 2L style inputs) or styles [N, 2L, D] -> images [N, C, R, R]."""
@@ -291,9 +303,11 @@ class Runtime:
         maps = self.noise(styles.shape[0], noise, seed)
         return self._decode(styles, maps, progress)
 
-    def _decode(self, styles: Tensor, maps: list[Tensor | None], progress: Progress = None) -> Tensor:
+    def _decode(self, styles: Tensor, maps: list[Tensor | None], progress: Progress = None,
+                post: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         def chunk(sl: slice) -> Tensor:
-            return self.backend.decode(styles[sl], _rows(maps, sl))
+            images = self.backend.decode(styles[sl], _rows(maps, sl))
+            return images if post is None else post(images)
 
         return self._run_chunked(chunk, styles.shape[0], progress)
 
@@ -368,14 +382,14 @@ class Runtime:
     def reconstruct(self, x: Any, noise: NoiseArg = "random", seed: int | None = None,
                     progress: Progress = None) -> Tensor:
         """Images -> E -> G -> images (w broadcast to every style input), one chunk at a time."""
-        x = self.prepare_images(x)
-        maps = self.noise(x.shape[0], noise, seed)
+        n, inputs = self._image_chunks(x)
+        maps = self.noise(n, noise, seed)
 
         def chunk(sl: slice) -> Tensor:
-            w = self.backend.encode(x[sl])  # [n, D]
+            w = self.backend.encode(inputs(sl))  # [n, D]
             return self.backend.decode(w[:, None].expand(-1, self.config.num_styles, -1), _rows(maps, sl))
 
-        return self._run_chunked(chunk, x.shape[0], progress)
+        return self._run_chunked(chunk, n, progress)
 
     # ---- mixing ------------------------------------------------------------------------------------------
     def mix(self, w_a: Any, w_b: Any, cutoff: int, noise: NoiseArg = "random", seed: int | None = None) -> Tensor:

@@ -149,7 +149,7 @@ def test_progress_comes_from_the_runtimes_chunks(capsys, rgb128_checkpoint, face
     """--batch-size is the Runtime's chunk; the bar moves once per chunk, from one Runtime call (no second loop)."""
     bars: list[_Bar] = []
     monkeypatch.setattr("alae_rt.cli.ops.progress_bar", lambda args, total, desc: _Bar(bars, total, desc))
-    calls = {"encode": 0, "decode": 0}
+    calls = {"encode": 0, "decode_uint8": 0}
 
     def counting(name: str):
         fn = getattr(Runtime, name)
@@ -166,7 +166,7 @@ def test_progress_comes_from_the_runtimes_chunks(capsys, rgb128_checkpoint, face
     assert run(capsys, "encode", *five, "-c", ck, "--batch-size", "2", "-o", str(tmp_path / "w.npy"))[0] == 0
     assert run(capsys, "generate", "--seeds", "0-4", "-c", ck, "--batch-size", "2", "-o", str(tmp_path / "g"))[0] == 0
     assert [(b.desc, b.total, b.updates) for b in bars] == [("encode", 5, [2, 2, 1]), ("generate", 5, [2, 2, 1])]
-    assert calls == {"encode": 1, "decode": 1}
+    assert calls == {"encode": 1, "decode_uint8": 1}
 
 
 def test_random_noise_with_a_seed_does_not_depend_on_the_batch_size(capsys, rgb128_checkpoint, tmp_path):

@@ -107,6 +107,23 @@ def test_decode_uint8_is_to_uint8_of_decode_on_the_device(rt128):
     np.testing.assert_array_equal(images.cpu().numpy(), rt128.to_uint8(rt128.decode(w, noise="const")))
 
 
+def test_image_files_are_read_a_chunk_at_a_time(rgb128_checkpoint, faces128, monkeypatch):
+    """A long list of photos never sits in memory as one float tensor: encode and reconstruct read max_batch files
+    at a time, with the same results as one prepared batch."""
+    rt = Runtime.load(rgb128_checkpoint, max_batch=2)
+    paths = sorted(faces128.glob("*.png"))[:5]
+    whole = rt.prepare_images(paths)
+    read = []
+    prepare = rt.prepare_images
+    monkeypatch.setattr(rt, "prepare_images", lambda x: read.append(len(x)) or prepare(x))
+    torch.testing.assert_close(rt.encode(paths), rt.encode(whole), rtol=0, atol=0)
+    assert read[:3] == [2, 2, 1]
+    read.clear()
+    torch.testing.assert_close(rt.reconstruct(paths, noise="const"), rt.reconstruct(whole, noise="const"),
+                               rtol=0, atol=0)
+    assert read[:3] == [2, 2, 1]
+
+
 def test_generate_by_seed_is_independent_of_the_batch(rt128):
     alone = rt128.generate(seeds=[3])
     batch = rt128.generate(seeds=[1, 3, 8])

@@ -61,16 +61,21 @@ def add_parsers(sub) -> None:
 # ---- steps -------------------------------------------------------------------------------------------------
 
 
-def _encode(rt, args: argparse.Namespace, x, desc: str):
-    """Images (the Runtime's input tensor) -> w [N, D] on the device."""
-    with progress_bar(args, len(x), desc) as bar:
-        return rt.encode(x, progress=bar.update)
+def _encode(rt, args: argparse.Namespace, paths: list, desc: str):
+    """Image files -> w [N, D] on the device (the Runtime reads them a chunk at a time)."""
+    with progress_bar(args, len(paths), desc) as bar:
+        return rt.encode(paths, progress=bar.update)
+
+
+def _originals(rt, paths: list) -> np.ndarray:
+    """The inputs as the model sees them (centre crop, R x R), uint8 [N, R, R, C] for the grids, one file at a time."""
+    return np.concatenate([rt.to_uint8(rt.prepare_images([p])) for p in paths])
 
 
 def _decode(rt, args: argparse.Namespace, w, desc: str, **noise) -> np.ndarray:
     """Latents -> uint8 [N, R, R, C]."""
     with progress_bar(args, len(w), desc) as bar:
-        return rt.to_uint8(rt.decode(w, progress=bar.update, **noise))
+        return rt.decode_uint8(w, progress=bar.update, **noise).cpu().numpy()
 
 
 def _latents(rt, args: argparse.Namespace, src: Sources, what: str):
@@ -79,8 +84,7 @@ def _latents(rt, args: argparse.Namespace, src: Sources, what: str):
         return src.latents, None
     if src.seeds is not None:
         return rt.seed_styles(src.seeds, truncation_psi=args.psi), None
-    x = rt.prepare_images(src.paths)
-    return _encode(rt, args, x, f"encode {what}"), rt.to_uint8(x)
+    return _encode(rt, args, src.paths, f"encode {what}"), _originals(rt, src.paths)
 
 
 def _sources(rt, items: list[str]) -> Sources:
@@ -96,7 +100,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     out = out_file(args.out, ".npy")
     paths = list_images(args.images)
     rt = make_runtime(args)
-    w = _encode(rt, args, rt.prepare_images(paths), "encode")
+    w = _encode(rt, args, paths, "encode")
     np.save(out, host(w))
     print(f"wrote {out}: w {list(w.shape)} for {len(paths)} image(s), in input order")
     return 0
@@ -118,11 +122,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     out = out_dir(args.out)
     paths = list_images(args.images)
     rt = make_runtime(args)
-    x = rt.prepare_images(paths)
-    with progress_bar(args, len(x), "reconstruct") as bar:
-        recs = rt.to_uint8(rt.reconstruct(x, noise=args.noise, seed=args.seed, progress=bar.update))
+    w = _encode(rt, args, paths, "encode")
+    recs = _decode(rt, args, w, "decode", noise=args.noise, seed=args.seed)
     save_images(recs, [f"{i:04d}_{p.stem}" for i, p in enumerate(paths)], out)
-    grids.save_grid(grids.reconstruct_rows(rt.to_uint8(x), recs), out / "grid.png", args)
+    grids.save_grid(grids.reconstruct_rows(_originals(rt, paths), recs), out / "grid.png", args)
     print(f"wrote {len(recs)} reconstruction(s) and grid.png (original | reconstruction) to {out}")
     return 0
 
@@ -154,7 +157,8 @@ def cmd_mix(args: argparse.Namespace) -> int:
     mixed = []
     with progress_bar(args, len(w_a) * len(w_b), "mix") as bar:
         for i, name_a in enumerate(src_a.names):  # one row of the grid: a_i against every b
-            row = rt.to_uint8(rt.decode(rt.mix_styles(w_a[i:i + 1], w_b, args.cutoff), progress=bar.update, **noise))
+            row = rt.decode_uint8(rt.mix_styles(w_a[i:i + 1], w_b, args.cutoff), progress=bar.update, **noise)
+            row = row.cpu().numpy()
             save_images(row, [f"mix_{name_a}__{name_b}" for name_b in src_b.names], out)
             mixed.append(row)
     grids.save_grid(grids.mix_rows(images_a, images_b, mixed), out / "grid.png", args)
