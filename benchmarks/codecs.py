@@ -140,6 +140,7 @@ class Row:
     exact: bool | None = None  # lossless round trip (None for JPEG)
     psnr_db: float | None = None  # JPEG decode vs the source
     scaling: dict[str, float] = field(default_factory=dict)  # threads -> encode+decode images/s
+    gil_free: dict[str, float] = field(default_factory=dict)  # encode/decode -> share of a Python thread's speed kept
     error: str = ""
 
 
@@ -206,6 +207,37 @@ def scaling(name: str, faces: list[np.ndarray], threads: list[int], seconds: flo
     return out
 
 
+def _python_loop_rate(seconds: float) -> float:
+    n, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        n += 1
+    return n / seconds
+
+
+def gil_release(name: str, faces: list[np.ndarray], seconds: float) -> dict[str, float]:
+    """How much of its speed a pure-Python thread keeps while another thread runs the codec in a loop: ~1 when the
+    codec releases the GIL (and a core is free), ~0.5 or less when it holds it. Needs 2+ idle cores to mean much."""
+    enc, dec = CANDIDATES[name][1]()
+    data = enc(faces[0])
+    out = {}
+    for label, fn in (("encode", lambda: enc(faces[0])), ("decode", lambda: dec(data))):
+        alone = _python_loop_rate(seconds)
+        stop = threading.Event()
+
+        def work(fn=fn, stop=stop) -> None:
+            while not stop.is_set():
+                fn()
+
+        th = threading.Thread(target=work)
+        th.start()
+        time.sleep(0.05)
+        shared = _python_loop_rate(seconds)
+        stop.set()
+        th.join()
+        out[label] = round(shared / alone, 2)
+    return out
+
+
 def _git_commit() -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
@@ -234,19 +266,22 @@ def to_markdown(report: dict) -> str:
     lines = [f"# Image codecs, one 1024x1024 face ({m['faces']} faces), {m['machine']}, {m['date']}, "
              f"commit {m['commit']}", "",
              f"ms per face on one thread (median of {m['repeats']}); JPEG quality {JPEG_QUALITY}, PNG level "
-             f"{PNG_LEVEL}. Round trips/s in T threads: encode + decode of one face, a codec-only loop.", "",
+             f"{PNG_LEVEL}. Round trips/s in T threads: encode + decode of one face, a codec-only loop. GIL free: the "
+             "share of its speed a Python thread keeps while the codec runs in another (~1: the codec releases the "
+             "GIL).", "",
              "| codec | format | encode ms | decode ms | KB | lossless exact / JPEG PSNR | " +
-             " | ".join(f"{t} thr/s" for t in m["threads"]) + " |",
-             "|---|---|---|---|---|---|" + "---|" * len(m["threads"])]
+             " | ".join(f"{t} thr/s" for t in m["threads"]) + " | GIL free enc / dec |",
+             "|---|---|---|---|---|---|" + "---|" * len(m["threads"]) + "---|"]
     for r in report["rows"]:
         if r["error"]:
             lines.append(f"| {r['name']} | {r['format']} | - | - | - | unavailable: {r['error'][:60]} |" +
-                         " |" * len(m["threads"]))
+                         " |" * (len(m["threads"]) + 1))
             continue
         quality = ("exact" if r["exact"] else "NOT EXACT") if r["format"] == "png" else f"{r['psnr_db']} dB"
         lines.append(f"| {r['name']} | {r['format']} | {r['encode_ms']} | {r['decode_ms']} | "
                      f"{r['bytes'] / 1024:.0f} | {quality} | " +
-                     " | ".join(str(r["scaling"].get(str(t), "")) for t in m["threads"]) + " |")
+                     " | ".join(str(r["scaling"].get(str(t), "")) for t in m["threads"]) +
+                     f" | {r['gil_free'].get('encode', '')} / {r['gil_free'].get('decode', '')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -272,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         row = measure(name, faces, args.repeats)
         if not row.error and (row.exact or row.format == "jpeg"):
             row.scaling = scaling(name, faces, threads, args.scaling_s)
+            row.gil_free = gil_release(name, faces, min(args.scaling_s, 2.0))
         rows.append(row)
         print(f"{name:24s} {row.error or f'enc {row.encode_ms} ms  dec {row.decode_ms} ms  {row.bytes} B'}",
               file=sys.stderr)
