@@ -15,7 +15,7 @@ OUT ?= out/demo
 SERVE_OUT ?= out/serve-demo
 SERVE_FACES ?= 8
 
-.PHONY: setup demo serve-demo test test-all lint bench-cpu bench-gpu clean
+.PHONY: setup demo serve-demo test test-all lint bench-cpu bench-gpu gpu-kit gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -63,6 +63,32 @@ bench-gpu:
 	$(PY) benchmarks/bench_kernels.py
 	$(PY) -m alae_rt.cli bench --preset ffhq-1024 --device cuda --batch 1,8,32 --backends eager,compile,triton \
 		--dtypes fp32,fp16
+
+# The GPU proof (benchmarks/gpu_check.py, issue 14). `make gpu-kit` here copies what it reads from $(SHARED) into
+# $(KIT)/shared (git-ignored; name it in a remote run's carried paths); SERVE_WHEELS=1 also fetches the serving
+# packages a bare GPU image lacks, as pure-Python wheels. On the GPU machine, after
+# `pip install --no-deps --no-build-isolation -e .`: `make gpu-check PY=python3` (8 minutes at most, installs
+# nothing); `make gpu-check DRY=1` runs the kit's own code on the CPU with tiny models.
+KIT ?= .gpu-kit
+DRY ?=
+SERVE_WHEELS ?=
+GPU_CHECK_ARGS ?=
+
+gpu-kit:
+	rm -rf "$(KIT)/shared"
+	mkdir -p "$(KIT)/shared/fixtures" "$(KIT)/shared/data/faces1024" "$(KIT)/shared/data/faces128"
+	cp -R "$(SHARED)/fixtures/official" "$(KIT)/shared/fixtures/"
+	cp -R "$(SHARED)/data/principal_directions" "$(KIT)/shared/data/"
+	cp "$(SHARED)/data/README.md" "$(KIT)/shared/data/"
+	for f in $$(ls "$(SHARED)/data/faces1024" | head -n 8); do cp "$(SHARED)/data/faces1024/$$f" "$(KIT)/shared/data/faces1024/"; done
+	for f in $$(ls "$(SHARED)/data/faces128" | head -n 8); do cp "$(SHARED)/data/faces128/$$f" "$(KIT)/shared/data/faces128/"; done
+	chmod -R u+w "$(KIT)"
+	$(if $(SERVE_WHEELS),rm -rf "$(KIT)/wheels" && $(PY) -m pip download --quiet --no-deps --only-binary=:all: -d "$(KIT)/wheels" \
+		grpcio-health-checking grpcio-reflection)
+	@du -sh "$(KIT)" | sed 's/\t/ /; s/$$/ (a remote run carries it: under 64 MiB)/'
+
+gpu-check:
+	$(PY) benchmarks/gpu_check.py $(if $(DRY),--dry-run) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache *.egg-info

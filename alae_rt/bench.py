@@ -13,7 +13,7 @@ import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -211,12 +211,16 @@ def run_bench(config: ModelConfig | str | None = None, checkpoint: str | Path | 
               batches: Sequence[int] = (1, 4, 16), ops: Sequence[str] = OPS, device: str = "auto",
               seed: int = 0, min_reps: int = 5, min_time_s: float = 1.0, max_reps: int = 50,
               progress: Callable[[int, str], Any] | None = None, log: Callable[[str], None] = print,
-              ) -> dict[str, Any]:
+              variants: Mapping[str, tuple[str, Mapping[str, Any]]] | None = None, deadline: float | None = None,
+              on_row: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
     """Measure every (backend, dtype, batch, op); returns {"machine", "model", "rows", "skipped"}.
 
     The official-order baseline (fp32) runs first for every batch; each other row carries its speed-up over
     it and its max abs error against eager fp32 on the same inputs (images in [-1, 1], latents). Backends
     implement encode and decode; `map` (the small mapping MLP) runs as torch in each case's dtype.
+    `variants` adds backends with options under a label of their own, measured after `backends`:
+    {"triton-nograph": ("triton", {"cuda_graphs": False})}. Cases not begun by `deadline` (a time.monotonic()
+    value) are skipped with a note; `on_row` receives each row as it is measured (to keep partial results).
     """
     unknown = [op for op in ops if op not in OPS]
     if unknown:
@@ -248,13 +252,22 @@ def run_bench(config: ModelConfig | str | None = None, checkpoint: str | Path | 
     skipped: list[str] = []
     baseline_ms: dict[tuple[str, int], float] = {}
     reference: dict[tuple[str, int], Tensor] = {}
-    cases = [(b, d) for b in backends for d in (["fp32"] if b == BASELINE else dtypes)]
+    # (row label, backend, options): the backends by name, then the labelled variants
+    named = [(b, b, {}) for b in backends] + [(label, b, dict(o)) for label, (b, o) in (variants or {}).items()]
+    cases = [(label, b, o, d) for label, b, o in named for d in (["fp32"] if b == BASELINE else dtypes)]
     total = len(cases) * len(batches) * len(ops)
     bar = progress(total, "bench") if progress else None
-    for backend_name, dtype_name in cases:
+    for backend_name, factory_name, options, dtype_name in cases:
         dtype = parse_dtype(dtype_name)
+        if deadline is not None and time.monotonic() > deadline:
+            skipped.append(f"{backend_name} {dtype_name}: time budget spent")
+            log(f"skipped {skipped[-1]}")
+            if bar:
+                bar.update(len(batches) * len(ops))
+            continue
         try:
-            rt = Runtime(copy.deepcopy(ref.model), device=dev, dtype=dtype, backend=backend_name)
+            rt = Runtime(copy.deepcopy(ref.model), device=dev, dtype=dtype, backend=factory_name,
+                         backend_options=options)
             backend = rt.backend
         except InputError as exc:
             skipped.append(f"{backend_name} {dtype_name}: {exc}")
@@ -268,6 +281,12 @@ def run_bench(config: ModelConfig | str | None = None, checkpoint: str | Path | 
             calls = _case_calls(rt, backend, inputs, maps)
             for op in ops:
                 key = (op, batch)
+                if deadline is not None and time.monotonic() > deadline:
+                    skipped.append(f"{backend_name} {dtype_name} batch {batch} {op}: time budget spent")
+                    log(f"skipped {skipped[-1]}")
+                    if bar:
+                        bar.update(1)
+                    continue
                 if key not in reference:
                     with _reference_precision(dev), torch.inference_mode():
                         reference[key] = _case_calls(ref, ref.backend, inputs, maps)[op]().float()
@@ -295,6 +314,8 @@ def run_bench(config: ModelConfig | str | None = None, checkpoint: str | Path | 
                     vs_official=(baseline_ms[key] / (med * 1e3)) if key in baseline_ms else None,
                     reps=len(times),
                 ))
+                if on_row:
+                    on_row(asdict(rows[-1]))
                 if bar:
                     bar.update(1)
         del rt, backend

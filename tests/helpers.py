@@ -3,6 +3,7 @@ the check of a Runtime against an official fixture's outputs. Fixtures and hooks
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+# ../shared beside the checkout, or a copy of it named by ALAE_RT_SHARED (the GPU kit's: make gpu-kit)
+SHARED = Path(os.environ.get("ALAE_RT_SHARED") or ROOT.parent / "shared")
 OFFICIAL = SHARED / "fixtures" / "official"
 FACES128 = SHARED / "data" / "faces128"
 FACES1024 = SHARED / "data" / "faces1024"
