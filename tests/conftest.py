@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import FACES128, FIXTURE_NAMES, OFFICIAL, TRAINING_TESTS, require, write_images
+from helpers import FACES128, FIXTURE_NAMES, OFFICIAL, require, write_images
 
 # Without a GPU the Triton kernels run through Triton's interpreter (decided when a kernel is defined, so
 # before any test imports one).
@@ -58,21 +58,24 @@ def faces128() -> Path:
     return require(FACES128)
 
 
-# ---- the training tests ---------------------------------------------------------------------------------------
-
-
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return write_images(tmp_path / "images", 12)
 
 
-@pytest.fixture(autouse=True)
-def one_thread_for_training(request):
-    """Tiny training models: one thread is faster than two, and does not spin against other jobs on the cores."""
-    if TRAINING_TESTS not in Path(request.node.path).parents:
-        yield
-        return
+@pytest.fixture(scope="session", autouse=True)
+def one_intra_op_thread():
+    """The suite runs torch on one intra-op thread: its models are small, and on two shared cores a second thread
+    only adds synchronisation (OpenMP spinning against other jobs made a tiny model's convolution take 10 ms
+    instead of a fraction of one). Session-wide, so that module fixtures (an export, a benchmark run) get it too."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def threads_put_back(one_intra_op_thread):
+    """A test that sets its own thread count (a CLI --threads, a benchmark) does not leave it to the next ones."""
+    yield
+    torch.set_num_threads(1)

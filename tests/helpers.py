@@ -11,6 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from alae_rt import ModelConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 # ../shared beside the checkout, or a copy of it named by ALAE_RT_SHARED (the GPU kit's: make gpu-kit)
 SHARED = Path(os.environ.get("ALAE_RT_SHARED") or ROOT.parent / "shared")
@@ -20,6 +22,11 @@ FACES1024 = SHARED / "data" / "faces1024"
 DIRECTIONS = SHARED / "data" / "principal_directions"
 FIXTURE_NAMES = ("rgb128", "gray32")
 TRAINING_TESTS = ROOT / "tests" / "training"
+
+# The ffhq-1024 layout (L = 9: 1024x1024, 18 styles, fused blocks from 128 up, channels that change between blocks)
+# with a few channels and a small latent: it runs every 1024 code path at a small fraction of ffhq's cost. Tests
+# that want the real preset's size as well run it too, marked slow.
+NARROW_1024 = ModelConfig(9, 4, 16, 16, 2, name="narrow-1024")
 
 
 def require(path: Path) -> Path:

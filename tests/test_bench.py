@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
-from alae_rt import InputError
+from alae_rt import InputError, ModelConfig
 from alae_rt.bench import OPS, format_table, run_bench, write_report
 from alae_rt.cli import main
+from alae_rt.flops import count_flops
 
 FIELDS = {"op", "backend", "dtype", "batch", "median_ms", "p90_ms", "images_per_s", "gflops_per_s", "peak_mem_mb",
           "max_abs_err", "vs_official", "reps"}
@@ -26,11 +28,22 @@ def test_every_case_is_measured_with_every_field(report):
     expected = {(b, d, n, op) for b, d in [("official", "fp32"), ("eager", "fp32"), ("eager", "bf16")]
                 for n in (1, 3) for op in OPS}
     assert cases == expected and len(rows) == len(expected)
+    gflops = report["model"]["gflops_per_image"]
+    flops = count_flops(ModelConfig.preset("tiny"))
+    assert all(gflops[op] == pytest.approx(flops[op] / 1e9) for op in ("encode", "decode", "map"))
+    assert gflops["reconstruct"] == pytest.approx(gflops["encode"] + gflops["decode"])
+    official_ms = {(r["op"], r["batch"]): r["median_ms"] for r in rows if r["backend"] == "official"}
     for r in rows:
         assert set(r) == FIELDS
-        assert r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] and r["reps"] >= 2
+        # A measured time: finite, positive, the median at most the p90, from min_reps calls (min_time_s is 0).
+        assert math.isfinite(r["p90_ms"]) and 0 < r["median_ms"] <= r["p90_ms"] and r["reps"] == 2
+        # The derived figures follow from it: images/s = batch / seconds, GFLOP/s = GFLOPs per image * images/s,
+        # and the speed-up is the official-order median over this one (1 for the official rows themselves).
         assert r["images_per_s"] == pytest.approx(r["batch"] / (r["median_ms"] / 1e3))
-        assert r["vs_official"] is not None and r["vs_official"] > 0
+        assert r["gflops_per_s"] == pytest.approx(gflops[r["op"]] * r["images_per_s"])
+        assert r["vs_official"] == pytest.approx(official_ms[(r["op"], r["batch"])] / r["median_ms"])
+        assert r["peak_mem_mb"] is not None and math.isfinite(r["peak_mem_mb"]) and r["peak_mem_mb"] >= 0  # RSS
+    assert all(r["vs_official"] == 1.0 for r in rows if r["backend"] == "official")
     machine = report["machine"]
     assert {"device", "device_name", "cpu", "threads", "versions", "date", "commit"} <= set(machine)
     assert "torch" in machine["versions"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pytest
 import torch
 from helpers import FACES128, require
 from safetensors import safe_open
@@ -54,6 +55,7 @@ def test_card_psnr_is_reproduced_on_held_out_faces():
     assert abs(measured - stated) < 0.01
 
 
+@pytest.mark.slow  # three graphs traced: the export itself is covered by tests/export on other checkpoints
 def test_exports_as_is(tmp_path):
     """A checkpoint written by alae-rt train goes to the exporters with no conversion (onnxruntime-verified)."""
     out = tmp_path / "onnx"

@@ -1,9 +1,13 @@
-"""End to end at 1024x1024: the ffhq-1024 network (random weights) behind a real server, batch 1."""
+"""End to end at 1024x1024: a 1024 network (random weights) behind a real server, batch 1, on a real 1024 face.
+
+By default the narrow L = 9 config (every 1024 code path, a few channels); the ffhq-1024 preset itself is the same
+test marked slow."""
 
 from __future__ import annotations
 
 import numpy as np
-from helpers import FACES1024, require
+import pytest
+from helpers import FACES1024, NARROW_1024, require
 from serve_helpers import ServerThread
 
 from alae_rt import Runtime
@@ -11,9 +15,11 @@ from alae_rt.serve.client import AlaeClient
 from alae_rt.serve.server import ServeConfig
 
 
-def test_reconstruct_a_1024_face_end_to_end():
+@pytest.mark.parametrize("config", [NARROW_1024, pytest.param("ffhq-1024", marks=pytest.mark.slow)],
+                         ids=["narrow-1024", "ffhq-1024"])
+def test_reconstruct_a_1024_face_end_to_end(config):
     face = sorted(require(FACES1024).glob("*.png"))[0]
-    rt = Runtime.from_config("ffhq-1024", max_batch=1)
+    rt = Runtime.from_config(config, max_batch=1)
     st = ServerThread(rt, ServeConfig(port=0), wait_ready=False)
     gate = st.hold_compute()  # the warm-up waits behind it: health must say so
     with st, AlaeClient(st.address, timeout=600) as c:
@@ -23,7 +29,7 @@ def test_reconstruct_a_1024_face_end_to_end():
         assert c.health() == "SERVING"
         info = c.info()
         got = c.reconstruct([face], return_latents=True)
-    assert (info.resolution, info.latent_size, info.num_styles) == (1024, 512, 18)
+    assert (info.resolution, info.latent_size, info.num_styles) == (1024, rt.config.latent_size, 18)
     w = rt.encode([face])
     np.testing.assert_allclose(got.latents, w.numpy(), atol=1e-4, rtol=1e-4)
     assert got.images[0].shape == (1024, 1024, 3)

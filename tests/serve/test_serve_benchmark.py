@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 
+import pytest
 import torch
 from helpers import ROOT
 
@@ -23,9 +25,18 @@ def test_serve_load_benchmark_runs_on_a_small_preset(tmp_path):
     report = json.loads((tmp_path / "run.json").read_text())
     assert [r["concurrency"] for r in report["levels"]] == [1, 4]
     for level in report["levels"]:
+        n = level["concurrency"]
         assert level["requests"] == 16 and not level["errors"]
-        assert level["mean_batch"] >= 1 and level["p99_ms"] >= level["p50_ms"] > 0
-        assert level["baseline"]["images_per_s"] > 0
+        assert math.isfinite(level["seconds"]) and level["seconds"] > 0
+        assert level["images_per_s"] == pytest.approx(level["requests"] / level["seconds"])
+        assert 0 < level["p50_ms"] <= level["p90_ms"] <= level["p99_ms"] < level["seconds"] * 1e3
+        # n callers, one image each: the server's batches hold 1 to n images (exactly 1 for a single caller)
+        assert 1 <= level["mean_batch"] <= n and (n > 1 or level["mean_batch"] == 1)
+        base = level["baseline"]
+        assert base["batch"] == max(1, min(8, round(level["mean_batch"])))  # --max-batch is 8 by default
+        assert base["calls"] >= 3 and math.isfinite(base["images_per_s"]) and base["images_per_s"] > 0
+        assert 0 < base["p50_ms"] <= base["p99_ms"]
+    assert report["levels"][0]["baseline"]["calls"] == 16  # at one caller as many direct calls as served ones
     meta = report["meta"]
     assert meta["commit"] and meta["device"] and meta["date"] and meta["op"] == "reconstruct"
     assert "| 4 | 16 |" in (tmp_path / "run.md").read_text()
