@@ -82,18 +82,20 @@ def cases(n: int, c: int, r: int, dtype: torch.dtype, device: str) -> list[dict]
     ]
 
 
-def _time(fn, device: str, reps: int) -> float:
+def _time(fn, device: str, reps: int) -> tuple[float, float | None]:
+    """(median, best) seconds of a call; best only off CUDA, where other work on the machine inflates the
+    median (triton's do_bench on CUDA gives the median of its own repetitions)."""
     if device == "cuda":
         from triton.testing import do_bench
 
-        return do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
+        return do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3, None
     fn()
     times = []
     for _ in range(reps):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), min(times)
 
 
 def _call(case: dict, impl: str):
@@ -120,16 +122,18 @@ def run(device: str, dtypes: list[str], layers, batch: int, reps: int, impls: li
                     label = f"{case['op']} ({case['variant']}) {impl} {dtype_name} {batch}x{c}x{r}x{r}"
                     with torch.inference_mode():
                         try:
-                            sec = _time(call, device, reps)
+                            sec, best = _time(call, device, reps)
                         except Exception as exc:  # e.g. torch.compile without a compiler: record, go on
                             print(f"{label}: failed: {exc}", file=sys.stderr)
                             continue
                     rows.append({"op": case["op"], "variant": case["variant"], "impl": impl, "dtype": dtype_name,
                                  "shape": [batch, c, r, r], "bytes": case["bytes"], "flops": case["flops"],
-                                 "ms": sec * 1e3, "gb_per_s": case["bytes"] / sec / 1e9,
+                                 "ms": sec * 1e3, "ms_best": None if best is None else best * 1e3,
+                                 "gb_per_s": case["bytes"] / sec / 1e9,
                                  "tflop_per_s": case["flops"] / sec / 1e12 if case["flops"] else None})
                     print(f"{label:60s} {sec * 1e3:9.3f} ms {case['bytes'] / sec / 1e9:8.3g} GB/s", flush=True)
-    note = "GB/s counts the bytes an op must move at least (inputs read once, outputs written once)"
+    note = ("GB/s and TFLOP/s from the median time; GB/s counts the bytes an op must move at least (inputs read "
+            "once, outputs written once)")
     if device == "cpu" and "triton" not in impls:
         note += ("; CPU: the torch references only - the Triton kernels' speed needs a CUDA GPU "
                  "(make bench-gpu), on CPU they run only under Triton's interpreter")
@@ -153,11 +157,13 @@ def write(report: dict, out: Path, stem: str) -> list[Path]:
              *([f"- 1-minute load average {report['load_average_1min']['start']:.1f} at the start, "
                 f"{report['load_average_1min']['end']:.1f} at the end"] if "load_average_1min" in report else []),
              "",
-             "| op | variant | dtype | shape | impl | ms | GB/s | TFLOP/s |", "|---|---|---|---|---|---:|---:|---:|"]
+             "| op | variant | dtype | shape | impl | ms (median) | ms (best) | GB/s | TFLOP/s |",
+             "|---|---|---|---|---|---:|---:|---:|---:|"]
     for r in report["rows"]:
         tf = f"{r['tflop_per_s']:.3g}" if r["tflop_per_s"] else "-"
+        best = "-" if r["ms_best"] is None else f"{r['ms_best']:.3f}"
         lines.append(f"| {r['op']} | {r['variant']} | {r['dtype']} | {'x'.join(map(str, r['shape']))} | "
-                     f"{r['impl']} | {r['ms']:.3f} | {r['gb_per_s']:.3g} | {tf} |")
+                     f"{r['impl']} | {r['ms']:.3f} | {best} | {r['gb_per_s']:.3g} | {tf} |")
     paths[1].write_text("\n".join(lines) + "\n")
     try:
         import matplotlib
