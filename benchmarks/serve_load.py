@@ -11,6 +11,14 @@ and commit. On a CPU give --threads (the server and the baseline then use the sa
 busy machine more threads than free cores makes both erratic).
 Goals (issue 3): at 32 callers >= 90% of the in-process batched throughput; p99 at 1 caller within 10% of a
 direct Runtime call.
+
+With --simulate-model MS_PER_IMAGE[,MS_PER_BATCH] the server runs over a stand-in model
+(alae_rt.serve.simulated: fixed 1024x1024 outputs after a set wait, as a GPU would give them), to measure the
+server itself: images/s and the server process's CPU-ms per image for each response format (--formats: png, jpeg,
+raw, latents) and for encode from PNG and JPEG files (--encode-from), at each caller count. Its results are
+labelled "simulated model" and written as serve_sim_*.json/.md/.png:
+
+    .venv/bin/python benchmarks/serve_load.py --simulate-model 0.4,2 --duration 10
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import asyncio
 import datetime
 import ipaddress
 import json
+import os
 import platform
 import re
 import socket
@@ -66,12 +75,32 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="most seconds of in-process calls after each level, at its mean batch size (default 20; "
                          "after the one-caller level: as many calls as it served, within --duration)")
     lg.add_argument("--timeout", type=float, default=600.0, help="seconds per request (default 600)")
+    sim = p.add_argument_group("simulated model (the server's own cost, GPU regime)")
+    sim.add_argument("--simulate-model", metavar="MS[,MS_BATCH]",
+                     help="serve a stand-in model taking MS per image and MS_BATCH per batch (e.g. 0.4,2: an "
+                          "H100-like ffhq-1024 decode); no in-process baseline")
+    sim.add_argument("--formats", default="png,jpeg,raw,latents",
+                     help="response formats swept with --simulate-model (decode): png, jpeg, raw, latents")
+    sim.add_argument("--encode-from", default="png,jpeg", help="input file formats of encode with --simulate-model")
+    sim.add_argument("--image", help="the face the simulated model returns and encode sends (default: "
+                                     "../shared/data/faces1024/00000.png when present)")
+    sim.add_argument("--workers", type=int, help="the server's --workers (default: its own default)")
     p.add_argument("-o", "--out", default=str(RESULTS), help="results folder (default benchmarks/results)")
     p.add_argument("--tag", help="name of the results files (default serve_load_<device>_<date>)")
     args = p.parse_args(argv)
     if args.preset and args.checkpoint:
         p.error("give --preset or --checkpoint, not both")
-    if not args.preset and not args.checkpoint and not args.server:
+    if args.simulate_model:
+        try:
+            ms = [float(v) for v in args.simulate_model.split(",")]
+            args.ms_per_image, args.ms_per_batch = ms[0], (ms[1] if len(ms) > 1 else 0.0)
+        except (ValueError, IndexError):
+            p.error(f"--simulate-model {args.simulate_model!r}: expected MS or MS,MS_BATCH, e.g. 0.4,2")
+        if args.server or args.preset or args.checkpoint:
+            p.error("--simulate-model starts its own server: no --server, --preset or --checkpoint")
+        if args.max_batch == 8:
+            args.max_batch = 32
+    elif not args.preset and not args.checkpoint and not args.server:
         args.preset = "small-64"
     args.levels = [int(c) for c in args.concurrency.split(",")]
     if min(args.levels) < 1 or args.requests < 1 or args.duration <= 0:
@@ -98,14 +127,22 @@ class LocalServer:
         port_file = Path(self.dir.name) / "port"
         self.log_path = Path(self.dir.name) / "server.log"
         self.metrics_port = free_port()
-        cmd = [sys.executable, "-m", "alae_rt.cli", "serve", "--port", "0", "--port-file", str(port_file),
-               "--metrics-port", str(self.metrics_port), "--log-level", "warning", "--device", args.device,
-               "--dtype", args.dtype,
-               "--backend", args.backend, "--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms),
-               "--max-queue", str(args.max_queue), "--max-images", str(max(args.max_batch, 1))]
-        cmd += ["--preset", args.preset] if args.preset else ["--checkpoint", args.checkpoint]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
+        limits = ["--port", "0", "--port-file", str(port_file), "--metrics-port", str(self.metrics_port),
+                  "--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms),
+                  "--max-queue", str(args.max_queue), "--max-images", str(max(args.max_batch, 1))]
+        if getattr(args, "workers", None):
+            limits += ["--workers", str(args.workers)]
+        if getattr(args, "simulate_model", None):
+            cmd = [sys.executable, "-m", "alae_rt.serve.simulated", *limits, "--ms-per-image", str(args.ms_per_image),
+                   "--ms-per-batch", str(args.ms_per_batch)]
+            if args.image:
+                cmd += ["--image", args.image]
+        else:
+            cmd = [sys.executable, "-m", "alae_rt.cli", "serve", *limits, "--log-level", "warning",
+                   "--device", args.device, "--dtype", args.dtype, "--backend", args.backend]
+            cmd += ["--preset", args.preset] if args.preset else ["--checkpoint", args.checkpoint]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         t0 = time.monotonic()
@@ -114,6 +151,11 @@ class LocalServer:
                 sys.exit(f"serve_load: the server did not start:\n{self.log_path.read_text()}")
             time.sleep(0.05)
         self.address = f"127.0.0.1:{port_file.read_text().strip()}"
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def close(self) -> None:
         self.proc.terminate()
@@ -147,13 +189,18 @@ def scrape(port: int | None) -> dict[str, float]:
 # ---- load ---------------------------------------------------------------------------------------------------------
 
 
-def make_request(op: str, info, rng: np.random.Generator, fmt: str):
-    """One request of `op` with one image (distinct inputs per request)."""
+def make_request(op: str, info, rng: np.random.Generator, fmt: str, image_file: bytes | None = None):
+    """One request of `op` with one image (distinct inputs per request; `image_file`: the same encoded file)."""
     from alae_rt.serve import alae_rt_pb2 as pb
     from alae_rt.serve.client import FORMATS, image_message
     from alae_rt.serve.wire import array_to_tensor
 
-    out = pb.OutputOptions(format=FORMATS[fmt])
+    if fmt == "latents":  # no image in the response: the latents that were decoded
+        out = pb.OutputOptions(skip_images=True, return_latents=True)
+    else:
+        out = pb.OutputOptions(format=FORMATS[fmt])
+    if image_file is not None:
+        return "Encode", pb.EncodeRequest(images=[pb.Image(encoded=image_file)])
     if op == "decode":
         w = rng.standard_normal((1, info.latent_size)).astype(np.float32)
         return "Decode", pb.DecodeRequest(latents=array_to_tensor(w), output=out)
@@ -165,7 +212,8 @@ def make_request(op: str, info, rng: np.random.Generator, fmt: str):
     return "Encode", pb.EncodeRequest(images=[image_message(img)])
 
 
-async def run_level(address: str, info, args: argparse.Namespace, concurrency: int) -> dict:
+async def run_level(address: str, info, args: argparse.Namespace, concurrency: int, fmt: str | None = None,
+                    image_file: bytes | None = None) -> dict:
     import grpc
 
     from alae_rt.serve import alae_rt_pb2_grpc as pb_grpc
@@ -176,7 +224,7 @@ async def run_level(address: str, info, args: argparse.Namespace, concurrency: i
     stubs = [pb_grpc.AlaeStub(ch) for ch in channels]
     rng = np.random.default_rng(concurrency)
     # Requests are built before the clock starts, so that the load generator measures the server.
-    pool = [make_request(args.op, info, rng, args.format) for _ in range(min(args.requests, 256))]
+    pool = [make_request(args.op, info, rng, fmt or args.format, image_file) for _ in range(min(args.requests, 256))]
     latencies: list[float] = []
     errors: dict[str, int] = {}
     issued = 0
@@ -301,8 +349,154 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---- the simulated model: the server's own cost ----------------------------------------------------------------
+
+
+def simulated_face(args: argparse.Namespace) -> np.ndarray:
+    """The 1024x1024 face the simulated model returns and encode sends: --image, a sample face, or a synthetic one."""
+    from alae_rt.images import read_image
+
+    path = Path(args.image) if args.image else ROOT.parent / "shared" / "data" / "faces1024" / "00000.png"
+    if path.is_file():
+        args.image = str(path)
+        return read_image(path)
+    args.image = None
+    y, x = np.mgrid[0:1024, 0:1024] / 1024
+    return (np.stack([np.sin(6 * x), np.cos(5 * y), np.sin(4 * (x + y))], -1) * 127 + 128).astype(np.uint8)
+
+
+def simulated_sweep(args: argparse.Namespace) -> dict:
+    """Every case (decode to each format, encode from each file format) at every caller count, against one server
+    over the simulated model: images/s, latency, mean batch and the server process's CPU-ms per image."""
+    from alae_rt import codecs
+    from alae_rt.serve.client import AlaeClient
+
+    face = simulated_face(args)
+    files = {"png": codecs.encode_png(face), "jpeg": codecs.encode_jpeg(face)}
+    cases = [("decode", f) for f in args.formats.split(",") if f] + \
+            [("encode", f) for f in args.encode_from.split(",") if f]
+    server = LocalServer(args)
+    rows = []
+    try:
+        with AlaeClient(server.address, timeout=args.timeout) as c:
+            t0 = time.monotonic()
+            while c.health() != "SERVING":
+                if time.monotonic() - t0 > 600:
+                    sys.exit("serve_load: the simulated server did not become SERVING")
+                time.sleep(0.1)
+            info = c.info()
+        for op, fmt in cases:
+            args.op = op
+            for n in args.levels:
+                before, cpu0 = scrape(server.metrics_port), server.cpu_seconds()
+                r = asyncio.run(run_level(server.address, info, args, n, fmt=fmt if op == "decode" else "raw",
+                                          image_file=files[fmt] if op == "encode" else None))
+                cpu = server.cpu_seconds() - cpu0
+                after = scrape(server.metrics_port)
+                count = after.get(f"{op}_count", 0) - before.get(f"{op}_count", 0)
+                images = after.get(f"{op}_sum", 0) - before.get(f"{op}_sum", 0)
+                r.update(case=f"{op} {'to' if op == 'decode' else 'from'} {fmt}", op=op, format=fmt,
+                         mean_batch=images / count if count else None,
+                         server_cpu_ms_per_image=1000 * cpu / max(r["requests"], 1))
+                b = r["mean_batch"] or 1
+                r["model_capacity_images_per_s"] = 1000 * b / (args.ms_per_batch + b * args.ms_per_image)
+                rows.append(r)
+                print(f"{r['case']:18s} {n:4d} callers: {r['images_per_s']:8.1f} images/s, server CPU "
+                      f"{r['server_cpu_ms_per_image']:.2f} ms/image, mean batch {b:.1f}, p50 {r['p50_ms']:.1f} ms",
+                      file=sys.stderr)
+    finally:
+        server.close()
+    return {"info": {"config": info.config_name, "resolution": info.resolution, "backend": info.backend}, "rows": rows}
+
+
+def simulated_markdown(report: dict) -> str:
+    m = report["meta"]
+    levels = sorted({r["concurrency"] for r in report["rows"]})
+    cases = list(dict.fromkeys(r["case"] for r in report["rows"]))
+    by = {(r["case"], r["concurrency"]): r for r in report["rows"]}
+    lines = [f"# Serving with a SIMULATED MODEL ({m['ms_per_image']:g} ms/image + {m['ms_per_batch']:g} ms/batch), "
+             f"{m['resolution']}x{m['resolution']}", "",
+             f"{m['machine']} · {m['date']} · commit {m['commit']} · server --workers {m['workers']} · max batch "
+             f"{m['max_batch']} · codecs {m['codecs']}", "",
+             "The model is a stand-in (alae_rt.serve.simulated) that returns a fixed face after the set wait, as a "
+             "GPU would: these figures are the server's own cost (gRPC, request handling, noise maps, image "
+             "decode/encode), not a model's. The load generator runs on the same cores.", "",
+             "images/s (server CPU-ms per image):", "",
+             "| case | " + " | ".join(f"{n} callers" for n in levels) + " |",
+             "|---|" + "---:|" * len(levels)]
+    for case in cases:
+        cells = []
+        for n in levels:
+            r = by.get((case, n))
+            cells.append("-" if r is None else f"{r['images_per_s']:.0f} ({r['server_cpu_ms_per_image']:.1f} ms)")
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    lines += ["", "Cores per GPU to keep up with 2,500 images/s (server CPU-ms per image x 2.5, at the most callers "
+                  "measured): " + ", ".join(f"{case} {by[(case, levels[-1])]['server_cpu_ms_per_image'] * 2.5:.1f}"
+                                            for case in cases if (case, levels[-1]) in by) + ".",
+              "", f"Command: `{m['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def simulated_plot(report: dict, path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    m = report["meta"]
+    cases = list(dict.fromkeys(r["case"] for r in report["rows"]))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for case in cases:
+        rs = [r for r in report["rows"] if r["case"] == case]
+        ax1.plot([r["concurrency"] for r in rs], [r["images_per_s"] for r in rs], marker="o", label=case)
+        ax2.plot([r["concurrency"] for r in rs], [r["server_cpu_ms_per_image"] for r in rs], marker="o", label=case)
+    for ax, title in ((ax1, "images/s served"), (ax2, "server CPU-ms per image")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent callers")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    ax2.set_yscale("log")
+    ax1.legend(fontsize=8)
+    fig.suptitle(f"SIMULATED MODEL ({m['ms_per_image']:g} ms/image + {m['ms_per_batch']:g} ms/batch), "
+                 f"{m['resolution']}x{m['resolution']} · {m['machine']} · {m['date']} · {m['commit']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main_simulated(args: argparse.Namespace, argv) -> int:
+    from alae_rt import codecs
+    from alae_rt.bench import cpu_model, git_commit
+    from alae_rt.serve.config import ServeConfig
+
+    result = simulated_sweep(args)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    meta = {"simulated_model": True, "ms_per_image": args.ms_per_image, "ms_per_batch": args.ms_per_batch,
+            "resolution": result["info"]["resolution"], "machine": f"{cpu_model()}, {os.cpu_count()} cores",
+            "date": now.strftime("%Y-%m-%d %H:%M UTC"), "commit": git_commit(),
+            "workers": args.workers or ServeConfig().workers, "max_batch": args.max_batch,
+            "max_delay_ms": args.max_delay_ms, "image": Path(args.image).name if args.image else "synthetic",
+            "codecs": ", ".join(k for k, v in codecs.fast_codecs().items() if v) or "Pillow only",
+            "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else " ".join(argv)}
+    report = {"meta": meta, "rows": result["rows"]}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = args.tag or f"serve_sim_{args.ms_per_image:g}ms_{now.strftime('%Y%m%d')}"
+    (out / f"{tag}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{tag}.md").write_text(simulated_markdown(report))
+    plot = simulated_plot(report, out / f"{tag}.png")
+    print(simulated_markdown(report))
+    print(f"wrote {out / tag}.json, .md{' and .png' if plot else ''}", file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.simulate_model:
+        return main_simulated(args, argv)
     from alae_rt.bench import git_commit
     from alae_rt.flops import count_flops
     from alae_rt.serve.client import AlaeClient
