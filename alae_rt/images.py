@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+# Transparent pixels are composited on white, the page a transparent image is shown on in a browser or a document:
+# what the model sees is what a person sees there (the colour stored under alpha 0 is often black or arbitrary).
+ALPHA_BACKGROUND = 255.0
 
 
 def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -39,8 +42,9 @@ def decode_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: 
 def image_to_tensor(image: np.ndarray | Tensor, resolution: int, channels: int, name: str = "image") -> Tensor:
     """uint8 [H, W, C] -> float [channels, R, R] in [-1, 1], the way the official code prepares inputs.
 
-    Alpha is dropped, grey is repeated to RGB (or RGB averaged to grey), a non-square image is centre-cropped,
-    then repeated 2x2 average pooling while larger than R and adaptive average pooling to R x R.
+    Alpha is composited on white (ALPHA_BACKGROUND; opaque pixels keep their exact values), grey is repeated to RGB
+    (or RGB averaged to grey), a non-square image is centre-cropped, then repeated 2x2 average pooling while larger
+    than R and adaptive average pooling to R x R.
     """
     import torch
     import torch.nn.functional as F
@@ -56,7 +60,8 @@ def image_to_tensor(image: np.ndarray | Tensor, resolution: int, channels: int, 
     c = arr.shape[2]
     x = arr.permute(2, 0, 1).float()  # [c, H, W]
     if c in (2, 4):
-        x = x[:-1]  # drop alpha
+        alpha = x[-1:] / 255.0  # [1, H, W]
+        x = x[:-1] * alpha + ALPHA_BACKGROUND * (1.0 - alpha)
     if channels == 1 and x.shape[0] == 3:
         x = x.mean(dim=0, keepdim=True)
     elif channels == 3 and x.shape[0] == 1:

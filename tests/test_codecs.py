@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 from helpers import FACES128, FACES1024, require
-from PIL import Image
+from PIL import Image, ImageOps
 
 from alae_rt import InputError, codecs
 
@@ -161,3 +161,82 @@ def test_encoders_refuse_what_is_not_a_uint8_image():
     for bad in (np.zeros((4, 4, 3), np.float32), np.zeros((4, 4, 2), np.uint8), np.zeros((2, 4, 4, 3), np.uint8)):
         with pytest.raises(InputError, match="expected a uint8 image"):
             codecs.encode_png(bad)
+
+
+def _blocky(seed: int = 0) -> np.ndarray:
+    """A 48x32 RGB image of 8x8 blocks: JPEG keeps it within a level or two, and every turn of it differs."""
+    arr = np.random.default_rng(seed).integers(0, 256, (6, 4, 3), dtype=np.uint8)
+    return np.kron(arr, np.ones((8, 8, 1), np.uint8))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF", "WEBP"])
+def test_the_exif_orientation_is_applied_as_pillow_s_exif_transpose_does(fmt, monkeypatch):
+    """A phone photo stored on its side comes out upright, on the fast paths (JPEG, PNG) and on Pillow's alike."""
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(codecs, "_fast", lambda name: None)
+        for orientation in range(1, 9):
+            exif = Image.Exif()
+            exif[0x0112] = orientation
+            data = _save(_blocky(), format=fmt, exif=exif, **({"quality": 95} if fmt == "JPEG" else {}))
+            got = codecs.decode_image(data)
+            ref = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+            assert got.shape == ref.shape == ((48, 32, 3) if orientation < 5 else (32, 48, 3))
+            assert np.abs(got.astype(int) - ref).max() <= (2 if fmt == "JPEG" else 0), (fast, orientation)
+
+
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    """An 8x8 JPEG whose frame header says width x height: libjpeg fills the missing blocks with grey."""
+    data = bytearray(_save(np.full((8, 8, 3), 90, np.uint8), format="JPEG"))
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def test_a_jpeg_claiming_more_pixels_than_its_bytes_can_hold_is_truncated(monkeypatch):
+    data = _jpeg_claiming(4000, 4000)
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(codecs, "_fast", lambda name: None)
+        with pytest.raises(InputError, match=r"^x: corrupt or truncated image \(the header says 4000x4000 pixels"):
+            codecs.decode_image(data, name="x")
+        with pytest.raises(InputError, match="corrupt or truncated"):
+            codecs.image_size(data, name="x")
+    assert codecs.decode_image(_jpeg_claiming(8, 8)).shape == (8, 8, 3)
+
+
+def _gif_claiming(width: int, height: int) -> bytes:
+    data = bytearray(_save(np.zeros((1, 1), np.uint8), format="GIF"))
+    data[6:10] = struct.pack("<HH", width, height)  # the logical screen: the size Pillow reports
+    return bytes(data)
+
+
+def test_over_the_limit_is_said_once_in_our_words_whichever_decoder_reads_the_header():
+    bmp = _save(np.zeros((40, 50, 3), np.uint8), format="BMP")  # Pillow's path
+    with pytest.raises(InputError, match=r"^x: 50x40 pixels is over the limit of 1000$"):
+        codecs.decode_image(bmp, max_pixels=1000, name="x")
+    # Past ~179 M pixels Pillow refuses on open ("decompression bomb"): the message is still ours.
+    for decode in (codecs.decode_image, codecs.image_size):
+        with pytest.raises(InputError, match=r"^x: 400000000 pixels is over the limit of 1000000$"):
+            decode(_gif_claiming(20000, 20000), max_pixels=1_000_000, name="x")
+        pillow_limit = 2 * Image.MAX_IMAGE_PIXELS
+        with pytest.raises(InputError, match=rf"^x: 400000000 pixels is over the limit of {pillow_limit}$"):
+            decode(_gif_claiming(20000, 20000), max_pixels=10**9, name="x")
+
+
+def test_image_size_reads_the_header_only():
+    arr = np.zeros((40, 30, 3), np.uint8)
+    for fmt in ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF"):
+        assert codecs.image_size(_save(arr, format=fmt)) == (30, 40), fmt
+    assert codecs.image_size(_png_claiming(5000, 4000), max_pixels=20_000_000) == (5000, 4000)  # body never read
+    with pytest.raises(InputError, match="5000x4000 pixels is over the limit of 1000"):
+        codecs.image_size(_png_claiming(5000, 4000), max_pixels=1000, name="x")
+    with pytest.raises(InputError, match="not a readable image"):
+        codecs.image_size(b"hello" * 10)
+
+
+def test_an_animated_gif_gives_its_first_frame():
+    frames = [Image.new("RGB", (5, 4), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=100)
+    np.testing.assert_array_equal(codecs.decode_image(buf.getvalue()), np.asarray(frames[0]))

@@ -101,3 +101,18 @@ def test_list_images_expands_directories(tmp_path, faces128):
     assert len(found) == 110 and found == sorted(found)
     with pytest.raises(InputError, match="no such file or directory"):
         list_images([tmp_path / "missing"])
+
+
+def test_alpha_is_composited_on_white():
+    rgb = np.random.default_rng(1).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    opaque = np.concatenate([rgb, np.full((6, 6, 1), 255, np.uint8)], axis=2)
+    torch.testing.assert_close(image_to_tensor(opaque, 6, 3), image_to_tensor(rgb, 6, 3), rtol=0, atol=0)
+    clear = opaque.copy()
+    clear[..., 3] = 0
+    torch.testing.assert_close(image_to_tensor(clear, 6, 3), torch.ones(3, 6, 6))  # white, whatever lies under
+    half = opaque.copy()
+    half[..., 3] = 102  # 40%
+    expected = (rgb.astype(np.float32) * 0.4 + 255 * 0.6) / 127.5 - 1
+    torch.testing.assert_close(image_to_tensor(half, 6, 3), torch.from_numpy(expected).permute(2, 0, 1))
+    grey_alpha = np.stack([rgb[..., 0], np.zeros((6, 6), np.uint8)], axis=2)  # LA, fully transparent
+    torch.testing.assert_close(image_to_tensor(grey_alpha, 6, 3), torch.ones(3, 6, 6))
