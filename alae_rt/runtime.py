@@ -17,7 +17,7 @@ from alae_rt.checkpoint import Checkpoint, load_checkpoint
 from alae_rt.config import ModelConfig, resolve_config
 from alae_rt.errors import CheckpointError, InputError
 from alae_rt.images import images_to_tensor, list_images, read_image, to_uint8, to_uint8_tensor
-from alae_rt.latents import check_latents
+from alae_rt.latents import LATENT_LIMIT, check_latents
 from alae_rt.network import StyleALAE
 
 NoiseArg = str | Sequence[Tensor]
@@ -447,6 +447,10 @@ class Runtime:
                              field=field)
         if not torch.isfinite(t).all():
             raise InputError(f"direction {name!r}: holds NaN or Inf", field=field)
+        peak = float(t.abs().max())
+        if peak > LATENT_LIMIT:  # a direction lives where latents do (alae_rt.latents.LATENT_LIMIT)
+            raise InputError(f"{field}: direction {name!r} holds values up to {peak:.3g}; directions lie within "
+                             f"+-{LATENT_LIMIT:g}", field=field)
         return t.to(self.device, self.dtype)
 
     def edit(self, w: Any, edits: Mapping[Any, float] | Iterable[tuple[Any, float]], mode: str = "add",
@@ -459,6 +463,8 @@ class Runtime:
         mode "add": w + strength * d. mode "set": the coordinate of (w - dlatent_avg) along d,
         (w - avg) . d / |d|^2, becomes `strength` (the official demo's attribute sliders).
         layers: style indices (or a slice) the edit applies to; the others keep w.
+        Strengths lie within +-LATENT_LIMIT, directions' values too, and the results are clamped to +-LATENT_LIMIT
+        (alae_rt.latents), so an edit's result is finite and is a latent that decode takes.
         """
         if mode not in ("add", "set"):
             raise InputError(f"mode: edit mode must be 'add' or 'set', got {mode!r}", field="mode")
@@ -467,8 +473,9 @@ class Runtime:
         dirs = []
         for i, (key, strength) in enumerate(edits.items() if isinstance(edits, Mapping) else edits):
             name = key if isinstance(key, (str, Path)) else f"#{i}"
-            if not np.isfinite(float(strength)):
-                raise InputError(f"direction {name!r}: strength must be finite, got {strength}", field=f"edits[{i}]")
+            if not (np.isfinite(float(strength)) and abs(float(strength)) <= LATENT_LIMIT):
+                raise InputError(f"direction {name!r}: strength must be finite and within +-{LATENT_LIMIT:g}, got "
+                                 f"{strength}", field=f"edits[{i}]")
             d = self._direction(key, str(name), field=f"edits[{i}]")
             # A zero direction has no coordinate to set; checked on the host: directions are small.
             if mode == "set" and not bool(((d * d).sum(-1) > 0).all()):
@@ -488,7 +495,8 @@ class Runtime:
                 edited = edited + (strength - coord) * d
         if keep is not None:
             edited = torch.where(keep.to(self.device)[None, :, None], edited, out)
-        return edited
+        # Bounded steps keep the sum finite; the clamp keeps it a latent (on the device: no read-back to check it).
+        return edited.clamp(-LATENT_LIMIT, LATENT_LIMIT)
 
     def check_layers(self, layers: Iterable[int] | slice | None) -> Tensor | None:
         """Style indices (or a slice) an edit applies to -> a mask [2L] (None: all); each index in [0, 2L)."""

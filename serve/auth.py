@@ -50,6 +50,10 @@ class BearerAuth(grpc.aio.ServerInterceptor):
             (True, True): grpc.stream_stream_rpc_method_handler,
         }
         make = kinds[(handler.request_streaming, handler.response_streaming)]
-        return make(deny_stream if handler.response_streaming else deny,
-                    request_deserializer=handler.request_deserializer,
+        # gRPC has read the message by now (--max-message-mb bounds it); it is refused unparsed.
+        return make(deny_stream if handler.response_streaming else deny, request_deserializer=_unread,
                     response_serializer=handler.response_serializer)
+
+
+def _unread(data: bytes) -> None:
+    return None

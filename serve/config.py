@@ -19,6 +19,8 @@ class ServeConfig:
     max_images: int = 32  # images, seeds or latents per request
     max_message_mb: float = 64.0
     max_pixels: int = 4096 * 4096  # per input image, checked from its header before decoding
+    max_request_pixels: int = 64 * 1024 * 1024  # summed over a request's input images, checked before decoding any
+    max_decode_pixels: int = 32 * 1024 * 1024  # input image pixels being decoded at once, over all callers
     max_strength: float = 100.0
     max_steps: int = 256
     grace_s: float = 30.0
@@ -27,21 +29,36 @@ class ServeConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     auth_tokens: tuple[str, ...] = ()
-    workers: int = 2  # threads that decode/encode image files and prepare latents
+    workers: int = 2  # threads that prepare latents and noise and encode output images
+    image_workers: int = 2  # threads that decode input images (their own pool: never in latent-only calls' way)
     warmup: bool = True
 
     @property
     def max_message_bytes(self) -> int:
         return int(self.max_message_mb * 1024 * 1024)
 
+    @property
+    def overload_images(self) -> int:
+        """Images waiting in a stage (image decoding, encoder, generator) from which health says NOT_SERVING."""
+        return max(1, self.max_queue // 2)
+
+    @property
+    def overload_pixels(self) -> int:
+        """Input pixels waiting to be decoded from which health says NOT_SERVING: two rounds of the decode budget."""
+        return 2 * self.max_decode_pixels
+
     def check(self, max_batch: int) -> None:
-        if self.max_images < 1 or self.max_queue < 1 or self.max_steps < 2 or self.workers < 1:
-            raise AlaeError("--max-images, --max-queue and --workers must be >= 1, --max-steps >= 2")
+        if min(self.max_images, self.max_queue, self.workers, self.image_workers) < 1 or self.max_steps < 2:
+            raise AlaeError("--max-images, --max-queue, --workers and --image-workers must be >= 1, --max-steps >= 2")
         if self.max_queue < self.max_images:
             raise AlaeError(f"--max-queue ({self.max_queue}) must be >= --max-images ({self.max_images}), or a "
                             "full-size request could never be queued")
         if self.max_delay_ms < 0 or self.grace_s < 0 or self.max_strength <= 0 or self.max_pixels < 1:
             raise AlaeError("--max-delay-ms and --grace-s must be >= 0; --max-strength and --max-pixels > 0")
+        if min(self.max_request_pixels, self.max_decode_pixels) < self.max_pixels:
+            raise AlaeError(f"--max-request-pixels ({self.max_request_pixels}) and --max-decode-pixels "
+                            f"({self.max_decode_pixels}) must be >= --max-pixels ({self.max_pixels}), or an image "
+                            "within the limit could never be decoded")
         if not 0 < self.max_message_mb <= 2047:
             raise AlaeError(f"--max-message-mb must be in (0, 2047], got {self.max_message_mb}")
         if (self.tls_cert is None) != (self.tls_key is None):

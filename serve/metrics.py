@@ -1,4 +1,5 @@
-"""Prometheus metrics of the server: requests, latency, batch sizes, queue depth, images per second."""
+"""Prometheus metrics of the server: requests, latency, batch sizes, queue depth, images per second, image decoding,
+overload."""
 
 from __future__ import annotations
 
@@ -29,8 +30,15 @@ class Metrics:
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("alae_rt_queue_depth", "images waiting in the batcher's queue", ["op"], registry=r)
         self.images = Counter("alae_rt_images", "images run through the network, by operation", ["op"], registry=r)
-        self.dropped = Counter("alae_rt_dropped_images", "images dropped before compute (deadline passed or "
-                               "caller cancelled)", ["op", "reason"], registry=r)
+        self.dropped = Counter("alae_rt_dropped_images", "images dropped before compute or before decoding (op "
+                               "'image'), as the deadline passed or the caller cancelled", ["op", "reason"],
+                               registry=r)
+        self.decoded = Counter("alae_rt_decoded_images", "request images decoded and prepared for the encoder",
+                               registry=r)
+        self.decode_pixels = Gauge("alae_rt_decode_pixels", "request image pixels being decoded (running) or "
+                                   "waiting for the decode budget (waiting)", ["state"], registry=r)
+        self.overloaded = Gauge("alae_rt_overloaded", "1 while health says NOT_SERVING because a queue is over its "
+                                "threshold", registry=r)
         self.inflight = Gauge("alae_rt_inflight_requests", "RPCs being handled", registry=r)
         self.images_per_second = Gauge("alae_rt_images_per_second",
                                        f"images run through the network per second over the last {RATE_WINDOW_S:g} s",

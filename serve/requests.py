@@ -19,7 +19,15 @@ from alae_rt.images import image_to_tensor
 from alae_rt.runtime import Runtime
 from alae_rt.serve import alae_rt_pb2 as pb
 from alae_rt.serve.config import ServeConfig
-from alae_rt.serve.wire import RequestError, image_to_array, invalid, over_limit, tensor_to_array, tensor_to_latents
+from alae_rt.serve.wire import (
+    RequestError,
+    image_pixels,
+    image_to_array,
+    invalid,
+    over_limit,
+    tensor_to_array,
+    tensor_to_latents,
+)
 
 MAX_EDITS = 64  # directions per Edit call
 NOISE_MODES = {pb.NOISE_MODE_UNSPECIFIED: "const", pb.NOISE_MODE_CONST: "const", pb.NOISE_MODE_RANDOM: "random",
@@ -27,6 +35,25 @@ NOISE_MODES = {pb.NOISE_MODE_UNSPECIFIED: "const", pb.NOISE_MODE_CONST: "const",
 EDIT_MODES = {pb.EDIT_MODE_UNSPECIFIED: "add", pb.EDIT_MODE_ADD: "add", pb.EDIT_MODE_SET: "set"}
 # Runtime argument names -> request fields, for calls whose names differ (the others are named alike).
 PAIR_FIELDS = {"w_a": "a", "w_b": "b"}
+
+
+class BadMessage:
+    """What the server's request parser gives for bytes that are not a valid request message (corrupt protobuf):
+    the call then gets INVALID_ARGUMENT, counted and logged like any other bad request."""
+
+    def __init__(self, kind: str, error: Exception):
+        self.message = f"request: not a valid {kind} message ({type(error).__name__}: {error})"
+
+
+def tolerant_parser(message_class: Any) -> Any:
+    """message_class.FromString that returns a BadMessage instead of raising (gRPC would answer UNKNOWN, uncounted)."""
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except Exception as exc:  # noqa: BLE001 - DecodeError and whatever else the protobuf runtime raises
+            return BadMessage(message_class.DESCRIPTOR.full_name, exc)
+
+    return parse
 
 
 def source_fields(field: str) -> dict[str, str]:
@@ -161,14 +188,25 @@ def latents_tensor(t: pb.Tensor, field: str, rt: Runtime, cfg: ServeConfig, allo
     return torch.from_numpy(arr).to(rt.device, rt.dtype)
 
 
-def images_tensor(images: Sequence[pb.Image], field: str, rt: Runtime, cfg: ServeConfig) -> Tensor:
-    """Image messages -> the encoder's input float [n, C, R, R] on the Runtime's device."""
-    c, r = rt.config.channels, rt.config.resolution
-    xs = []
-    for i, img in enumerate(images):
-        arr = image_to_array(img, f"{field}[{i}]", cfg.max_pixels)  # [H, W, C]
-        try:
-            xs.append(image_to_tensor(arr, r, c, name=f"{field}[{i}]"))  # [C, R, R]
-        except InputError as exc:
-            raise request_error(exc) from None
-    return torch.stack(xs).to(rt.device, rt.dtype)  # [n, C, R, R]
+def image_sizes(images: Sequence[pb.Image], field: str, cfg: ServeConfig) -> list[int]:
+    """Each image's pixels from its header, before any is decoded: each within --max-pixels, all of them together
+    within --max-request-pixels."""
+    sizes = [image_pixels(img, f"{field}[{i}]", cfg.max_pixels) for i, img in enumerate(images)]
+    if sum(sizes) > cfg.max_request_pixels:
+        raise over_limit(field, f"{len(sizes)} images of {sum(sizes)} pixels in all; this server decodes at most "
+                                f"{cfg.max_request_pixels} pixels per request (--max-request-pixels)")
+    return sizes
+
+
+def image_tensor(img: pb.Image, field: str, rt: Runtime, cfg: ServeConfig) -> Tensor:
+    """One Image message -> the encoder's input float [C, R, R] (on the host)."""
+    arr = image_to_array(img, field, cfg.max_pixels)  # [H, W, C]
+    try:
+        return image_to_tensor(arr, rt.config.resolution, rt.config.channels, name=field)  # [C, R, R]
+    except InputError as exc:
+        raise request_error(exc) from None
+
+
+def images_tensor(xs: Sequence[Tensor], rt: Runtime) -> Tensor:
+    """The prepared images, each [C, R, R] -> the encoder's input [n, C, R, R] on the Runtime's device."""
+    return torch.stack(list(xs)).to(rt.device, rt.dtype)

@@ -1,9 +1,14 @@
-"""The gRPC server's lifecycle: listen (TLS, auth, health, reflection, metrics), warm up, serve, drain, stop."""
+"""The gRPC server's lifecycle: listen (TLS, auth, health, reflection, metrics), warm up, serve (health follows the
+load), drain, stop."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import signal
+import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,14 +22,39 @@ from grpc_reflection.v1alpha import reflection
 from alae_rt.errors import AlaeError
 from alae_rt.runtime import Runtime
 from alae_rt.serve import alae_rt_pb2 as pb
-from alae_rt.serve import alae_rt_pb2_grpc as pb_grpc
 from alae_rt.serve.auth import BearerAuth
 from alae_rt.serve.config import ServeConfig
 from alae_rt.serve.logs import log
 from alae_rt.serve.metrics import Metrics
-from alae_rt.serve.service import AlaeService
+from alae_rt.serve.service import AlaeService, add_to_server
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Alae"].full_name  # "alae_rt.v1.Alae"
+LOAD_CHECK_S = 0.1  # how often health is brought in line with the queues
+
+
+class WorkerPool(ThreadPoolExecutor):
+    """A thread pool that knows how many of its jobs are running: what an interpreter exit would wait for."""
+
+    def __init__(self, workers: int, name: str):
+        super().__init__(workers, thread_name_prefix=name)
+        self._running = 0
+        self._lock = threading.Lock()
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    def submit(self, fn, /, *args, **kwargs):
+        return super().submit(self._counted, fn, args, kwargs)
+
+    def _counted(self, fn, args, kwargs):
+        with self._lock:
+            self._running += 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with self._lock:
+                self._running -= 1
 
 
 @dataclass
@@ -45,13 +75,15 @@ class AlaeServer:
         self.cfg = cfg or ServeConfig()
         self.cfg.check(rt.max_batch)
         self.metrics = Metrics()
-        self.compute = ThreadPoolExecutor(1, thread_name_prefix="alae-compute")  # one Runtime, one device
-        self.pool = ThreadPoolExecutor(self.cfg.workers, thread_name_prefix="alae-prep")
+        self.compute = WorkerPool(1, "alae-compute")  # one Runtime, one device
+        self.pool = WorkerPool(self.cfg.workers, "alae-prep")  # latents, noise, response images
+        self.image_pool = WorkerPool(self.cfg.image_workers, "alae-images")  # request images, through the stage
         self.service: AlaeService | None = None
         self.health: HealthServicer | None = None
         self._server: grpc.aio.Server | None = None
         self._metrics_server = None
         self._warm_task: asyncio.Task | None = None
+        self._load_task: asyncio.Task | None = None
         self._stopped: asyncio.Event | None = None
         self.listening = _Listening()
 
@@ -71,7 +103,7 @@ class AlaeServer:
         """Listen (health says NOT_SERVING), then warm up in the background (health then says SERVING)."""
         cfg = self.cfg
         self._stopped = asyncio.Event()  # made here: it belongs to the loop that runs the server
-        self.service = AlaeService(self.rt, cfg, self.metrics, self.compute, self.pool)
+        self.service = AlaeService(self.rt, cfg, self.metrics, self.compute, self.pool, self.image_pool)
         interceptors = []
         if cfg.auth_tokens:
             reject = self.metrics.requests.labels
@@ -81,7 +113,7 @@ class AlaeServer:
         options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                    ("grpc.so_reuseport", 0)]
         self._server = server = grpc.aio.server(interceptors=interceptors, options=options)
-        pb_grpc.add_AlaeServicer_to_server(self.service, server)
+        add_to_server(self.service, server)
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for name in ("", SERVICE_NAME):
@@ -119,6 +151,7 @@ class AlaeServer:
             "auth": bool(cfg.auth_tokens), "metrics_port": self.listening.metrics_port, "model": repr(self.rt),
             "weights": self.rt.source, "max_batch": self.rt.max_batch, "max_delay_ms": cfg.max_delay_ms}})
         self._warm_task = asyncio.get_running_loop().create_task(self._warm_up())
+        self._load_task = asyncio.get_running_loop().create_task(self._follow_load())
 
     async def _warm_up(self) -> None:
         started = time.perf_counter()
@@ -130,6 +163,28 @@ class AlaeServer:
                 await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
             log.info("serving", extra={"fields": {"event": "serving",
                                                   "warmup_s": round(time.perf_counter() - started, 3)}})
+
+    async def _follow_load(self) -> None:
+        """While serving, health says NOT_SERVING whenever a queue is over its threshold (AlaeService.overloaded), so
+        that a load balancer sends new calls elsewhere; it says SERVING again once the queues are back under."""
+        overloaded = False
+        while True:
+            await asyncio.sleep(LOAD_CHECK_S)
+            if self.service.state != "serving":
+                continue
+            now = self.service.overloaded()
+            if now != overloaded:
+                overloaded = now
+                self.metrics.overloaded.set(int(now))
+                status = health_pb2.HealthCheckResponse.NOT_SERVING if now else health_pb2.HealthCheckResponse.SERVING
+                for name in ("", SERVICE_NAME):
+                    await self.health.set(name, status)
+                images = self.service.images
+                log.log(logging.WARNING if now else logging.INFO, "overloaded" if now else "load back to normal",
+                        extra={"fields": {"event": "overloaded" if now else "recovered",
+                                          "images_waiting": images.waiting, "pixels_waiting": images.waiting_pixels,
+                                          "encode_queued": self.service.encode_batcher.queued,
+                                          "decode_queued": self.service.decode_batcher.queued}})
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Wait for the warm-up; it raises what the warm-up raised."""
@@ -158,16 +213,34 @@ class AlaeServer:
 
     async def _shutdown(self) -> None:
         await self._server.stop(0)
-        if self._warm_task is not None and not self._warm_task.done():
-            self._warm_task.cancel()
+        for task in (self._warm_task, self._load_task):
+            if task is not None and not task.done():
+                task.cancel()
         await self.service.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
-        self.compute.shutdown(wait=False, cancel_futures=True)
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self.compute, self.pool, self.image_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
         self._stopped.set()
+        if self.abandoned:
+            log.warning("work abandoned", extra={"fields": {"event": "abandoned", "jobs": self.abandoned}})
         log.info("stopped", extra={"fields": {"event": "stopped"}})
+
+    @property
+    def abandoned(self) -> int:
+        """Jobs still running in the server's threads (after a stop: work whose calls were cut)."""
+        return sum(pool.running for pool in (self.compute, self.pool, self.image_pool))
+
+    def exit_if_abandoned(self) -> None:
+        """After the server stopped (serve_until_signal returned): if cut work still runs in its threads, end the
+        process now, with status 0 - the drain is done, and the interpreter's exit would otherwise wait for those
+        threads (a batch of large images can take minutes) past --grace-s."""
+        if self.abandoned:
+            logging.shutdown()  # flush the log
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

@@ -1,11 +1,12 @@
-"""The alae_rt.v1.Alae RPCs over one Runtime: two batchers (encode, decode), and one wrapper around every call for
-its status code, metrics and access log."""
+"""The alae_rt.v1.Alae RPCs over one Runtime: an image-decoding stage, two batchers (encode, decode), and one wrapper
+around every call for its status code, metrics and access log."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,15 +26,19 @@ from alae_rt.serve import alae_rt_pb2 as pb
 from alae_rt.serve import alae_rt_pb2_grpc as pb_grpc
 from alae_rt.serve.batcher import BatchStats, Dropped, DynamicBatcher, QueueFull
 from alae_rt.serve.config import ServeConfig
+from alae_rt.serve.decoding import DecodeStage, StageStats
 from alae_rt.serve.logs import log
 from alae_rt.serve.metrics import Metrics
 from alae_rt.serve.requests import (
     PAIR_FIELDS,
+    BadMessage,
     check_count,
     check_output,
     check_steps,
     edit_args,
     generation_args,
+    image_sizes,
+    image_tensor,
     images_tensor,
     latents_tensor,
     noise_args,
@@ -41,6 +46,7 @@ from alae_rt.serve.requests import (
     runtime_fields,
     source_fields,
     source_kind,
+    tolerant_parser,
 )
 from alae_rt.serve.wire import RequestError, array_to_image, array_to_tensor, invalid, over_limit
 
@@ -50,8 +56,9 @@ class Call:
     """One RPC in flight, as its wrapper sees it: what it returned, for the access log."""
 
     method: str
-    peer: str
+    peer: str  # the caller's connection: image decoding takes callers in turn
     started: float
+    deadline: float | None = None  # loop time
     images: int = 0  # images (or latents, or frames) answered
 
     def done(self, resp: Any) -> Any:
@@ -63,16 +70,25 @@ class Call:
 
 
 class AlaeService(pb_grpc.AlaeServicer):
-    """The RPCs. Model work runs in one compute thread through two batchers (encode, decode); image files and
-    latents are prepared in a small thread pool, so the event loop only moves messages."""
+    """The RPCs. Model work runs in one compute thread through two batchers (encode, decode). Request images are
+    decoded in their own pool through a DecodeStage (a pixel budget, callers in turn, stopped for a caller who has
+    gone); latents, noise and response images are prepared in another small pool, which image decoding never
+    occupies. The event loop only moves messages."""
 
     def __init__(self, rt: Runtime, cfg: ServeConfig, metrics: Metrics, compute: ThreadPoolExecutor,
-                 pool: ThreadPoolExecutor):
+                 pool: ThreadPoolExecutor, image_pool: ThreadPoolExecutor):
         self.rt = rt
         self.cfg = cfg
         self.metrics = metrics
         self.compute = compute
         self.pool = pool
+        m = metrics
+        self.images = DecodeStage(image_pool, workers=cfg.image_workers, max_pixels=cfg.max_decode_pixels,
+                                  max_waiting=cfg.max_queue, stats=StageStats(
+                                      on_pixels=lambda run, wait: (m.decode_pixels.labels("running").set(run),
+                                                                   m.decode_pixels.labels("waiting").set(wait)),
+                                      on_drop=lambda reason, n: m.dropped.labels("image", reason).inc(n),
+                                      on_done=m.decoded.inc))
         self.state = "warming"  # -> "serving" -> "draining"
         self.inflight = 0
         self.idle = asyncio.Event()
@@ -83,6 +99,12 @@ class AlaeService(pb_grpc.AlaeServicer):
                                              **common)
         self.decode_batcher = DynamicBatcher("decode", self._decode_batch, compute, stats=self._stats("decode"),
                                              **common)
+
+    def overloaded(self) -> bool:
+        """Whether a stage's queue is over its threshold (health then says NOT_SERVING, for a load balancer)."""
+        cfg, images = self.cfg, self.images
+        return (images.waiting >= cfg.overload_images or images.waiting_pixels >= cfg.overload_pixels
+                or max(self.encode_batcher.queued, self.decode_batcher.queued) >= cfg.overload_images)
 
     def _others_in_flight(self) -> bool:
         """Whether some call in flight is outside both batchers (being prepared, or just arrived): it may join."""
@@ -140,17 +162,24 @@ class AlaeService(pb_grpc.AlaeServicer):
     async def _latents(self, t: pb.Tensor, field: str, allow_styles: bool = True) -> Tensor:
         return await self._in_pool(latents_tensor, t, field, self.rt, self.cfg, allow_styles)
 
-    async def _encode(self, images: Sequence[pb.Image], field: str, deadline: float | None) -> Tensor:
-        """Image messages -> w [n, D] through the encode batcher."""
+    async def _encode(self, images: Sequence[pb.Image], field: str, call: Call) -> Tensor:
+        """Image messages -> w [n, D] through the decode stage (sizes from the headers first, then each image in
+        turn with other callers') and the encode batcher."""
         check_count(len(images), field, self.cfg)
-        x = await self._in_pool(images_tensor, list(images), field, self.rt, self.cfg)
-        return await self.encode_batcher.run("encode", [x], deadline)
+        images, stage, rt, cfg = list(images), self.images, self.rt, self.cfg
+        (sizes,) = await stage.run(call.peer, [(0, functools.partial(image_sizes, images, field, cfg))],
+                                   call.deadline, field)
+        jobs = [(pixels, functools.partial(image_tensor, img, f"{field}[{i}]", rt, cfg))
+                for i, (img, pixels) in enumerate(zip(images, sizes))]
+        xs = await stage.run(call.peer, jobs, call.deadline, field)  # n x [C, R, R]
+        (x,) = await stage.run(call.peer, [(0, functools.partial(images_tensor, xs, rt))], call.deadline, field)
+        return await self.encode_batcher.run("encode", [x], call.deadline)
 
-    async def _source(self, src: pb.LatentSource, field: str, deadline: float | None) -> Tensor:
+    async def _source(self, src: pb.LatentSource, field: str, call: Call) -> Tensor:
         """A LatentSource -> w [n, D] or styles [n, 2L, D]."""
         kind = source_kind(src, field)
         if kind == "images":
-            return await self._encode(src.images, f"{field}.images", deadline)
+            return await self._encode(src.images, f"{field}.images", call)
         if kind == "latents":
             return await self._latents(src.latents, f"{field}.latents")
         check_count(len(src.seeds), f"{field}.seeds", self.cfg, "seeds")
@@ -201,18 +230,21 @@ class AlaeService(pb_grpc.AlaeServicer):
                                        "images, or PNG/JPEG instead of RAW")
         return resp
 
-    async def _pair(self, req: pb.MixRequest | pb.InterpolateRequest, deadline) -> tuple[Tensor, Tensor]:
+    async def _pair(self, req: pb.MixRequest | pb.InterpolateRequest, call: Call) -> tuple[Tensor, Tensor]:
         if not req.a.ByteSize() and not req.b.ByteSize():
             raise invalid("a", "missing (and so is b)")
-        return await self._source(req.a, "a", deadline), await self._source(req.b, "b", deadline)
+        return await self._source(req.a, "a", call), await self._source(req.b, "b", call)
 
     # ---- the one wrapper: status codes, metrics and logs around every RPC ------------------------------------
     @asynccontextmanager
-    async def _call(self, method: str, context, needs_model: bool = True) -> AsyncIterator[Call]:
-        """Around each RPC's body, unary or streaming: refuses calls while warming up or draining, counts calls in
-        flight, turns every failure into a status (never a traceback to the caller), records metrics and logs."""
-        call = Call(method, context.peer(), time.perf_counter())
+    async def _call(self, method: str, context, request: Any, needs_model: bool = True) -> AsyncIterator[Call]:
+        """Around each RPC's body, unary or streaming: refuses corrupt messages and calls while warming up or
+        draining, counts calls in flight, turns every failure into a status (never a traceback to the caller),
+        records metrics and logs."""
+        call = Call(method, context.peer(), time.perf_counter(), self._deadline(context))
         try:
+            if isinstance(request, BadMessage):
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, request.message)
             self._begin(needs_model)
         except RequestError as exc:
             self._finish(call, exc.code, exc.message)
@@ -273,30 +305,29 @@ class AlaeService(pb_grpc.AlaeServicer):
 
     # ---- the RPCs -----------------------------------------------------------------------------------------------
     async def Encode(self, req: pb.EncodeRequest, context) -> pb.EncodeResponse:
-        async with self._call("Encode", context) as call:
-            w = await self._encode(req.images, "images", self._deadline(context))
+        async with self._call("Encode", context, req) as call:
+            w = await self._encode(req.images, "images", call)
             return call.done(pb.EncodeResponse(latents=array_to_tensor(w.float().cpu().numpy())))
 
     async def Decode(self, req: pb.DecodeRequest, context) -> pb.ImagesResponse:
-        async with self._call("Decode", context) as call:
+        async with self._call("Decode", context, req) as call:
             noise_args(req.noise)
             check_output(req.output)
             if not req.HasField("latents"):
                 raise invalid("latents", "missing")
             w = await self._latents(req.latents, "latents")
-            images = await self._decode(w, req.noise, self._deadline(context))
+            images = await self._decode(w, req.noise, call.deadline)
             return call.done(await self._respond(images, w, req.output))
 
     async def Reconstruct(self, req: pb.ReconstructRequest, context) -> pb.ImagesResponse:
-        async with self._call("Reconstruct", context) as call:
+        async with self._call("Reconstruct", context, req) as call:
             noise_args(req.noise)
             check_output(req.output)
-            deadline = self._deadline(context)
-            w = await self._encode(req.images, "images", deadline)
-            return call.done(await self._respond(await self._decode(w, req.noise, deadline), w, req.output))
+            w = await self._encode(req.images, "images", call)
+            return call.done(await self._respond(await self._decode(w, req.noise, call.deadline), w, req.output))
 
     async def Generate(self, req: pb.GenerateRequest, context) -> pb.ImagesResponse:
-        async with self._call("Generate", context) as call:
+        async with self._call("Generate", context, req) as call:
             noise_args(req.noise)
             check_output(req.output)
             psi, cutoff = generation_args(req, self.rt)
@@ -308,38 +339,38 @@ class AlaeService(pb_grpc.AlaeServicer):
             else:
                 z = await self._latents(req.z, "z", allow_styles=False)
                 styles = await self._in_pool(self.rt.z_styles, z, psi, cutoff)
-            images = await self._decode(styles, req.noise, self._deadline(context), seeds=seeds)
+            images = await self._decode(styles, req.noise, call.deadline, seeds=seeds)
             return call.done(await self._respond(images, styles, req.output))
 
     async def Edit(self, req: pb.EditRequest, context) -> pb.ImagesResponse:
-        async with self._call("Edit", context) as call:
+        async with self._call("Edit", context, req) as call:
             noise_args(req.noise)
             check_output(req.output)
             edits, mode, layers = edit_args(req, self.rt, self.cfg)
-            deadline = self._deadline(context)
-            w = await self._source(req.source, "source", deadline)
+            w = await self._source(req.source, "source", call)
             with runtime_fields({"w": "source"}):
                 edited = await self._in_pool(self.rt.edit, w, edits, mode=mode, layers=layers)
-            return call.done(await self._respond(await self._decode(edited, req.noise, deadline), edited, req.output))
+            images = await self._decode(edited, req.noise, call.deadline)
+            return call.done(await self._respond(images, edited, req.output))
 
     async def Mix(self, req: pb.MixRequest, context) -> pb.ImagesResponse:
-        async with self._call("Mix", context) as call:
+        async with self._call("Mix", context, req) as call:
             noise_args(req.noise)
             check_output(req.output)
             self.rt.check_cutoff(req.cutoff)  # before the sources are encoded
-            deadline = self._deadline(context)
-            a, b = await self._pair(req, deadline)
+            a, b = await self._pair(req, call)
             with runtime_fields(PAIR_FIELDS):
                 styles = await self._in_pool(self.rt.mix_styles, a, b, req.cutoff)  # [n, 2L, D]
-            return call.done(await self._respond(await self._decode(styles, req.noise, deadline), styles, req.output))
+            images = await self._decode(styles, req.noise, call.deadline)
+            return call.done(await self._respond(images, styles, req.output))
 
     async def Interpolate(self, req: pb.InterpolateRequest, context) -> AsyncIterator[pb.InterpolateFrame]:
-        async with self._call("Interpolate", context) as call:
+        async with self._call("Interpolate", context, req) as call:
             mode, seed = noise_args(req.noise)
             check_output(req.output)
             check_steps(req.steps, self.cfg)
-            deadline = self._deadline(context)
-            a, b = await self._pair(req, deadline)
+            deadline = call.deadline
+            a, b = await self._pair(req, call)
             with runtime_fields(PAIR_FIELDS):
                 path = await self._in_pool(self.rt.interpolate, a, b, req.steps)  # [steps, n, ...]
             # One set of noise maps for every frame, so that only the latent moves.
@@ -354,13 +385,34 @@ class AlaeService(pb_grpc.AlaeServicer):
     async def GetModelInfo(self, req: pb.GetModelInfoRequest, context) -> pb.ModelInfo:
         from alae_rt import __version__
 
-        async with self._call("GetModelInfo", context, needs_model=False) as call:
+        async with self._call("GetModelInfo", context, req, needs_model=False) as call:
             rt, c = self.rt, self.rt.config
             return call.done(pb.ModelInfo(
                 config_name=c.name, config_json=c.to_json(), resolution=c.resolution, channels=c.channels,
                 latent_size=c.latent_size, layer_count=c.layer_count, num_styles=c.num_styles,
                 directions=sorted(rt.directions), backend=rt.backend.name, device=str(rt.device),
-                dtype=str(rt.dtype).replace("torch.", ""), weights=rt.source, truncation_psi=c.truncation_psi,
+                dtype=str(rt.dtype).replace("torch.", ""), weights=file_names_only(rt.source),
+                truncation_psi=c.truncation_psi,
                 truncation_cutoff=c.truncation_cutoff, max_batch=rt.max_batch, max_images=self.cfg.max_images,
                 max_message_bytes=self.cfg.max_message_bytes, max_pixels=self.cfg.max_pixels,
                 max_strength=self.cfg.max_strength, max_steps=self.cfg.max_steps, version=__version__))
+
+
+def file_names_only(text: str) -> str:
+    """A description of the weights with each file path cut to its name: callers learn which file, not where the
+    server keeps it ("alae-rt checkpoint /srv/models/ffhq.safetensors (...)" -> "... ffhq.safetensors (...)")."""
+    return re.sub(r"(?:[A-Za-z]:)?[^\s()'\"]*[/\\](?=[^\s/\\])", "", text)
+
+
+def add_to_server(service: AlaeService, server: grpc.aio.Server) -> None:
+    """Register the service's RPCs (pb_grpc.add_AlaeServicer_to_server's table) with request parsers that turn a
+    corrupt message into a BadMessage for the RPC's wrapper to refuse, instead of gRPC's uncounted UNKNOWN."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["Alae"].methods:
+        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(getattr(service, method.name),
+                                     request_deserializer=tolerant_parser(getattr(pb, method.input_type.name)),
+                                     response_serializer=getattr(pb, method.output_type.name).SerializeToString)
+    name = pb.DESCRIPTOR.services_by_name["Alae"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import grpc
 import numpy as np
 
@@ -44,7 +46,7 @@ def tensor_to_array(t: pb.Tensor, field: str) -> np.ndarray:
         raise invalid(f"{field}.shape", f"{len(shape)} dimensions; at most {MAX_DIMS}")
     if 0 in shape:
         raise invalid(f"{field}.shape", f"{list(shape)} is empty")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # Python integers: np.prod wraps around int64 for [65536] * 4
     if len(t.data) != 4 * count:
         raise invalid(f"{field}.data", f"{len(t.data)} bytes, but shape {list(shape)} needs {4 * count} "
                                        "(packed little-endian float32)")
@@ -65,7 +67,7 @@ def tensor_to_latents(t: pb.Tensor, field: str, latent_size: int, num_styles: in
     Runtime's own rule (alae_rt.latents); errors name `field`."""
     arr = tensor_to_array(t, field)
     try:
-        check_latents(arr, latent_size, num_styles, f"{field}.shape", allow_styles)
+        check_latents(arr, latent_size, num_styles, f"{field}.shape", allow_styles, values_name=f"{field}.data")
     except InputError as exc:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
     return arr
@@ -85,20 +87,42 @@ def image_to_array(img: pb.Image, field: str, max_pixels: int) -> np.ndarray:
         except InputError as exc:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
     if kind == "raw":
-        raw = img.raw
-        if raw.channels not in RAW_CHANNELS:
-            raise invalid(f"{field}.raw.channels", f"{raw.channels}; expected 1 (grey), 3 (RGB) or 4 (RGBA)")
-        if raw.width < 1 or raw.height < 1:
-            raise invalid(f"{field}.raw", f"width and height must be >= 1, got {raw.width}x{raw.height}")
-        if raw.width * raw.height > max_pixels:
-            raise invalid(f"{field}.raw", f"{raw.width}x{raw.height} pixels is over the limit of {max_pixels}")
-        want = raw.width * raw.height * raw.channels
-        if len(raw.pixels) != want:
-            raise invalid(f"{field}.raw.pixels", f"{len(raw.pixels)} bytes, but {raw.height}x{raw.width}x"
-                                                 f"{raw.channels} uint8 needs {want}")
+        raw = _checked_raw(img.raw, field, max_pixels)
         # [H, W, C], a copy: the message's buffer is read-only
         return np.frombuffer(raw.pixels, dtype=np.uint8).reshape(raw.height, raw.width, raw.channels).copy()
     raise invalid(field, "no image data (set encoded or raw)")
+
+
+def image_pixels(img: pb.Image, field: str, max_pixels: int) -> int:
+    """An Image message's pixel count, from its header (encoded) or its fields (raw), checked against max_pixels
+    without decoding a pixel; errors are image_to_array's."""
+    kind = img.WhichOneof("data")
+    if kind == "encoded":
+        if not img.encoded:
+            raise invalid(f"{field}.encoded", "empty")
+        try:
+            width, height = codecs.image_size(img.encoded, max_pixels=max_pixels, name=f"{field}.encoded")
+        except InputError as exc:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        return width * height
+    if kind == "raw":
+        raw = _checked_raw(img.raw, field, max_pixels)
+        return raw.width * raw.height
+    raise invalid(field, "no image data (set encoded or raw)")
+
+
+def _checked_raw(raw: pb.RawImage, field: str, max_pixels: int) -> pb.RawImage:
+    if raw.channels not in RAW_CHANNELS:
+        raise invalid(f"{field}.raw.channels", f"{raw.channels}; expected 1 (grey), 3 (RGB) or 4 (RGBA)")
+    if raw.width < 1 or raw.height < 1:
+        raise invalid(f"{field}.raw", f"width and height must be >= 1, got {raw.width}x{raw.height}")
+    if raw.width * raw.height > max_pixels:
+        raise invalid(f"{field}.raw", f"{raw.width}x{raw.height} pixels is over the limit of {max_pixels}")
+    want = raw.width * raw.height * raw.channels
+    if len(raw.pixels) != want:
+        raise invalid(f"{field}.raw.pixels", f"{len(raw.pixels)} bytes, but {raw.height}x{raw.width}x"
+                                             f"{raw.channels} uint8 needs {want}")
+    return raw
 
 
 def array_to_image(arr: np.ndarray, fmt: int, jpeg_quality: int = 0) -> pb.Image:

@@ -15,7 +15,9 @@ Serve the model over gRPC (service alae_rt.v1.Alae; its .proto ships in alae_rt/
 Requests from all callers are merged by a dynamic batcher (up to --max-batch images per forward pass,
 waiting at most --max-delay-ms for a batch to fill). Health (grpc.health.v1) says NOT_SERVING while the
 model warms up and while the server drains; reflection is on; Prometheus metrics are on --metrics-port.
-SIGTERM or Ctrl-C drains: new calls get UNAVAILABLE, calls in flight finish within --grace-s.
+Health also says NOT_SERVING while a queue is over half full (overloaded).
+SIGTERM or Ctrl-C drains: new calls get UNAVAILABLE, calls in flight finish within --grace-s, and the
+process exits within --grace-s plus a second, abandoning work still running.
 Logs are JSON lines on stderr (--log-format text for people)."""
 
 
@@ -61,12 +63,20 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help=f"largest request or response in MiB (default {d.max_message_mb:g})")
     b.add_argument("--max-pixels", type=int, default=d.max_pixels,
                    help=f"largest input image in pixels, checked before decoding (default {d.max_pixels})")
+    b.add_argument("--max-request-pixels", type=int, default=d.max_request_pixels,
+                   help="most input image pixels in one request, summed over its images and checked from their "
+                        f"headers before any is decoded (default {d.max_request_pixels})")
+    b.add_argument("--max-decode-pixels", type=int, default=d.max_decode_pixels,
+                   help="most input image pixels being decoded at once, over all callers; callers take turns "
+                        f"(default {d.max_decode_pixels})")
     b.add_argument("--max-strength", type=float, default=d.max_strength,
                    help=f"largest |strength| of an edit (default {d.max_strength:g})")
     b.add_argument("--max-steps", type=int, default=d.max_steps,
                    help=f"most frames of an Interpolate call (default {d.max_steps})")
     b.add_argument("--workers", type=int, default=d.workers,
-                   help=f"threads that decode and encode image files (default {d.workers})")
+                   help=f"threads that prepare latents and encode response images (default {d.workers})")
+    b.add_argument("--image-workers", type=int, default=d.image_workers,
+                   help=f"threads that decode request images, apart from --workers (default {d.image_workers})")
     o = p.add_argument_group("operation")
     o.add_argument("--grace-s", type=float, default=d.grace_s,
                    help=f"on SIGTERM, how long calls in flight may take to finish (default {d.grace_s:g})")
@@ -90,6 +100,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = ServeConfig(
         host=args.host, port=args.port, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
         max_images=args.max_images, max_message_mb=args.max_message_mb, max_pixels=args.max_pixels,
+        max_request_pixels=args.max_request_pixels, max_decode_pixels=args.max_decode_pixels,
+        image_workers=args.image_workers,
         max_strength=args.max_strength, max_steps=args.max_steps, grace_s=args.grace_s,
         metrics_port=args.metrics_port, metrics_host=args.metrics_host,
         tls_cert=Path(args.tls_cert) if args.tls_cert else None, tls_key=Path(args.tls_key) if args.tls_key else None,
@@ -119,4 +131,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await server.serve_until_signal()
 
     asyncio.run(run())
+    server.exit_if_abandoned()  # work cut at the end of --grace-s must not hold the exit
     return 0

@@ -69,14 +69,23 @@ class ServerThread:
 
     def hold_compute(self) -> threading.Event:
         """Occupy the compute thread until the returned event is set: queues then fill deterministically."""
+        return self.hold(self.server.compute, 1)
+
+    def hold_images(self) -> threading.Event:
+        """Occupy every image-decoding thread until the returned event is set."""
+        return self.hold(self.server.image_pool, self.server.cfg.image_workers)
+
+    @staticmethod
+    def hold(pool, threads: int) -> threading.Event:
         gate = threading.Event()
-        started = threading.Event()
+        started = threading.Barrier(threads + 1)
 
         def wait():
-            started.set()
+            started.wait(10)
             gate.wait(60)
 
-        self.server.compute.submit(wait)
+        for _ in range(threads):
+            pool.submit(wait)
         started.wait(10)
         return gate
 

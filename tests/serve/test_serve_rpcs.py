@@ -174,7 +174,8 @@ def test_health_reflection_and_metrics_endpoint(tiny_server):
     text = text.decode()
     for needle in ('alae_rt_requests_total{code="OK",method="Encode"}', "alae_rt_request_latency_seconds_bucket",
                    'alae_rt_batch_size_bucket{le="1.0",op="encode"}', "alae_rt_queue_depth",
-                   'alae_rt_images_per_second{op="encode"}', 'alae_rt_images_total{op="encode"}'):
+                   'alae_rt_images_per_second{op="encode"}', 'alae_rt_images_total{op="encode"}',
+                   "alae_rt_decoded_images_total", 'alae_rt_decode_pixels{state="waiting"}', "alae_rt_overloaded 0.0"):
         assert needle in text, needle
 
 
