@@ -1,0 +1,55 @@
+"""The GPU-regime simulation: a server over the stand-in model gives the real request path's answers (fixed images,
+the real latents) and serve_load's --simulate-model sweep reports every case, labelled as simulated."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+from helpers import ROOT
+from serve_helpers import ServerThread
+
+from alae_rt.serve.client import AlaeClient
+from alae_rt.serve.config import ServeConfig
+from alae_rt.serve.simulated import SimulatedRuntime
+
+
+def test_the_simulated_model_serves_fixed_images_through_the_real_path():
+    face = np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
+    rt = SimulatedRuntime(0.1, 0.5, face, max_batch=4)
+    assert rt.backend.name.startswith("simulated model")
+    with ServerThread(rt, ServeConfig(port=0, max_delay_ms=1)) as st, AlaeClient(st.address) as c:
+        assert c.info().backend.startswith("simulated model")
+        w = np.zeros((2, 512), np.float32)
+        for fmt in ("raw", "png"):
+            images = c.decode(w, format=fmt).images
+            assert len(images) == 2 and all(np.array_equal(img, face) for img in images)
+        jpeg = c.decode(w, format="jpeg").images[0]
+        assert jpeg.shape == face.shape
+        got = c.encode([face, face])
+        np.testing.assert_array_equal(got, np.repeat(rt.model.dlatent_avg[:1].numpy(), 2, 0))
+        with pytest.raises(Exception, match="cutoff"):
+            c.mix(w, w, cutoff=99)  # the Runtime's rules stand
+
+
+def test_serve_load_simulated_sweep_reports_every_case(tmp_path):
+    spec = importlib.util.spec_from_file_location("serve_load", ROOT / "benchmarks" / "serve_load.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--simulate-model", "0.2,1", "--concurrency", "1,2", "--requests", "4", "--duration", "20",
+            "--formats", "raw,jpeg,latents", "--encode-from", "jpeg", "--warmup", "1", "-o", str(tmp_path),
+            "--tag", "sim"]
+    assert bench.main(argv) == 0
+    report = json.loads((tmp_path / "sim.json").read_text())
+    assert report["meta"]["simulated_model"] is True
+    cases = [(r["case"], r["concurrency"]) for r in report["rows"]]
+    assert cases == [(c, n) for c in ("decode to raw", "decode to jpeg", "decode to latents", "encode from jpeg")
+                     for n in (1, 2)]
+    for r in report["rows"]:
+        assert r["requests"] == 4 and not r["errors"]
+        assert 0 <= r["server_cpu_ms_per_image"] < 60_000  # /proc counts in 10 ms ticks: a short level may read 0
+        assert r["images_per_s"] == pytest.approx(r["requests"] / r["seconds"])
+    text = (tmp_path / "sim.md").read_text()
+    assert text.startswith("# Serving with a SIMULATED MODEL") and "| encode from jpeg |" in text
