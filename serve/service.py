@@ -48,7 +48,7 @@ from alae_rt.serve.requests import (
     source_kind,
     tolerant_parser,
 )
-from alae_rt.serve.wire import RequestError, array_to_image, array_to_tensor, invalid, over_limit
+from alae_rt.serve.wire import RequestError, array_to_tensor, invalid, over_limit, write_image
 
 
 @dataclass
@@ -123,24 +123,25 @@ class AlaeService(pb_grpc.AlaeServicer):
 
     def _decode_batch(self, key, inputs: list[list[Tensor | None]]) -> Tensor:
         styles = torch.cat(inputs[0])  # [B, 2L, D]
-        _, with_noise = key
-        noise = [torch.cat(parts) for parts in inputs[1:]] if with_noise else "none"  # 2L x [B, 1, h, w]
+        _, kind = key  # "maps": every row brings its own; "const" and "none" are the Runtime's, shared by all rows
+        noise = [torch.cat(parts) for parts in inputs[1:]] if kind == "maps" else kind  # 2L x [B, 1, h, w]
         return self.rt.decode_uint8(styles, noise=noise)  # uint8 [B, R, R, C] on the model's device
 
     def warm_up(self) -> None:
         """Run encode and decode batches through the batchers' own compute functions, with inputs built as a
-        merged batch builds them (dtype, device, per-row noise maps), so that lazy initialisation and
-        compilation are not paid by a caller. Compiled backends see batches of 1, 2 and max_batch: a compiler
-        specialises on 1, then goes dynamic. Decodes warm up with noise maps (every mode but NOISE_MODE_NONE
-        sends them); a NOISE_MODE_NONE call is compiled when it first comes."""
+        merged batch builds them (dtype, device, noise maps), so that lazy initialisation and compilation are not
+        paid by a caller. Compiled backends see batches of 1, 2 and max_batch: a compiler specialises on 1, then
+        goes dynamic. Decodes warm up with the constant maps (NOISE_MODE_CONST, the default) and with per-row maps
+        (random noise); a NOISE_MODE_NONE call is compiled when it first comes."""
         c, r = self.rt.config.channels, self.rt.config.resolution
         sizes = [1] if self.rt.backend.name == "eager" else sorted({1, min(2, self.rt.max_batch), self.rt.max_batch})
         for n in sizes:
             x = torch.zeros(n, c, r, r, device=self.rt.device, dtype=self.rt.dtype)  # as images_tensor makes
             w = self._encode_batch("encode", [[x]])  # [n, D]
-            maps = self._noise_maps(n, "const", None)  # 2L x [n, 1, h, w]
             styles = self.rt.styles(w)  # [n, 2L, D], from the encoder's rows on the device, as a request's are
-            self._decode_batch(("decode", True), [[styles], *[[m] for m in maps]])
+            self._decode_batch(("decode", "const"), [[styles]])
+            maps = [m.expand(n, -1, -1, -1) for m in self.rt.noise(n, "const")]  # 2L x [n, 1, h, w], as random
+            self._decode_batch(("decode", "maps"), [[styles], *[[m] for m in maps]])
 
     async def start(self) -> None:
         self.encode_batcher.start()
@@ -188,19 +189,23 @@ class AlaeService(pb_grpc.AlaeServicer):
             return await self._in_pool(self.rt.seed_styles, list(src.seeds), psi)
 
     def _noise_maps(self, n: int, mode: str, seed: int | None,
-                    seeds: Sequence[int] | None = None) -> list[Tensor] | None:
-        """This request's own 2L noise maps, each [n, 1, h, w], so that merging it with others changes nothing."""
-        if mode == "none":
-            return None
+                    seeds: Sequence[int] | None = None) -> tuple[str, list[Tensor] | None]:
+        """(kind, maps) for a request of n rows. Random noise: the request's own 2L maps, each [n, 1, h, w], so that
+        merging it with others changes nothing. Constant noise and none are the same for every request: no maps
+        travel (the batch uses the Runtime's constant maps, one [1, 1, h, w] each, instead of a copy per row -
+        11 MB a row at 1024x1024)."""
+        if mode in ("none", "const"):
+            return mode, None
         maps = self.rt.generation_noise(n, mode, seed, seeds)
         # Block 0's first map has batch 1 (shared by the request's images): give every row its copy (a view).
-        return [m.expand(n, -1, -1, -1) for m in maps]
+        return "maps", [m.expand(n, -1, -1, -1) for m in maps]
 
-    async def _decode_maps(self, styles: Tensor, maps: list[Tensor] | None, deadline: float | None) -> Tensor:
-        """Styles [n, 2L, D] and noise maps -> uint8 images [n, R, R, C] on the model's device, through the decode
-        batcher."""
-        inputs = [styles] if maps is None else [styles, *maps]
-        return await self.decode_batcher.run(("decode", maps is not None), inputs, deadline)
+    async def _decode_maps(self, styles: Tensor, noise: tuple[str, list[Tensor] | None],
+                           deadline: float | None) -> Tensor:
+        """Styles [n, 2L, D] and (kind, maps) -> uint8 images [n, R, R, C] on the model's device, through the
+        decode batcher."""
+        kind, maps = noise
+        return await self.decode_batcher.run(("decode", kind), [styles, *(maps or [])], deadline)
 
     async def _decode(self, latents: Tensor, noise: pb.Noise, deadline: float | None,
                       seeds: Sequence[int] | None = None) -> Tensor:
@@ -208,22 +213,34 @@ class AlaeService(pb_grpc.AlaeServicer):
         maps = await self._in_pool(self._noise_maps, latents.shape[0], *noise_args(noise), seeds)
         return await self._decode_maps(self.rt.styles(latents), maps, deadline)  # styles: a view for w
 
-    def _images_out(self, images: Tensor, out: pb.OutputOptions) -> list[pb.Image]:
-        """uint8 [n, R, R, C] on the model's device -> Image messages. Only the uint8 pixels cross to the host, once;
-        JPEG on a GPU is encoded there (nvJPEG) and only the files cross."""
+    def _images_into(self, field, images: Tensor, out: pb.OutputOptions) -> int:
+        """uint8 [n, R, R, C] on the model's device -> Image messages added to the repeated `field`; returns their
+        payload bytes. Only the uint8 pixels cross to the host, once; JPEG on a GPU is encoded there (nvJPEG) and
+        only the files cross."""
         if out.format == pb.IMAGE_FORMAT_JPEG and images.shape[3] != 4 and nvjpeg.available(images.device):
-            quality = out.jpeg_quality or DEFAULT_JPEG_QUALITY
-            return [pb.Image(encoded=data) for data in nvjpeg.encode(images, quality)]
-        return [array_to_image(a, out.format, out.jpeg_quality) for a in images.cpu().numpy()]
+            files = nvjpeg.encode(images, out.jpeg_quality or DEFAULT_JPEG_QUALITY)
+            for data in files:
+                field.add(encoded=data)
+            return sum(map(len, files))
+        return sum(write_image(field.add(), a, out.format, out.jpeg_quality) for a in images.cpu().numpy())
 
     async def _respond(self, images: Tensor | None, latents: Tensor | None, out: pb.OutputOptions,
                        message=pb.ImagesResponse, **fields: Any):
+        """The response, built in the worker pool: image encoding and megabytes of pixels stay off the event loop."""
+        return await self._in_pool(self._response, images, latents, out, message, fields)
+
+    def _response(self, images: Tensor | None, latents: Tensor | None, out: pb.OutputOptions, message,
+                  fields: dict[str, Any]):
         resp = message(**fields)
+        payload = 0
         if images is not None and not out.skip_images:
-            resp.images.extend(await self._in_pool(self._images_out, images, out))
+            payload = self._images_into(resp.images, images, out)
         if out.return_latents and latents is not None:
             resp.latents.CopyFrom(array_to_tensor(latents.float().cpu().numpy()))
-        size = resp.ByteSize()
+        # The images' bytes are counted as they are written: ByteSize() would serialise megabytes once more to count
+        # them. What else the message holds is the latents and a few bytes of framing per image.
+        size = payload + (latents.numel() * 4 if out.return_latents and latents is not None else 0) + \
+            64 * len(resp.images) + 256
         if size > self.cfg.max_message_bytes:
             raise over_limit("output", f"the response would be {size / 2**20:.1f} MiB, over this server's "
                                        f"{self.cfg.max_message_mb:g} MiB (--max-message-mb); ask for fewer "

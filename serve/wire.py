@@ -125,14 +125,17 @@ def _checked_raw(raw: pb.RawImage, field: str, max_pixels: int) -> pb.RawImage:
     return raw
 
 
-def array_to_image(arr: np.ndarray, fmt: int, jpeg_quality: int = 0) -> pb.Image:
-    """uint8 [H, W, C] -> Image message as PNG, JPEG (alae_rt.codecs) or raw pixels."""
+def write_image(into: pb.Image, arr: np.ndarray, fmt: int, jpeg_quality: int = 0) -> int:
+    """uint8 [H, W, C] -> `into` (e.g. a response's `images.add()`) as PNG, JPEG (alae_rt.codecs) or raw pixels; returns
+    the bytes written. Fields are set in place: a nested message built apart would be copied in (megabytes at 1024)."""
     if fmt == pb.IMAGE_FORMAT_RAW:
-        h, w, c = arr.shape
-        return pb.Image(raw=pb.RawImage(pixels=np.ascontiguousarray(arr).tobytes(), width=w, height=h, channels=c))
-    if fmt == pb.IMAGE_FORMAT_JPEG:
-        return pb.Image(encoded=codecs.encode_jpeg(arr, jpeg_quality or codecs.DEFAULT_JPEG_QUALITY))
-    return pb.Image(encoded=codecs.encode_png(arr))
+        into.raw.height, into.raw.width, into.raw.channels = arr.shape
+        into.raw.pixels = data = arr.tobytes()  # a C-order copy
+    else:
+        data = (codecs.encode_jpeg(arr, jpeg_quality or codecs.DEFAULT_JPEG_QUALITY) if fmt == pb.IMAGE_FORMAT_JPEG
+                else codecs.encode_png(arr))
+        into.encoded = data
+    return len(data)
 
 
 def decode_image_message(img: pb.Image) -> np.ndarray:
