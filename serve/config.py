@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from alae_rt.errors import AlaeError
+
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -29,8 +32,9 @@ class ServeConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     auth_tokens: tuple[str, ...] = ()
-    workers: int = 2  # threads that prepare latents and noise and encode output images
-    image_workers: int = 2  # threads that decode input images (their own pool: never in latent-only calls' way)
+    # Codec work scales with cores (the codecs release the GIL: benchmarks/codecs.py), so both pools default to them.
+    workers: int = CORES  # threads that prepare latents and noise and encode output images
+    image_workers: int = CORES  # threads that decode input images (their own pool: never in latent-only calls' way)
     warmup: bool = True
 
     @property
