@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -98,6 +99,11 @@ def _time(fn, device: str, reps: int) -> tuple[float, float | None]:
     return statistics.median(times), min(times)
 
 
+def _num(v: float) -> str:
+    """Three significant digits, never in e-notation (GB/s run from 0.05 on a CPU to thousands on a GPU)."""
+    return f"{v:.{max(0, 2 - math.floor(math.log10(abs(v))))}f}" if v else "0"
+
+
 def _call(case: dict, impl: str):
     if impl == "triton":
         return case["triton"]
@@ -131,7 +137,7 @@ def run(device: str, dtypes: list[str], layers, batch: int, reps: int, impls: li
                                  "ms": sec * 1e3, "ms_best": None if best is None else best * 1e3,
                                  "gb_per_s": case["bytes"] / sec / 1e9,
                                  "tflop_per_s": case["flops"] / sec / 1e12 if case["flops"] else None})
-                    print(f"{label:60s} {sec * 1e3:9.3f} ms {case['bytes'] / sec / 1e9:8.3g} GB/s", flush=True)
+                    print(f"{label:60s} {sec * 1e3:9.3f} ms {_num(case['bytes'] / sec / 1e9):>8s} GB/s", flush=True)
     note = ("GB/s and TFLOP/s from the median time; GB/s counts the bytes an op must move at least (inputs read "
             "once, outputs written once)")
     if device == "cpu" and "triton" not in impls:
@@ -160,10 +166,10 @@ def write(report: dict, out: Path, stem: str) -> list[Path]:
              "| op | variant | dtype | shape | impl | ms (median) | ms (best) | GB/s | TFLOP/s |",
              "|---|---|---|---|---|---:|---:|---:|---:|"]
     for r in report["rows"]:
-        tf = f"{r['tflop_per_s']:.3g}" if r["tflop_per_s"] else "-"
+        tf = _num(r["tflop_per_s"]) if r["tflop_per_s"] else "-"
         best = "-" if r["ms_best"] is None else f"{r['ms_best']:.3f}"
         lines.append(f"| {r['op']} | {r['variant']} | {r['dtype']} | {'x'.join(map(str, r['shape']))} | "
-                     f"{r['impl']} | {r['ms']:.3f} | {best} | {r['gb_per_s']:.3g} | {tf} |")
+                     f"{r['impl']} | {r['ms']:.3f} | {best} | {_num(r['gb_per_s'])} | {tf} |")
     paths[1].write_text("\n".join(lines) + "\n")
     try:
         import matplotlib
