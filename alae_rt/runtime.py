@@ -15,6 +15,7 @@ from torch import Tensor
 from alae_rt.backends import Backend, create_backend
 from alae_rt.checkpoint import Checkpoint, load_checkpoint
 from alae_rt.config import ModelConfig, resolve_config
+from alae_rt.directions import INFO_FILE, read_info
 from alae_rt.errors import CheckpointError, InputError
 from alae_rt.images import images_to_tensor, list_images, read_image, to_uint8, to_uint8_tensor
 from alae_rt.latents import LATENT_LIMIT, check_latents
@@ -78,6 +79,12 @@ def default_checkpoint() -> Path | None:
     return path if path.is_file() else None
 
 
+def default_directions() -> Path | None:
+    """The directions folder shipped beside the bundled default model (its principal components pc00, ...)."""
+    path = Path(__file__).with_name("models") / "directions"
+    return path if (path / INFO_FILE).is_file() else None
+
+
 class Runtime:
     """A StyleALAE model on one device, in one dtype, run by one backend.
 
@@ -98,6 +105,8 @@ class Runtime:
         self.source = source or "weights given in memory"
         self.max_batch = max_batch
         self.directions: dict[str, Tensor] = {}
+        # name -> {"label": str, "range": [low, high]}: from a directions folder's directions.json, where it has one
+        self.direction_info: dict[str, dict[str, Any]] = {}
         gen = torch.Generator().manual_seed(CONST_NOISE_SEED)
         self._const_noise = [
             torch.randn(1, 1, r, r, generator=gen).to(self.device, self.dtype) for r in self._noise_resolutions()
@@ -113,6 +122,7 @@ class Runtime:
 
         config: preset name, ModelConfig or official YAML; by default the checkpoint's own or inferred.
         backend: "eager" (the reference) or "auto" (the fastest available); backend_options go to it.
+        The bundled model (no path, or its file) comes with its directions (`default_directions`: pc00, ...).
         """
         if path is None:
             path = default_checkpoint()
@@ -121,9 +131,13 @@ class Runtime:
                     "no checkpoint given and this install has no bundled default model; pass the path of a "
                     ".safetensors or official ALAE .pth file"
                 )
-        return cls.from_checkpoint(load_checkpoint(path, config, trust_pickle=trust_pickle),
-                                   device=device, dtype=dtype, backend=backend, max_batch=max_batch,
-                                   backend_options=backend_options)
+        rt = cls.from_checkpoint(load_checkpoint(path, config, trust_pickle=trust_pickle),
+                                 device=device, dtype=dtype, backend=backend, max_batch=max_batch,
+                                 backend_options=backend_options)
+        bundled, bundled_directions = default_checkpoint(), default_directions()
+        if bundled is not None and bundled_directions is not None and Path(path).resolve() == bundled.resolve():
+            rt.load_directions(bundled_directions)
+        return rt
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, **kwargs: Any) -> Runtime:
@@ -407,7 +421,11 @@ class Runtime:
     # ---- latent-space edits ----------------------------------------------------------------------------
     def load_directions(self, source: str | Path | Mapping[str, DirectionArg]) -> list[str]:
         """Register named W-space directions: a folder of .npy files (named by file stem; the official FFHQ
-        `direction_<k>.npy` also by attribute, e.g. `smile`), or a mapping name -> array / .npy path."""
+        `direction_<k>.npy` also by attribute, e.g. `smile`), or a mapping name -> array / .npy path.
+
+        A folder's directions.json (alae_rt.directions: `alae-rt directions pca | fit`) gives its directions labels
+        and strength ranges, kept in `direction_info`."""
+        info: dict[str, dict[str, Any]] = {}
         if isinstance(source, Mapping):
             items = dict(source)
         else:
@@ -422,8 +440,16 @@ class Runtime:
                     items[OFFICIAL_FFHQ_DIRECTION_LABELS[int(m.group(1))]] = f
             if not items:
                 raise InputError(f"{folder}: holds no .npy direction files", field="directions")
-        for name, value in items.items():
-            self.directions[name] = self._direction(value, name)
+            for name, entry in read_info(folder)["directions"].items():
+                if name not in items:
+                    raise InputError(f"{folder / INFO_FILE}: names {name!r}, but {name}.npy is not there",
+                                     field="directions")
+                info[name] = {"label": entry.get("label", name), "range": entry.get("range")}
+        loaded = {name: self._direction(value, name) for name, value in items.items()}  # all checked, then kept
+        self.directions.update(loaded)
+        for name in loaded:
+            self.direction_info.pop(name, None)
+        self.direction_info.update(info)
         return list(items)
 
     def _direction(self, value: DirectionArg, name: str, field: str = "directions") -> Tensor:

@@ -13,7 +13,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from alae_rt.cli import bench, demo, model, ops
+from alae_rt.cli import bench, demo, directions, model, ops
 from alae_rt.cli.options import backend_options, parse_direction, parse_int_list
 from alae_rt.errors import AlaeError
 
@@ -23,7 +23,7 @@ __all__ = ["EXIT_USAGE", "EXTERNAL_COMMANDS", "backend_options", "build_parser",
 EXIT_USAGE = 2  # bad input of any kind: a one-line message on stderr, no traceback
 
 # The commands built in: each module's add_parsers(sub) adds its subcommands, in this order, to --help.
-LOCAL_COMMANDS = (model, ops, bench, demo)
+LOCAL_COMMANDS = (model, ops, directions, bench, demo)
 
 # Subcommands loaded only when they run (the core never imports serve, export or training): name -> (module,
 # one-line help). The module has `add_parser(subparsers, name, help)`, which adds the subcommand's arguments and
