@@ -73,12 +73,12 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = 
             if fast and _fast("pyspng") is not None:
                 return _decode_fast(lambda: _fast("pyspng").load(data), name, (height, width))
     elif data[:3] == JPEG_SIGNATURE:
-        frame = _jpeg_header(data)
+        frame = jpeg_header(data)
         orientation = 1
         if frame is not None:
-            sof, width, height, orientation = frame
+            sof, width, height, _, orientation = frame
             check_pixels(width, height, max_pixels, name)
-            _check_jpeg_length(sof, width, height, len(data), name)
+            check_jpeg_length(sof, width, height, len(data), name)
         sj = _fast("simplejpeg")
         if sj is not None:
             try:
@@ -99,10 +99,10 @@ def image_size(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "i
     (what a server budgets before it decodes); errors are decode_image's."""
     if data[:8] == PNG_SIGNATURE and (header := _png_header(data)) is not None:
         width, height = header[:2]
-    elif data[:3] == JPEG_SIGNATURE and (frame := _jpeg_header(data)) is not None:
-        sof, width, height, _ = frame
+    elif data[:3] == JPEG_SIGNATURE and (frame := jpeg_header(data)) is not None:
+        sof, width, height, _, _ = frame
         check_pixels(width, height, max_pixels, name)
-        _check_jpeg_length(sof, width, height, len(data), name)
+        check_jpeg_length(sof, width, height, len(data), name)
     else:
         with _pillow_errors(name, max_pixels), _open_pillow(io.BytesIO(data)) as img:
             width, height = img.size
@@ -125,9 +125,9 @@ def check_pixels(width: int, height: int, max_pixels: int, name: str) -> None:
         raise InputError(f"{name}: {width}x{height} pixels is over the limit of {max_pixels}")
 
 
-def _jpeg_header(data: bytes) -> tuple[int, int, int, int] | None:
-    """(start-of-frame marker, width, height, EXIF orientation) from a JPEG's segments before its first scan; None
-    when they are unreadable (Pillow then says why)."""
+def jpeg_header(data: bytes) -> tuple[int, int, int, int, int] | None:
+    """(start-of-frame marker, width, height, components, EXIF orientation) from a JPEG's segments before its first
+    scan; None when they are unreadable (Pillow then says why)."""
     pos, frame, orientation, exif_seen = 2, None, 1, False
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
@@ -145,9 +145,9 @@ def _jpeg_header(data: bytes) -> tuple[int, int, int, int] | None:
         body = data[pos + 4:pos + 2 + length]
         if length < 2 or len(body) < length - 2:
             return None
-        if marker in JPEG_SOF and frame is None and len(body) >= 5:
+        if marker in JPEG_SOF and frame is None and len(body) >= 6:
             height, width = struct.unpack_from(">HH", body, 1)
-            frame = (marker, width, height)
+            frame = (marker, width, height, body[5])
         elif marker == 0xE1 and not exif_seen and body[:6] == b"Exif\0\0":  # the first EXIF block, as Pillow reads
             exif_seen = True
             orientation = _exif_orientation(body[6:])
@@ -155,7 +155,7 @@ def _jpeg_header(data: bytes) -> tuple[int, int, int, int] | None:
     return None if frame is None else (*frame, orientation)
 
 
-def _check_jpeg_length(sof: int, width: int, height: int, size: int, name: str) -> None:
+def check_jpeg_length(sof: int, width: int, height: int, size: int, name: str) -> None:
     """A Huffman-coded scan spends at least one bit on each 8x8 block, even a flat one: a header claiming more blocks
     than the file's bits is a truncated file (or a bomb), refused before decoding - libjpeg would fill the missing
     blocks with grey."""

@@ -8,7 +8,6 @@ has failed, so that one bad file never poisons a batch or the device.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 from functools import cache
 
@@ -17,9 +16,6 @@ from torch import Tensor
 
 from alae_rt import codecs
 from alae_rt.errors import InputError
-
-# Start-of-frame markers (baseline, extended, progressive, lossless, arithmetic); C4 (DHT), C8 (JPG), CC (DAC) are not.
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
 @cache
@@ -36,33 +32,6 @@ def available(device: torch.device) -> bool:
     return torch.device(device).type == "cuda" and _torchvision_io() is not None
 
 
-def jpeg_size(data: bytes) -> tuple[int, int, int] | None:
-    """(width, height, components) from a JPEG's start-of-frame segment, or None where there is none."""
-    if data[:3] != codecs.JPEG_SIGNATURE:
-        return None
-    i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length
-            i += 2
-            continue
-        (length,) = struct.unpack(">H", data[i + 2:i + 4])
-        if marker in _SOF:
-            if i + 10 > len(data):
-                return None
-            height, width = struct.unpack(">HH", data[i + 5:i + 9])
-            return width, height, data[i + 9]
-        if marker == 0xDA or length < 2:  # start of scan before any frame header: not a JPEG we read
-            return None
-        i += 2 + length
-    return None
-
-
 def encode(images: Tensor, quality: int = codecs.DEFAULT_JPEG_QUALITY) -> list[bytes]:
     """uint8 [N, H, W, C] (C = 1 or 3) on a CUDA device -> one JPEG file each; only the encoded bytes leave the GPU."""
     tio = _torchvision_io()
@@ -72,19 +41,25 @@ def encode(images: Tensor, quality: int = codecs.DEFAULT_JPEG_QUALITY) -> list[b
     return [t.cpu().numpy().tobytes() for t in tio.encode_jpeg(chw, quality=int(quality))]
 
 
+def decodable(data: bytes) -> bool:
+    """Whether nvJPEG decodes this file as alae_rt.codecs would: a JPEG with a readable frame header, grey or colour,
+    stored upright (an EXIF-rotated photo is turned by the CPU codec)."""
+    header = codecs.jpeg_header(data)
+    return header is not None and header[3] in (1, 3) and header[4] == 1
+
+
 def decode(files: Sequence[bytes], device: torch.device, max_pixels: int, names: Sequence[str]) -> list[Tensor]:
-    """JPEG files -> uint8 [H, W, C] tensors on `device` (C = 1 for grey files, else 3), decoded as one batch."""
+    """JPEG files (see `decodable`) -> uint8 [H, W, C] tensors on `device` (C = 1 for grey files, else 3), decoded
+    as one batch. Sizes are checked from the headers first, as alae_rt.codecs checks them."""
     tio = _torchvision_io()
     modes = []
     for data, name in zip(files, names):
-        size = jpeg_size(data)
-        if size is None:
+        header = codecs.jpeg_header(data)
+        if header is None:
             raise InputError(f"{name}: corrupt or truncated image (no JPEG frame header)")
-        width, height, components = size
-        if width < 1 or height < 1:
-            raise InputError(f"{name}: corrupt or truncated image (header says {width}x{height} pixels)")
-        if width * height > max_pixels:
-            raise InputError(f"{name}: {width}x{height} pixels is over the limit of {max_pixels}")
+        sof, width, height, components, _ = header
+        codecs.check_pixels(width, height, max_pixels, name)
+        codecs.check_jpeg_length(sof, width, height, len(data), name)
         modes.append(tio.ImageReadMode.GRAY if components == 1 else tio.ImageReadMode.RGB)
     try:
         out = []

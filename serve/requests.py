@@ -14,6 +14,7 @@ import grpc
 import torch
 from torch import Tensor
 
+from alae_rt import nvjpeg
 from alae_rt.errors import InputError
 from alae_rt.images import image_to_tensor
 from alae_rt.runtime import Runtime
@@ -199,10 +200,15 @@ def image_sizes(images: Sequence[pb.Image], field: str, cfg: ServeConfig) -> lis
 
 
 def image_tensor(img: pb.Image, field: str, rt: Runtime, cfg: ServeConfig) -> Tensor:
-    """One Image message -> the encoder's input float [C, R, R] (on the host)."""
-    arr = image_to_array(img, field, cfg.max_pixels)  # [H, W, C]
+    """One Image message -> the encoder's input float [C, R, R] on the Runtime's device. The uint8 pixels go there
+    (a quarter of the float's bytes) and are prepared there; on a GPU a JPEG file is decoded there too (nvJPEG), so
+    its pixels never touch host memory."""
     try:
-        return image_to_tensor(arr, rt.config.resolution, rt.config.channels, name=field)  # [C, R, R]
+        if img.WhichOneof("data") == "encoded" and nvjpeg.available(rt.device) and nvjpeg.decodable(img.encoded):
+            (arr,) = nvjpeg.decode([img.encoded], rt.device, cfg.max_pixels, [f"{field}.encoded"])  # [H, W, C]
+        else:
+            arr = image_to_array(img, field, cfg.max_pixels)  # [H, W, C] on the host
+        return image_to_tensor(arr, rt.config.resolution, rt.config.channels, field, rt.device)  # [C, R, R]
     except InputError as exc:
         raise request_error(exc) from None
 

@@ -23,13 +23,24 @@ def faces() -> np.ndarray:
     return np.stack([codecs.decode_image(f.read_bytes()) for f in files])  # [4, 128, 128, 3]
 
 
-def test_jpeg_size_reads_the_frame_header(faces):
+def test_decodable_takes_upright_grey_and_colour_jpegs(faces):
     for channels in (1, 3):
-        data = codecs.encode_jpeg(faces[0, :100, :60, :channels])
-        assert nvjpeg.jpeg_size(data) == (60, 100, channels)
-    assert nvjpeg.jpeg_size(codecs.encode_png(faces[0])) is None
-    assert nvjpeg.jpeg_size(codecs.JPEG_SIGNATURE + b"\x00" * 10) is None
-    assert nvjpeg.jpeg_size(codecs.encode_jpeg(faces[0])[:20]) is None  # cut before the frame header
+        assert nvjpeg.decodable(codecs.encode_jpeg(faces[0, :100, :60, :channels]))
+    assert not nvjpeg.decodable(codecs.encode_png(faces[0]))
+    assert not nvjpeg.decodable(codecs.JPEG_SIGNATURE + b"\x00" * 10)
+    assert not nvjpeg.decodable(codecs.encode_jpeg(faces[0])[:20])  # cut before the frame header
+    rotated = _with_orientation(codecs.encode_jpeg(faces[0]), 6)
+    assert codecs.jpeg_header(rotated)[4] == 6 and not nvjpeg.decodable(rotated)
+
+
+def _with_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """The JPEG with an EXIF block whose Orientation tag is `orientation`, right after SOI."""
+    import struct
+
+    ifd = struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 0)
+    tiff = b"II*\0" + struct.pack("<I", 8) + ifd
+    body = b"Exif\0\0" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body + jpeg[2:]
 
 
 def test_not_available_on_the_cpu():

@@ -35,8 +35,11 @@ def test_encode_brings_any_image_to_the_model_resolution(rt128, faces):
     torch.testing.assert_close(rt128.encode([big]), rt128.encode([face]), atol=1e-4, rtol=1e-4)
     wide = np.concatenate([np.zeros((128, 20, 3), np.uint8), face, np.zeros((128, 20, 3), np.uint8)], axis=1)
     torch.testing.assert_close(rt128.encode([wide]), rt128.encode([face]), **TOL)  # centre crop
-    rgba = np.concatenate([face, np.full((128, 128, 1), 7, np.uint8)], axis=2)
-    torch.testing.assert_close(rt128.encode([rgba]), rt128.encode([face]), **TOL)  # alpha dropped
+    opaque = np.concatenate([face, np.full((128, 128, 1), 255, np.uint8)], axis=2)
+    torch.testing.assert_close(rt128.encode([opaque]), rt128.encode([face]), **TOL)  # opaque pixels as they are
+    clear = np.concatenate([face, np.zeros((128, 128, 1), np.uint8)], axis=2)
+    white = np.full_like(face, 255)
+    torch.testing.assert_close(rt128.encode([clear]), rt128.encode([white]), **TOL)  # transparent: on white
     grey = face.mean(axis=2, keepdims=True).astype(np.uint8)
     assert rt128.encode([grey]).shape == (1, rt128.config.latent_size)  # grey repeated to RGB
     odd = rt128.prepare_images([np.zeros((77, 91, 3), np.uint8)])
