@@ -207,35 +207,51 @@ def scaling(name: str, faces: list[np.ndarray], threads: list[int], seconds: flo
     return out
 
 
-def _python_loop_rate(seconds: float) -> float:
-    n, end = 0, time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        n += 1
-    return n / seconds
-
-
-def gil_release(name: str, faces: list[np.ndarray], seconds: float) -> dict[str, float]:
-    """How much of its speed a pure-Python thread keeps while another thread runs the codec in a loop: ~1 when the
-    codec releases the GIL (and a core is free), ~0.5 or less when it holds it. Needs 2+ idle cores to mean much."""
+def gil_release(name: str, faces: list[np.ndarray], calls: int = 8) -> dict[str, float]:
+    """Whether the codec lets other Python threads run while it works: one thread makes `calls` codec calls while
+    another counts loop turns in Python. Returns the loop's rate during the calls over its rate alone: ~1 when the
+    codec releases the GIL (a free core given), ~0 when it holds it - the loop cannot turn inside a call then."""
     enc, dec = CANDIDATES[name][1]()
     data = enc(faces[0])
     out = {}
     for label, fn in (("encode", lambda: enc(faces[0])), ("decode", lambda: dec(data))):
-        alone = _python_loop_rate(seconds)
-        stop = threading.Event()
+        spans: list[tuple[float, float]] = []
+        ticks: list[float] = []
+        done = threading.Event()
 
-        def work(fn=fn, stop=stop) -> None:
-            while not stop.is_set():
+        def codec(fn=fn, spans=spans, done=done) -> None:
+            for _ in range(calls):
+                t0 = time.perf_counter()
                 fn()
+                spans.append((t0, time.perf_counter()))
+            done.set()
 
-        th = threading.Thread(target=work)
-        th.start()
-        time.sleep(0.05)
-        shared = _python_loop_rate(seconds)
-        stop.set()
-        th.join()
-        out[label] = round(shared / alone, 2)
+        def python(ticks=ticks, done=done) -> None:
+            while not done.is_set():
+                ticks.append(time.perf_counter())
+
+        alone = []
+        python_alone = threading.Thread(target=python, args=(alone, _after(0.3)))
+        python_alone.start()
+        python_alone.join()
+        threads = [threading.Thread(target=python), threading.Thread(target=codec)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        ticks_arr = np.array(ticks)
+        inside = sum(int(((ticks_arr > t0) & (ticks_arr < t1)).sum()) for t0, t1 in spans)
+        rate_inside = inside / sum(t1 - t0 for t0, t1 in spans)
+        rate_alone = len(alone) / (alone[-1] - alone[0])
+        out[label] = round(min(1.0, rate_inside / rate_alone), 2)
     return out
+
+
+def _after(seconds: float) -> threading.Event:
+    """An event that is set `seconds` from now."""
+    event = threading.Event()
+    threading.Timer(seconds, event.set).start()
+    return event
 
 
 def _git_commit() -> str:
@@ -307,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         row = measure(name, faces, args.repeats)
         if not row.error and (row.exact or row.format == "jpeg"):
             row.scaling = scaling(name, faces, threads, args.scaling_s)
-            row.gil_free = gil_release(name, faces, min(args.scaling_s, 2.0))
+            row.gil_free = gil_release(name, faces)
         rows.append(row)
         print(f"{name:24s} {row.error or f'enc {row.encode_ms} ms  dec {row.decode_ms} ms  {row.bytes} B'}",
               file=sys.stderr)
