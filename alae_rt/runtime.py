@@ -14,7 +14,7 @@ from torch import Tensor
 
 from alae_rt.backends import Backend, create_backend
 from alae_rt.checkpoint import Checkpoint, load_checkpoint
-from alae_rt.config import ModelConfig, resolve_config
+from alae_rt.config import PRESETS, ModelConfig, resolve_config
 from alae_rt.directions import INFO_FILE, read_info
 from alae_rt.errors import CheckpointError, InputError
 from alae_rt.images import images_to_tensor, list_images, read_image, to_uint8, to_uint8_tensor
@@ -187,7 +187,7 @@ class Runtime:
             else:
                 x = images_to_tensor(x, r, c)
         elif isinstance(x, np.ndarray):
-            x = torch.from_numpy(x)
+            x = _from_numpy(x)
         if not isinstance(x, Tensor):
             raise InputError(f"x: expected images (tensor, array, list or paths), got {type(x).__name__}", field="x")
         if x.dtype == torch.uint8:
@@ -202,7 +202,7 @@ class Runtime:
         """w [N, D] (or [N, 2L, D] when allowed) on the device; errors name the argument and the shape."""
         check_latents(w, self.config.latent_size, self.config.num_styles, name, allow_styles)
         if isinstance(w, np.ndarray):
-            w = torch.from_numpy(w)
+            w = _from_numpy(w)
         return w.to(self.device, self.dtype)
 
     def styles(self, w: Any, name: str = "w") -> Tensor:
@@ -456,6 +456,7 @@ class Runtime:
         """A direction [D] or [2L, D] from a registered name, a .npy path, an array or a tensor."""
         if isinstance(value, str) and value in self.directions:
             return self.directions[value]
+        path = None
         if isinstance(value, (str, Path)):
             path = Path(value)
             if path.suffix != ".npy" or not path.is_file():
@@ -468,6 +469,11 @@ class Runtime:
                 raise InputError(f"{path}: not a readable .npy array ({exc})", field=field) from None
         t = torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value)
         d, s = self.config.latent_size, self.config.num_styles
+        if t.is_floating_point() and t.ndim in (1, 2) and t.shape[-1] != d and t.shape[-1] in _PRESET_LATENT_SIZES:
+            # Directions are made for one latent size: say whose they are, not only the shapes.
+            whose = " (the official FFHQ)" if t.shape[-1] == 512 else ""
+            raise InputError(f"direction {name!r}{f' ({path.name})' if path else ''}: these directions are for a "
+                             f"model with D={t.shape[-1]}{whose}; this model has D={d}", field=field)
         if not t.is_floating_point() or tuple(t.shape) not in ((d,), (s, d)):
             raise InputError(f"direction {name!r}: expected float [{d}] or [{s}, {d}], got {t.dtype} {list(t.shape)}",
                              field=field)
@@ -569,6 +575,15 @@ def _seed(value: Any, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= int(value) <= SEED_MAX:
         raise InputError(f"{field}: {value!r} is not a seed; seeds are integers in [0, 2**64 - 1]", field=field)
     return int(value)
+
+
+_PRESET_LATENT_SIZES = {cfg.latent_size for cfg in PRESETS.values()}
+
+
+def _from_numpy(arr: np.ndarray) -> Tensor:
+    """An array as a tensor sharing its memory, or a copy when it is read-only (np.asarray of a PIL image, a
+    memory-mapped file): torch warns about, and must not write into, memory it may not change."""
+    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
 
 def _rows(maps: list[Tensor | None], sl: slice) -> list[Tensor | None]:

@@ -362,3 +362,30 @@ def test_interpolate_broadcasts_a_batch_of_one(rt128):
     assert path.shape == (4, 3, s, d)
     torch.testing.assert_close(path[0], rt128.styles(a).expand(3, -1, -1), atol=0, rtol=0)
     torch.testing.assert_close(path[-1], rt128.styles(b), **TOL)
+
+
+def test_read_only_arrays_are_taken_without_a_warning(rt128, faces128):
+    """np.asarray(PIL image) is read-only: torch warned of undefined behaviour when it shared that memory."""
+    import warnings
+
+    from PIL import Image
+
+    face = np.asarray(Image.open(sorted(faces128.glob("*.png"))[0]).convert("RGB"))[None]  # [1, H, W, 3]
+    w = rt128.encode(face).numpy()
+    w.setflags(write=False)
+    assert not face.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rec = rt128.reconstruct(face, noise="const")
+        decoded = rt128.decode(w, noise="const")
+    assert rec.shape == decoded.shape == (1, 3, 128, 128)
+    assert not face.flags.writeable  # the caller's array is left as it was
+
+
+def test_directions_for_another_latent_size_say_whose_they_are(rt128, tmp_path):
+    np.save(tmp_path / "direction_1.npy", np.ones(512, np.float32))
+    with pytest.raises(InputError, match=r"^direction 'smile' \(direction_1.npy\): these directions are for a model "
+                                         r"with D=512 \(the official FFHQ\); this model has D=64$"):
+        rt128.load_directions({"smile": tmp_path / "direction_1.npy"})
+    with pytest.raises(InputError, match=r"direction '#0': these directions are for a model with D=256; this model"):
+        rt128.edit(np.zeros((1, 64), np.float32), [(np.ones(256, np.float32), 1.0)])
