@@ -280,6 +280,8 @@ def load_checkpoint(path: str | Path, config: ModelConfig | str | Path | None = 
     from the tensor shapes (official).
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory; give the checkpoint file (.safetensors or .pth)")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     cfg = resolve_config(config)

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from alae_rt.cli.grids import Grid, psnr, save_grid
 from alae_rt.errors import InputError
-from alae_rt.images import list_images, make_grid, save_image
+from alae_rt.images import list_images
 from alae_rt.runtime import Runtime
 
 # Official FFHQ principal directions shown when the model can use them (D = 512).
@@ -17,10 +18,7 @@ DEMO_DIRECTIONS = ("smile", "young")
 LOW_PSNR_DB = 15.0
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 images."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
+__all__ = ["psnr", "run_demo"]
 
 
 def run_demo(rt: Runtime, faces: str | Path, out: Path, count: int = 8, strength: float | None = None,
@@ -57,7 +55,7 @@ def run_demo(rt: Runtime, faces: str | Path, out: Path, count: int = 8, strength
     shown = min(count, len(w))
     if use_official:
         directions = [(name, 3.0 if strength is None else strength) for name in DEMO_DIRECTIONS]
-        say(f"edits: official FFHQ principal directions {', '.join(DEMO_DIRECTIONS)} from {directions_dir}")
+        edits_note = f"edits: official FFHQ principal directions {', '.join(DEMO_DIRECTIONS)} from {directions_dir}"
     else:
         if len(w) < 3:
             raise InputError(f"{faces}: the PCA edit needs at least 3 faces, found {len(w)}")
@@ -66,7 +64,8 @@ def run_demo(rt: Runtime, faces: str | Path, out: Path, count: int = 8, strength
         sigma = sv[:2] / max(len(w) - 1, 1) ** 0.5
         rt.load_directions({f"pca{k}": vh[k] for k in range(2)})
         directions = [(f"pca{k}", float(2 * sigma[k]) if strength is None else strength) for k in range(2)]
-        say(f"edits: first two principal components of the {len(w)} faces' w, at +-2 std ({why_not})")
+        edits_note = f"edits: first two principal components of the {len(w)} faces' w, at +-2 std ({why_not})"
+    say(edits_note)
     w = w[:shown]
     columns = ["original", "reconstruction"]
     decoded = [rt.to_uint8(rt.decode(w, noise="const"))]
@@ -76,8 +75,10 @@ def run_demo(rt: Runtime, faces: str | Path, out: Path, count: int = 8, strength
             columns.append(f"{name} {sign * s:+.2f}")
     rows = [[originals[i]] + [col[i] for col in decoded] for i in range(shown)]
     grid = out / "grid.png"
-    save_image(make_grid(rows), grid)
     quality = np.mean([psnr(originals[i], decoded[0][i]) for i in range(shown)])
+    caption = [f"weights: {rt.source}", f"reconstruction PSNR over the {shown} faces shown: {quality:.2f} dB",
+               edits_note]
+    save_grid(Grid(rows, header=columns, caption=caption), grid)
     say(f"reconstruction PSNR over the {shown} faces shown: {quality:.2f} dB")
     if quality < LOW_PSNR_DB:
         say("note: a PSNR this low means these weights barely reconstruct these faces (random, little trained, "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,12 @@ EDIT_MODES = {"add": pb.EDIT_MODE_ADD, "set": pb.EDIT_MODE_SET}
 
 # An image: a file path, encoded bytes (PNG, JPEG, ...) or uint8 pixels [H, W, C] / [H, W].
 ImageInput = str | Path | bytes | np.ndarray
+UINT64_MAX = 2**64 - 1  # seeds travel as uint64
+# Retries of UNAVAILABLE (a server warming up, draining or restarting): the first wait, doubling up to the last.
+RETRY_FIRST_S, RETRY_MAX_S = 0.25, 4.0
+# While retrying, the channel reconnects this often at least (grpc's own backoff would grow to minutes).
+_RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 250),
+                      ("grpc.max_reconnect_backoff_ms", 2000)]
 
 
 class RemoteError(AlaeError):
@@ -85,13 +93,23 @@ def source_message(src: Any) -> pb.LatentSource:
     if isinstance(src, pb.LatentSource):
         return src
     if isinstance(src, Seeds):
-        msg = pb.LatentSource(seeds=[int(s) for s in src.seeds])
+        msg = pb.LatentSource(seeds=seed_values(src.seeds))
         if src.psi is not None:
             msg.truncation_psi = src.psi
         return msg
     if isinstance(src, np.ndarray) and src.dtype.kind == "f" or _is_tensor(src):
         return pb.LatentSource(latents=array_to_tensor(_float_array(src)))
     return pb.LatentSource(images=image_messages(src))
+
+
+def seed_values(seeds: Iterable[Any], field: str = "seeds") -> list[int]:
+    """Seeds as the wire's uint64 values (the server's Runtime checks the rest)."""
+    out = []
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= int(s) <= UINT64_MAX:
+            raise AlaeError(f"{field}: {s!r} is not a seed; seeds are integers in [0, 2**64 - 1]")
+        out.append(int(s))
+    return out
 
 
 def _is_tensor(x: Any) -> bool:
@@ -121,7 +139,8 @@ def output_message(fmt: str, return_latents: bool, jpeg_quality: int = 0) -> pb.
 
 
 def edit_messages(edits: Mapping[Any, float] | Iterable[tuple[Any, float]]) -> list[pb.DirectionEdit]:
-    """{name or direction array: strength} or (direction, strength) pairs."""
+    """{name: strength}, or (direction, strength) pairs with a direction a name or an array [D] / [2L, D]
+    (arrays cannot be dict keys)."""
     out = []
     for key, strength in (edits.items() if isinstance(edits, Mapping) else edits):
         if isinstance(key, str):
@@ -155,9 +174,14 @@ def _credentials(token: str | None, tls: bool, tls_ca: str | Path | bytes | None
 
 
 class _Base:
+    """retry_s: for this long after a call first gets UNAVAILABLE (a server warming up, draining or restarting),
+    try it again with backoff (RETRY_FIRST_S doubling up to RETRY_MAX_S); 0: no retries. Every call is a pure
+    function of its request, so a retry gives what the first try would have. on_retry(message) hears of each."""
+
     def __init__(self, server: str = DEFAULT_SERVER, *, token: str | None = None, token_file: str | Path | None = None,
                  tls: bool = False, tls_ca: str | Path | bytes | None = None, server_name: str | None = None,
-                 timeout: float | None = None, max_message_mb: float = DEFAULT_MAX_MESSAGE_MB):
+                 timeout: float | None = None, max_message_mb: float = DEFAULT_MAX_MESSAGE_MB,
+                 retry_s: float = 0.0, on_retry: Callable[[str], Any] | None = None):
         if token_file is not None:
             try:
                 token = Path(token_file).read_text().strip().splitlines()[0].strip()
@@ -173,16 +197,33 @@ class _Base:
         self._options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
         if server_name:
             self._options.append(("grpc.ssl_target_name_override", server_name))
+        self.retry_s = float(retry_s)
+        self.on_retry = on_retry
+        if self.retry_s > 0:
+            self._options.extend(_RECONNECT_OPTIONS)
 
     def _kw(self, timeout: float | None) -> dict:
         return {"timeout": self.timeout if timeout is None else timeout, "metadata": self._metadata}
+
+    def _retry_wait(self, exc: grpc.RpcError, method: str, started: float, attempt: int) -> float:
+        """The seconds to wait before trying `method` again after `exc`; raises RemoteError when it must not be."""
+        code, details = exc.code(), exc.details() or ""
+        if code != grpc.StatusCode.UNAVAILABLE or self.retry_s <= 0:
+            raise RemoteError(code, details, method) from None
+        wait = min(RETRY_FIRST_S * 2**attempt, RETRY_MAX_S)
+        if time.monotonic() + wait - started > self.retry_s:
+            raise RemoteError(code, f"{details} (still unavailable after {self.retry_s:g} s of retries)",
+                              method) from None
+        if self.on_retry is not None:
+            self.on_retry(f"{method}: UNAVAILABLE ({details}); retrying for up to {self.retry_s:g} s")
+        return wait
 
 
 class AlaeClient(_Base):
     """Blocking client. Images go in as paths, encoded bytes or uint8 arrays; images come back as uint8 arrays
     ([H, W, C]), or as the encoded files with `decode=False`. Errors raise RemoteError (code, details).
 
-    >>> with AlaeClient("127.0.0.1:50051") as c:
+    >>> with AlaeClient("127.0.0.1:50051", retry_s=30) as c:
     ...     w = c.encode(["face.png"])                     # [1, D]
     ...     img = c.decode(w).images[0]                    # uint8 [R, R, C]
     """
@@ -203,10 +244,15 @@ class AlaeClient(_Base):
         self.close()
 
     def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
-        try:
-            return getattr(self.stub, method)(request, **self._kw(timeout))
-        except grpc.RpcError as exc:
-            raise RemoteError(exc.code(), exc.details() or "", method) from None
+        started, attempt = None, 0
+        while True:
+            try:
+                return getattr(self.stub, method)(request, **self._kw(timeout))
+            except grpc.RpcError as exc:
+                started = time.monotonic() if started is None else started
+                wait = self._retry_wait(exc, method, started, attempt)
+            attempt += 1
+            time.sleep(wait)
 
     def info(self, timeout: float | None = None) -> pb.ModelInfo:
         return self._call("GetModelInfo", pb.GetModelInfoRequest(), timeout)
@@ -251,7 +297,8 @@ class AlaeClient(_Base):
              layers: Sequence[int] | None = None, noise: str = "const", seed: int | None = None,
              format: str = "png", decode: bool = True, return_latents: bool = False,
              timeout: float | None = None) -> Result:
-        """source: images, latents or Seeds(...); edits: {direction name or array: strength}."""
+        """source: images, latents or Seeds(...); edits: {direction name: strength}, or (direction, strength) pairs
+        with a direction a name (`info().directions`) or an array [D] / [2L, D]."""
         return result_of(self._call("Edit", edit_request(source, edits, mode, layers, noise, seed, format,
                                                          return_latents), timeout), decode)
 
@@ -268,11 +315,20 @@ class AlaeClient(_Base):
         """Frames (index, t, Result) from a to b, as the server streams them."""
         req = pb.InterpolateRequest(a=source_message(a), b=source_message(b), steps=steps,
                                     noise=noise_message(noise, seed), output=output_message(format, return_latents))
-        try:
-            for frame in self.stub.Interpolate(req, **self._kw(timeout)):
-                yield frame.index, frame.t, result_of(frame, decode)
-        except grpc.RpcError as exc:
-            raise RemoteError(exc.code(), exc.details() or "", "Interpolate") from None
+        started, attempt, frames = None, 0, 0
+        while True:
+            try:
+                for frame in self.stub.Interpolate(req, **self._kw(timeout)):
+                    frames += 1
+                    yield frame.index, frame.t, result_of(frame, decode)
+                return
+            except grpc.RpcError as exc:
+                if frames:  # frames already given out: a retry would repeat them
+                    raise RemoteError(exc.code(), exc.details() or "", "Interpolate") from None
+                started = time.monotonic() if started is None else started
+                wait = self._retry_wait(exc, "Interpolate", started, attempt)
+            attempt += 1
+            time.sleep(wait)
 
 
 class AsyncAlaeClient(_Base):
@@ -294,10 +350,15 @@ class AsyncAlaeClient(_Base):
         await self.close()
 
     async def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
-        try:
-            return await getattr(self.stub, method)(request, **self._kw(timeout))
-        except grpc.RpcError as exc:
-            raise RemoteError(exc.code(), exc.details() or "", method) from None
+        started, attempt = None, 0
+        while True:
+            try:
+                return await getattr(self.stub, method)(request, **self._kw(timeout))
+            except grpc.RpcError as exc:
+                started = time.monotonic() if started is None else started
+                wait = self._retry_wait(exc, method, started, attempt)
+            attempt += 1
+            await asyncio.sleep(wait)
 
     async def info(self, timeout: float | None = None) -> pb.ModelInfo:
         return await self._call("GetModelInfo", pb.GetModelInfoRequest(), timeout)
@@ -365,7 +426,7 @@ class AsyncAlaeClient(_Base):
 def generate_request(seeds, z, psi, cutoff, noise, seed, fmt, return_latents) -> pb.GenerateRequest:
     req = pb.GenerateRequest(noise=noise_message(noise, seed), output=output_message(fmt, return_latents))
     if seeds is not None:
-        req.seeds.extend(int(s) for s in seeds)
+        req.seeds.extend(seed_values(seeds))
     if z is not None:
         req.z.CopyFrom(array_to_tensor(_float_array(z)))
     if psi is not None:

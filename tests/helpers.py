@@ -89,3 +89,19 @@ def check_all_outputs(rt, ref: dict) -> None:
     torch.testing.assert_close(generated, ref["generate_img"], **PARITY_TOL)
     mixed = rt.mix(ref["encode_w"], ref["mapped_w"], ref["mix_cutoff"], noise=ref["mix_noise"])
     torch.testing.assert_close(mixed, ref["mix_img"], **PARITY_TOL)
+
+
+def find_row(grid: np.ndarray, image: np.ndarray, column: int) -> int | None:
+    """The top row of `image` in a grid.png's column `column` (cells of the image's size, 2 pixels apart and from the
+    edge), or None."""
+    h, w = image.shape[:2]
+    x = 2 + column * (w + 2)
+    for y in range(grid.shape[0] - h + 1):
+        if np.array_equal(grid[y:y + h, x:x + w], image):
+            return y
+    return None
+
+
+def has_text(region: np.ndarray) -> bool:
+    """Dark pixels on a grid's white paper: a label or a caption was drawn there."""
+    return region.size > 0 and int((region.max(axis=-1) < 100).sum()) >= 20

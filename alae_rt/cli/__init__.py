@@ -14,7 +14,14 @@ import sys
 from collections.abc import Sequence
 
 from alae_rt.cli import bench, demo, directions, model, ops
-from alae_rt.cli.options import backend_options, parse_direction, parse_int_list
+from alae_rt.cli.options import (
+    add_quiet_arg,
+    backend_options,
+    made_dirs_mark,
+    parse_direction,
+    parse_int_list,
+    remove_empty_outputs,
+)
 from alae_rt.errors import AlaeError
 
 __all__ = ["EXIT_USAGE", "EXTERNAL_COMMANDS", "backend_options", "build_parser", "main", "parse_direction",
@@ -54,6 +61,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             importlib.import_module(module).add_parser(sub, name, help_text)
         else:
             sub.add_parser(name, help=help_text, add_help=False)  # listed in --help, loaded when it runs
+    for child in sub.choices.values():
+        add_quiet_arg(child)
     return parser
 
 
@@ -67,8 +76,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
-    if getattr(args, "batch_size", 1) < 1:
-        parser.error("--batch-size must be >= 1")
+    mark = made_dirs_mark()
+    code = EXIT_USAGE
+    try:
+        code = _run(args)
+    finally:
+        if code != 0:  # a failed run leaves no empty output folders behind
+            remove_empty_outputs(mark)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, with every expected failure as one line on stderr and exit status 2."""
     try:
         return args.func(args)
     except AlaeError as exc:

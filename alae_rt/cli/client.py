@@ -1,6 +1,9 @@
 """`alae-rt client ...`: the local commands' options and outputs, computed by an alae-rt server.
 
-Starts without torch (only the grids' originals load it); alae_rt.serve.client is imported when a call runs.
+Starts without torch; alae_rt.serve.client is imported when a call runs. Every verb sends its inputs in requests
+within the server's limits (GetModelInfo: max_images, max_message_bytes), one progress-bar step per request,
+writes each request's results as they come, and retries UNAVAILABLE for --retry-s seconds. A verb that fails
+part-way says how much it wrote.
 """
 
 from __future__ import annotations
@@ -8,7 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,20 +22,21 @@ from alae_rt.cli.options import (
     add_edit_args,
     add_generate_args,
     add_images_arg,
+    add_interpolate_args,
     add_mix_args,
     add_noise_args,
     add_out_arg,
     out_dir,
     out_file,
-    parse_direction,
+    parse_directions,
     parse_int_list,
     parse_layers,
     progress_bar,
     save_images,
     say,
 )
-from alae_rt.cli.sources import Sources, read_sources
-from alae_rt.errors import InputError
+from alae_rt.cli.sources import Sources, check_latent_array, read_latents, read_npy, read_sources
+from alae_rt.errors import AlaeError, InputError
 
 CLIENT_HELP = """\
 Call an alae-rt server. Images are sent as the files they are; results are written like the local
@@ -55,6 +60,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         g.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's CAs")
         g.add_argument("--server-name", help="TLS: the name the certificate is for, when HOST differs")
         g.add_argument("--timeout", type=float, default=600.0, help="seconds per call (default 600)")
+        g.add_argument("--retry-s", type=float, default=30.0, metavar="SECONDS",
+                       help="retry a call that gets UNAVAILABLE (server warming up, draining, restarting) with "
+                            "backoff for up to this long (default 30; 0: never)")
         return c
 
     c = add("info", "the server's model (config, resolution, latent size, directions, backend, device) and limits",
@@ -76,6 +84,11 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     add_out_arg(c, "output directory")
     add_noise_args(c)
 
+    c = add("decode", "decode latents (.npy of [N, D] or [N, 2L, D]) into PNG images on the server", cmd_decode)
+    c.add_argument("latents", help=".npy file")
+    add_out_arg(c, "output directory")
+    add_noise_args(c)
+
     c = add("generate", "generate images from seeds on the server: PNGs, styles.npy, grid.png", cmd_generate)
     add_generate_args(c)
 
@@ -84,14 +97,25 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
     c = add("mix", "style mixing on the server: coarse styles from A, the rest from B; writes a grid", cmd_mix)
     add_mix_args(c)
+
+    c = add("interpolate", "frames from A to B, linear in W, on the server: PNGs, latents.npy, grid.png",
+            cmd_interpolate)
+    add_interpolate_args(c)
     return p
 
 
 def _client(args: argparse.Namespace):
     from alae_rt.serve.client import AlaeClient
 
+    told = []
+
+    def on_retry(message: str) -> None:  # said once a call, not at every try
+        if message not in told:
+            told.append(message)
+            say(args, message)
+
     return AlaeClient(args.server, token_file=args.token_file, tls=args.tls, tls_ca=args.tls_ca,
-                      server_name=args.server_name, timeout=args.timeout)
+                      server_name=args.server_name, timeout=args.timeout, retry_s=args.retry_s, on_retry=on_retry)
 
 
 def _info_dict(info) -> dict:
@@ -138,7 +162,19 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0 if status == "SERVING" else 1
 
 
-# ---- requests ------------------------------------------------------------------------------------------------
+# ---- requests within the server's limits -------------------------------------------------------------------
+
+
+def per_request(info) -> int:
+    """Latents or seeds a request may carry: the server's max_images, and few enough that the response's images
+    (at most R x R x C bytes each, raw) fill at most half a message."""
+    image_bytes = max(1, info.resolution * info.resolution * info.channels)
+    return max(1, min(info.max_images, info.max_message_bytes // 2 // image_bytes))
+
+
+def _slices(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
 
 
 def _batches(paths: Sequence[Path], max_images: int, max_bytes: int) -> Iterator[list[Path]]:
@@ -155,45 +191,88 @@ def _batches(paths: Sequence[Path], max_images: int, max_bytes: int) -> Iterator
         yield batch
 
 
-def _send_images(c, args, paths: list[Path], desc: str, call) -> list:
-    """`call` on the files in requests the server takes (its limits), one bar update per request."""
-    info = c.info()
-    out = []
-    with progress_bar(args, len(paths), desc) as bar:
-        for batch in _batches(paths, info.max_images, info.max_message_bytes):
-            out.append(call(batch))
-            bar.update(len(batch))
-    return out
+def _path_slices(paths: Sequence[Path], info) -> Iterator[slice]:
+    """`_batches` as slices of `paths`."""
+    start = 0
+    for batch in _batches(paths, per_request(info), info.max_message_bytes):
+        yield slice(start, start + len(batch))
+        start += len(batch)
+
+
+class Written:
+    """What a verb has written so far, for the message when it fails part-way."""
+
+    def __init__(self, total: int, what: str, out: Path):
+        self.total, self.what, self.out, self.count = total, what, out, 0
+
+    def add(self, k: int) -> None:
+        self.count += k
+
+
+@contextmanager
+def reporting(args: argparse.Namespace, written: Written, on_failure: Callable[[], None] | None = None):
+    """A failure part-way names what was written before it (`on_failure` first saves what it can, e.g. the
+    latents so far); the files of the requests that completed stay."""
+    try:
+        yield
+    except (AlaeError, KeyboardInterrupt) as exc:
+        if not written.count:
+            raise
+        if on_failure is not None:
+            on_failure()
+        done = f"wrote {written.count} of {written.total} {written.what} to {written.out} before the failure"
+        if isinstance(exc, KeyboardInterrupt):
+            say(args, done)
+            raise
+        raise AlaeError(f"{exc}; {done}") from None
+
+
+def _source_latents(c, args: argparse.Namespace, src: Sources, info, noise: dict, decode: bool, bar,
+                    on_part: Callable[[slice, np.ndarray, list | None], None] | None = None):
+    """A source's latents on the server, request by request -> (latents, their decoded images or None).
+
+    Images are encoded (and with `decode`, reconstructed in the same call); seeds generated (with their images);
+    latents sent for decoding when `decode`. `on_part(rows, latents, images)` hears of each request's results."""
+    from alae_rt.serve.client import Seeds
+
+    n = len(src.names)
+    parts, images = [], []
+    if src.paths is not None:
+        slices = list(_path_slices(src.paths, info))
+    else:
+        slices = list(_slices(n, per_request(info)))
+    for sl in slices:
+        if src.paths is not None:
+            if decode:
+                r = c.reconstruct(src.paths[sl], return_latents=True, **noise)
+                w, imgs = r.latents, r.images
+            else:
+                w, imgs = c.encode(src.paths[sl]), None
+        elif src.seeds is not None:
+            r = c.generate(seeds=Seeds(src.seeds[sl]).seeds, psi=args.psi, return_latents=True, **noise)
+            w, imgs = r.latents, r.images
+        else:
+            w = src.latents[sl]
+            imgs = c.decode(w, **noise).images if decode else None
+        parts.append(w)
+        if imgs is not None:
+            images.extend(imgs)
+        if on_part is not None:
+            on_part(sl, w, imgs)
+        if bar is not None:
+            bar.update(sl.stop - sl.start)
+    return np.concatenate(parts), (images or None)
 
 
 def _originals(paths: Sequence[Path], info) -> list[np.ndarray]:
-    """The inputs as the model sees them (centre crop, R x R), for the grids."""
-    from alae_rt.images import image_to_tensor, read_image, to_uint8
+    """The inputs as the model sees them (centre crop, R x R), for the grids (numpy: no torch in the client)."""
+    from alae_rt.images import read_image
 
-    return [to_uint8(image_to_tensor(read_image(p), info.resolution, info.channels)[None])[0] for p in paths]
-
-
-def _source(args: argparse.Namespace, items: Sequence[str], info):
-    """A command's sources as a request takes them -> (Sources, latents / Seeds / image paths)."""
-    from alae_rt.serve.client import Seeds
-
-    src: Sources = read_sources(items, info.latent_size, info.num_styles)
-    if src.latents is not None:
-        return src, src.latents
-    if src.seeds is not None:
-        return src, Seeds(src.seeds, args.psi)
-    return src, src.paths
+    return [grids.model_view(read_image(p), info.resolution, info.channels, str(p)) for p in paths]
 
 
-def _latents_and_images(c, source, noise: dict) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Latents of a source and their decoded images, so that each input is sent (and encoded) once."""
-    from alae_rt.serve.client import Seeds
-
-    if isinstance(source, Seeds):
-        r = c.generate(seeds=source.seeds, psi=source.psi, return_latents=True, **noise)
-        return r.latents, r.images
-    w = source if isinstance(source, np.ndarray) else c.encode(source)
-    return w, c.decode(w, **noise).images
+def _weights(info) -> str:
+    return info.weights
 
 
 # ---- calls ---------------------------------------------------------------------------------------------------
@@ -204,47 +283,94 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     out = out_file(args.out, ".npy")
     paths = list_images(args.images)
-    with _client(args) as c:
-        ws = _send_images(c, args, paths, "encode", c.encode)
-    w = np.concatenate(ws)
+    parts: list[np.ndarray] = []
+    written = Written(len(paths), "latents (the first images' rows, in input order)", out)
+    with _client(args) as c, progress_bar(args, len(paths), "encode") as bar:
+        info = c.info()
+        with reporting(args, written, lambda: np.save(out, np.concatenate(parts))):
+            for sl in _path_slices(paths, info):
+                parts.append(c.encode(paths[sl]))
+                written.add(sl.stop - sl.start)
+                bar.update(sl.stop - sl.start)
+    w = np.concatenate(parts)
     np.save(out, w)
     print(f"wrote w {list(w.shape)} for {len(paths)} image(s) to {out}")
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    raw = read_latents(args.latents)
+    out = out_dir(args.out)
+    noise = {"noise": args.noise, "seed": args.seed}
+    with _client(args) as c:
+        info = c.info()
+        if raw.ndim == 1:
+            say(args, f"{args.latents}: one w [{raw.shape[0]}], decoded as [1, {raw.shape[0]}]")
+        w = check_latent_array(raw, info.latent_size, info.num_styles, args.latents)
+        written = Written(len(w), "image(s)", out)
+        with progress_bar(args, len(w), "decode") as bar, reporting(args, written):
+            for sl in _slices(len(w), per_request(info)):
+                images = c.decode(w[sl], **noise).images
+                save_images(images, [f"{i:06d}" for i in range(sl.start, sl.stop)], out)
+                written.add(len(images))
+                bar.update(len(images))
+    print(f"wrote {written.count} image(s) to {out}")
     return 0
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from alae_rt.images import list_images
 
-    out = out_dir(args.out)
     paths = list_images(args.images)
+    out = out_dir(args.out)
+    names = [f"{i:04d}_{p.stem}" for i, p in enumerate(paths)]
+    recs: list[np.ndarray] = []
+    written = Written(len(paths), "reconstruction(s)", out)
     with _client(args) as c:
         info = c.info()
-        parts = _send_images(c, args, paths, "reconstruct",
-                             lambda batch: c.reconstruct(batch, noise=args.noise, seed=args.seed).images)
-    recs = [img for part in parts for img in part]
-    save_images(recs, [f"{i:04d}_{p.stem}" for i, p in enumerate(paths)], out)
-    grids.save_grid(grids.reconstruct_rows(_originals(paths, info), recs), out / "grid.png", args)
+        with progress_bar(args, len(paths), "reconstruct") as bar, reporting(args, written):
+            for sl in _path_slices(paths, info):
+                images = c.reconstruct(paths[sl], noise=args.noise, seed=args.seed).images
+                save_images(images, names[sl], out)
+                recs.extend(images)
+                written.add(len(images))
+                bar.update(len(images))
+    grids.save_grid(grids.reconstruct_grid(_originals(paths, info), recs, _weights(info)), out / "grid.png", args)
     print(f"wrote {len(recs)} reconstruction(s) and grid.png (original | reconstruction) to {out}")
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from alae_rt.cli.ops import generate_caption
+    from alae_rt.serve.client import seed_values
+
+    seeds = seed_values(parse_int_list(args.seeds))  # the wire's range, before any call
     out = out_dir(args.out)
-    seeds = parse_int_list(args.seeds)
-    images, styles = [], []
+    names = [f"seed{s:04d}" for s in seeds]
+    images: list[np.ndarray] = []
+    styles: list[np.ndarray] = []
+    written = Written(len(seeds), "image(s)", out)
+
+    def save_styles() -> None:
+        np.save(out / "styles.npy", np.concatenate(styles))
+        say(args, f"wrote styles.npy of the {written.count} image(s) written")
+
     with _client(args) as c:
         info = c.info()
-        with progress_bar(args, len(seeds), "generate") as bar:
-            for start in range(0, len(seeds), info.max_images):  # requests within the server's limit
-                part = seeds[start:start + info.max_images]
-                r = c.generate(seeds=part, psi=args.psi, cutoff=args.cutoff, noise=args.noise, seed=args.seed,
+        with progress_bar(args, len(seeds), "generate") as bar, reporting(args, written, save_styles):
+            for sl in _slices(len(seeds), per_request(info)):
+                r = c.generate(seeds=seeds[sl], psi=args.psi, cutoff=args.cutoff, noise=args.noise, seed=args.seed,
                                return_latents=True)
+                save_images(r.images, names[sl], out)
                 images.extend(r.images)
                 styles.append(r.latents)
-                bar.update(len(part))
-    save_images(images, [f"seed{s:04d}" for s in seeds], out)
+                written.add(len(r.images))
+                bar.update(len(r.images))
     np.save(out / "styles.npy", np.concatenate(styles))
-    grids.save_grid(grids.generate_rows(images), out / "grid.png", args)
+    psi = info.truncation_psi if args.psi is None else args.psi
+    cutoff = info.truncation_cutoff if args.cutoff is None else args.cutoff
+    caption = [generate_caption(len(seeds), psi, cutoff, args.noise, args.seed), f"weights: {_weights(info)}"]
+    grids.save_grid(grids.generate_grid(images, [f"seed {s}" for s in seeds], caption), out / "grid.png", args)
     print(f"wrote {len(images)} image(s), styles.npy [N, 2L, D] and grid.png to {out}")
     return 0
 
@@ -252,49 +378,121 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def _direction_value(name: str):
     """A direction NAME: a local .npy file is sent as its vector; anything else is the server's name."""
     if name.endswith(".npy"):
-        path = Path(name)
-        try:
-            return np.load(path, allow_pickle=False).astype(np.float32)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{path}: not a readable .npy direction ({exc})") from None
+        arr = read_npy(name, "direction")
+        if arr.dtype.kind not in "fiu":
+            raise InputError(f"{name}: a direction holds numbers, got {arr.dtype}")
+        return arr.astype(np.float32)
     return name
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    out = out_dir(args.out)
-    edits = [(_direction_value(n), s) for n, s in (parse_direction(d) for d in args.direction)]
+    from alae_rt.cli.ops import edit_note
+
+    named = parse_directions(args.direction)
+    edits = [(_direction_value(n), s) for n, s in named]
     layers = parse_layers(args)
+    src0 = read_sources(args.inputs)
+    out = out_dir(args.out)
     noise = {"noise": args.noise, "seed": args.seed}
+    decoded: list[np.ndarray] = []
+    edited_images: list[np.ndarray] = []
+    edited_latents: list[np.ndarray] = []
+    written = Written(len(src0.names), "edited image(s)", out)
+
+    def save_latents() -> None:
+        np.save(out / "edited.npy", np.concatenate(edited_latents))
+
     with _client(args) as c:
         info = c.info()
-        src, source = _source(args, args.inputs, info)
+        src = src0.checked(info.latent_size, info.num_styles)
         say(args, f"edit: {len(src.names)} input(s) on {args.server}")
-        w, decoded = _latents_and_images(c, source, noise)
-        edited = c.edit(w, edits, mode=args.mode, layers=layers, return_latents=True, **noise)
+
+        def edit_part(sl: slice, w: np.ndarray, images: list | None) -> None:
+            r = c.edit(w, edits, mode=args.mode, layers=layers, return_latents=True, **noise)
+            save_images(r.images, src.names[sl], out)
+            decoded.extend(images or [])
+            edited_images.extend(r.images)
+            edited_latents.append(r.latents)
+            written.add(len(r.images))
+
+        with progress_bar(args, len(src.names), "edit") as bar, reporting(args, written, save_latents):
+            _source_latents(c, args, src, info, noise, True, bar, on_part=edit_part)
+    save_latents()
     originals = _originals(src.paths, info) if src.paths is not None else None
-    save_images(edited.images, src.names, out)
-    np.save(out / "edited.npy", edited.latents)
-    rows, columns = grids.edit_rows(originals, decoded, edited.images)
-    grids.save_grid(rows, out / "grid.png", args)
-    print(f"wrote {len(edited.images)} edited image(s), edited.npy and grid.png ({columns}) to {out}")
+    grid, columns = grids.edit_grid(originals, decoded, edited_images, grids.edit_label(named, args.mode),
+                                    _weights(info), edit_note(named, args.mode, args.layers))
+    grids.save_grid(grid, out / "grid.png", args)
+    print(f"wrote {len(edited_images)} edited image(s), edited.npy and grid.png ({columns}) to {out}")
     return 0
 
 
 def cmd_mix(args: argparse.Namespace) -> int:
+    src_a0, src_b0 = read_sources(args.a), read_sources(args.b)
+    out = out_dir(args.out)
+    noise = {"noise": args.noise, "seed": args.seed}
+    total = len(src_a0.names) * len(src_b0.names)
+    written = Written(total, "mix(es)", out)
+    with _client(args) as c:
+        info = c.info()
+        src_a, src_b = src_a0.checked(info.latent_size, info.num_styles), src_b0.checked(info.latent_size,
+                                                                                           info.num_styles)
+        with progress_bar(args, len(src_a.names) + len(src_b.names), "inputs") as bar:
+            # Photos are shown as the model sees them; latents and seeds decoded.
+            w_a, images_a = _source_latents(c, args, src_a, info, noise, src_a.paths is None, bar)
+            w_b, images_b = _source_latents(c, args, src_b, info, noise, src_b.paths is None, bar)
+        images_a = images_a if images_a is not None else _originals(src_a.paths, info)
+        images_b = images_b if images_b is not None else _originals(src_b.paths, info)
+        mixed = []
+        with progress_bar(args, total, "mix") as bar, reporting(args, written):
+            for i, name_a in enumerate(src_a.names):  # one row of the grid: a_i against every b
+                row: list[np.ndarray] = []
+                for sl in _slices(len(w_b), per_request(info)):
+                    images = c.mix(w_a[i:i + 1], w_b[sl], args.cutoff, **noise).images
+                    save_images(images, [f"mix_{name_a}__{name_b}" for name_b in src_b.names[sl]], out)
+                    row.extend(images)
+                    written.add(len(images))
+                    bar.update(len(images))
+                mixed.append(row)
+    grid = grids.mix_grid(images_a, images_b, mixed, src_a.names, src_b.names, args.cutoff, _weights(info))
+    grids.save_grid(grid, out / "grid.png", args)
+    print(f"wrote {total} mix(es) and grid.png (rows: a = styles < {args.cutoff}; columns: b) to {out}")
+    return 0
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    from alae_rt.cli.ops import interpolate_names
+
+    src_a0, src_b0 = read_sources(args.a), read_sources(args.b)
     out = out_dir(args.out)
     noise = {"noise": args.noise, "seed": args.seed}
     with _client(args) as c:
         info = c.info()
-        src_a, a = _source(args, args.a, info)
-        src_b, b = _source(args, args.b, info)
-        w_a, images_a = _latents_and_images(c, a, noise)
-        w_b, images_b = _latents_and_images(c, b, noise)
-        mixed = []
-        for i, name_a in enumerate(src_a.names):  # one row of the grid: a_i against every b
-            row = c.mix(w_a[i:i + 1], w_b, args.cutoff, **noise).images
-            save_images(row, [f"mix_{name_a}__{name_b}" for name_b in src_b.names], out)
-            mixed.append(row)
-    grids.save_grid(grids.mix_rows(images_a, images_b, mixed), out / "grid.png", args)
-    print(f"wrote {len(src_a.names) * len(src_b.names)} mix(es) and grid.png (rows: a = styles < {args.cutoff}; "
-          f"columns: b) to {out}")
+        src_a, src_b = src_a0.checked(info.latent_size, info.num_styles), src_b0.checked(info.latent_size,
+                                                                                           info.num_styles)
+        with progress_bar(args, len(src_a.names) + len(src_b.names), "inputs") as bar:
+            w_a, _ = _source_latents(c, args, src_a, info, noise, False, bar)
+            w_b, _ = _source_latents(c, args, src_b, info, noise, False, bar)
+        pairs = interpolate_names(src_a.names, src_b.names)
+        n = len(pairs)
+        frames: list[list[np.ndarray]] = [[] for _ in range(n)]  # [pair][step]
+        latents: list[list[np.ndarray]] = [[] for _ in range(args.steps)]  # [step][parts]
+        ts = [i / (args.steps - 1) for i in range(args.steps)]
+        written = Written(n * args.steps, "frame(s)", out)
+        with progress_bar(args, n * args.steps, "interpolate") as bar, reporting(args, written):
+            for sl in _slices(n, per_request(info)):
+                a = w_a if len(w_a) == 1 else w_a[sl]  # a batch of 1 pairs with every row of the other end
+                b = w_b if len(w_b) == 1 else w_b[sl]
+                for index, _, r in c.interpolate(a, b, args.steps, return_latents=True, **noise):
+                    save_images(r.images, [f"{name}_t{index:03d}" for name in pairs[sl]], out)
+                    for k, img in enumerate(r.images):
+                        frames[sl.start + k].append(img)
+                    latents[index].append(r.latents)
+                    written.add(len(r.images))
+                    bar.update(len(r.images))
+    np.save(out / "latents.npy", np.stack([np.concatenate(parts) for parts in latents]))
+    grid = grids.interpolate_grid(frames, pairs, ts, _weights(info))
+    grids.save_grid(grid, out / "grid.png", args)
+    print(f"wrote {n * args.steps} frame(s) of {n} interpolation(s), latents.npy [steps, N, ...] and grid.png "
+          f"to {out}")
     return 0
+

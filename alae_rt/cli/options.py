@@ -4,6 +4,7 @@ progress bars and the Runtime made from the options. Torch loads only inside mak
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
@@ -52,6 +53,29 @@ def parse_direction(text: str) -> tuple[str, float]:
     return name, strength
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (the subcommand's own usage line reports a bad one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def parse_directions(items: list[str]) -> list[tuple[str, float]]:
+    """Every --direction NAME=STRENGTH in order; a NAME given twice is refused (which strength was meant?)."""
+    edits = [parse_direction(item) for item in items]
+    seen: dict[str, float] = {}
+    for name, strength in edits:
+        if name in seen:
+            raise InputError(f"--direction {name!r} is given twice ({seen[name]:g} and {strength:g}); give it once, "
+                             f"e.g. {name}={seen[name] + strength:g} for the sum")
+        seen[name] = strength
+    return edits
+
+
 def parse_layers(args: argparse.Namespace) -> list[int] | None:
     """--layers SPEC -> style indices, or None (all of them)."""
     return parse_int_list(args.layers, "--layers") if args.layers else None
@@ -82,15 +106,21 @@ def backend_options(args: argparse.Namespace) -> dict[str, Any]:
 # ---- outputs and messages ----------------------------------------------------------------------------------
 
 
+# Output folders this process made (deepest first): a command that fails removes those it left empty.
+_MADE_DIRS: list[Path] = []
+
+
 def out_dir(path: str | Path) -> Path:
     """An output folder, made if missing; errors say why it cannot be written."""
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a directory")
+    missing = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"{out}: cannot create output directory ({exc.strerror})") from None
+    _MADE_DIRS.extend(missing)
     if not os.access(out, os.W_OK):
         raise InputError(f"{out}: output directory is not writable")
     return out
@@ -107,6 +137,18 @@ def out_file(path: str | Path, suffix: str) -> Path:
     return out
 
 
+def made_dirs_mark() -> int:
+    return len(_MADE_DIRS)
+
+
+def remove_empty_outputs(mark: int) -> None:
+    """Remove the output folders made since `mark` that are still empty (a failed command leaves no husk)."""
+    made, _MADE_DIRS[mark:] = _MADE_DIRS[mark:], []
+    for folder in made:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only if empty
+
+
 def save_images(images: np.ndarray, names: list[str], out: Path) -> None:
     """uint8 [N, R, R, C] -> OUT/NAME.png, one file per name."""
     from alae_rt.images import save_image
@@ -115,16 +157,22 @@ def save_images(images: np.ndarray, names: list[str], out: Path) -> None:
         save_image(img, out / f"{name}.png")
 
 
-def progress_bar(args: argparse.Namespace, total: int, desc: str):
+def progress_bar(args: argparse.Namespace, total: int, desc: str, unit: str = "img"):
     """A tqdm bar on stderr (off with -q); pass its `update` as a Runtime call's `progress`."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="img", disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
 
 
 def say(args: argparse.Namespace, message: str) -> None:
-    """A note on stderr, unless -q."""
-    if not getattr(args, "quiet", False):
+    """A note on stderr, unless -q; printed above a progress bar that is showing, not onto it."""
+    if getattr(args, "quiet", False):
+        return
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        tqdm.write(message, file=sys.stderr)
+    else:
         print(message, file=sys.stderr)
 
 
@@ -146,7 +194,13 @@ def make_runtime(args: argparse.Namespace, announce: bool = True):
     if announce:
         say(args, f"weights: {rt.source}")
     say(args, f"model: {rt!r}")
+    if rt.backend.name == "compile":
+        say(args, COMPILE_NOTE)
     return rt
+
+
+COMPILE_NOTE = ("backend compile: compiling on the first call of each batch size (first call only: tens of seconds "
+                "on a small CPU, cached on disk for later runs)...")
 
 
 def set_threads(threads: int | None) -> None:
@@ -162,6 +216,19 @@ def set_threads(threads: int | None) -> None:
 
 # ---- option groups -----------------------------------------------------------------------------------------
 # Declared once here, used by the local commands, `client`, `serve`, `export` and `train`.
+
+
+def add_quiet_arg(p: argparse.ArgumentParser) -> None:
+    """-q/--quiet after the subcommand too (`alae-rt encode -q ...`); SUPPRESS keeps a -q given before it."""
+    try:
+        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="no progress bars or notes on stderr")
+    except argparse.ArgumentError:  # the command has its own -q
+        pass
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                add_quiet_arg(child)
 
 
 def add_command(sub, name: str, help_text: str, func, model: bool = True) -> argparse.ArgumentParser:
@@ -210,7 +277,7 @@ def add_model_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g.add_argument("--backend-option", action="append", metavar="KEY=VALUE",
                    help="an option for the backend, e.g. onnx_dir=onnx/ (onnxruntime) or engine_dir=engines/ "
                         "(tensorrt); repeat for several")
-    g.add_argument("--batch-size", type=int, default=8, metavar="N",
+    g.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
                    help="images per forward pass: the Runtime's chunk size (default 8)")
     add_trust_pickle_arg(g)
     return g
@@ -247,6 +314,16 @@ def add_mix_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--a", nargs="+", required=True, help=f"sources of the coarse styles: {SOURCES_HELP}")
     p.add_argument("--b", nargs="+", required=True, help=f"sources of the fine styles: {SOURCES_HELP}")
     p.add_argument("--cutoff", type=int, default=4, help="style inputs < cutoff come from A (default 4)")
+    p.add_argument("--psi", type=float, default=None, help="truncation psi for seeds: sources")
+    add_out_arg(p, "output directory")
+    add_noise_args(p)
+
+
+def add_interpolate_args(p: argparse.ArgumentParser) -> None:
+    """interpolate (local and client): the two ends, the frames, output folder, noise."""
+    p.add_argument("--a", nargs="+", required=True, help=f"the start: {SOURCES_HELP}")
+    p.add_argument("--b", nargs="+", required=True, help=f"the end (as many as --a, or either one): {SOURCES_HELP}")
+    p.add_argument("--steps", type=positive_int, default=8, help="frames, both ends included (default 8)")
     p.add_argument("--psi", type=float, default=None, help="truncation psi for seeds: sources")
     add_out_arg(p, "output directory")
     add_noise_args(p)

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from alae_rt.cli.options import add_model_args, add_threads_arg, backend_options, set_threads
+from alae_rt.cli.options import add_model_args, add_threads_arg, backend_options, positive_int, set_threads
 from alae_rt.errors import InputError
 
 SERVE_HELP = """\
@@ -41,7 +41,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     n.add_argument("--host", default=d.host, help=f"address to listen on (default {d.host}; 0.0.0.0 or [::] "
                                                   "for every interface)")
     n.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port}; 0: any free port)")
-    n.add_argument("--port-file", metavar="PATH", help="write the port here once listening (useful with --port 0)")
+    n.add_argument("--port-file", metavar="PATH", help="write the port here once listening (useful with --port 0); "
+                                                       "removed when the server exits")
     n.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (needs --tls-key)")
     n.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     n.add_argument("--auth-token-file", metavar="PATH",
@@ -51,7 +52,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="serve Prometheus metrics on http://METRICS_HOST:PORT/metrics (default: off)")
     n.add_argument("--metrics-host", default=d.metrics_host, help=f"metrics address (default {d.metrics_host})")
     b = p.add_argument_group("batching and limits")
-    b.add_argument("--max-batch", dest="batch_size", type=int, metavar="N",
+    b.add_argument("--max-batch", dest="batch_size", type=positive_int, metavar="N",
                    help="most images per forward pass: requests are merged up to this (same as --batch-size)")
     b.add_argument("--max-delay-ms", type=float, default=d.max_delay_ms,
                    help=f"longest a request waits for its batch to fill (default {d.max_delay_ms:g})")
@@ -74,9 +75,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     b.add_argument("--max-steps", type=int, default=d.max_steps,
                    help=f"most frames of an Interpolate call (default {d.max_steps})")
     b.add_argument("--workers", type=int, default=d.workers,
-                   help=f"threads that prepare latents and encode response images (default {d.workers})")
+                   help=f"threads that prepare latents and encode response images (default: the cores, {d.workers})")
     b.add_argument("--image-workers", type=int, default=d.image_workers,
-                   help=f"threads that decode request images, apart from --workers (default {d.image_workers})")
+                   help=f"threads that decode request images, apart from --workers (default: the cores, "
+                        f"{d.image_workers})")
     o = p.add_argument_group("operation")
     o.add_argument("--grace-s", type=float, default=d.grace_s,
                    help=f"on SIGTERM, how long calls in flight may take to finish (default {d.grace_s:g})")
@@ -118,18 +120,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         rt.load_directions(args.directions_dir)
     server = AlaeServer(rt, cfg)
 
+    port_file = Path(args.port_file) if args.port_file else None
+
     async def run() -> None:
-        if args.port_file:
+        if port_file:
             # written once listening, before the warm-up: health answers from then on
             task = asyncio.get_running_loop().create_task(server.serve_until_signal())
             while not server.port and not task.done():
                 await asyncio.sleep(0.01)
             if server.port:
-                Path(args.port_file).write_text(f"{server.port}\n")
+                port_file.write_text(f"{server.port}\n")
             await task
         else:
             await server.serve_until_signal()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    finally:
+        if port_file is not None and server.port:  # a stale port file would send clients to a closed port
+            port_file.unlink(missing_ok=True)
     server.exit_if_abandoned()  # work cut at the end of --grace-s must not hold the exit
     return 0

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from helpers import DIRECTIONS, FACES128, require
+from helpers import DIRECTIONS, FACES128, find_row, has_text, require
 from serve_helpers import one_torch_thread
 
 from alae_rt import Runtime, save_checkpoint
@@ -101,6 +101,7 @@ def test_sigterm_drains_calls_in_flight_and_loses_none(tmp_path):
         for t in threads:
             t.join(120)
         assert proc.wait(60) == 0
+        assert not (tmp_path / "port").exists()  # the port file goes with the server
     rt = Runtime.from_config("small-64")
     for x, res in zip(inputs, results):
         assert not isinstance(res, Exception), res
@@ -118,47 +119,132 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_cli_client_round_trip(tmp_path):
+    """Every client verb against a server that takes 2 inputs a request: the client sends its inputs in requests
+    within that (the README's flow: encode many faces, then edit, mix and decode all their latents), writes the local
+    commands' files and grids, and starts without torch."""
     faces = require(FACES128)
     files = sorted(faces.glob("*.png"))[:3]
     direction = tmp_path / "dir.npy"
     np.save(direction, np.random.default_rng(1).standard_normal(32).astype(np.float32))
-    with server_process(tmp_path, "--preset", "tiny") as (_, address, _):
+    with server_process(tmp_path, "--preset", "tiny", "--max-images", "2") as (_, address, _):
         srv = ["--server", address]
         info = run_cli("client", "info", "--json", *srv, cwd=tmp_path)
         assert info.returncode == 0, info.stderr
-        assert json.loads(info.stdout)["config"]["name"] == "tiny"
+        assert json.loads(info.stdout)["config"]["name"] == "tiny" and json.loads(info.stdout)["max_images"] == 2
         enc = run_cli("client", "encode", *map(str, files), "-o", "w.npy", *srv, cwd=tmp_path)
-        rec = run_cli("client", "reconstruct", *map(str, files), "-o", "rec", *srv, cwd=tmp_path)
+        # reconstruct in a process that reports whether it imported torch (the grid's originals need none)
+        reports_torch = ("import sys; from alae_rt.cli import main; code = main(sys.argv[1:]); "
+                         "print('torch imported' if 'torch' in sys.modules else 'no torch'); sys.exit(code)")
+        rec = subprocess.run([sys.executable, "-c", reports_torch, "-q", "client", "reconstruct", *map(str, files),
+                              "-o", "rec", *srv], cwd=tmp_path, capture_output=True, text=True, timeout=300)
         gen = run_cli("client", "generate", "--seeds", "0-2", "--noise", "const", "-o", "gen", *srv, cwd=tmp_path)
         edit = run_cli("client", "edit", "seeds:1-2", "--direction", f"{direction}=2", "-o", "edit", *srv, cwd=tmp_path)
         edit_image = run_cli("client", "edit", str(files[0]), "--direction", f"{direction}=2", "-o", "edit_image",
                              *srv, cwd=tmp_path)
         mix = run_cli("client", "mix", "--a", str(files[0]), "--b", "seeds:3-4", "-o", "mix", *srv, cwd=tmp_path)
+        # 3 latents against a limit of 2 a request (the README's `client edit out/w.npy` failed with RESOURCE_EXHAUSTED)
+        edit_all = run_cli("client", "edit", "w.npy", "--direction", f"{direction}=1", "-o", "edit_all", *srv,
+                           cwd=tmp_path)
+        mix_all = run_cli("client", "mix", "--a", "w.npy", "--b", "seeds:0-2", "-o", "mix_all", *srv, cwd=tmp_path)
+        dec = run_cli("client", "decode", "w.npy", "-o", "dec", *srv, cwd=tmp_path)
+        interp = run_cli("client", "interpolate", "--a", "seeds:0", "--b", "seeds:1-3", "--steps", "3", "-o", "interp",
+                         *srv, cwd=tmp_path)
         unknown = run_cli("client", "edit", "seeds:1", "--direction", "smile=2", "-o", "e2", *srv, cwd=tmp_path)
-    for done in (enc, rec, gen, edit, edit_image, mix):
+        psi = run_cli("client", "generate", "--seeds", "0", "--psi", "1e30", "-o", "psi", *srv, cwd=tmp_path)
+    for done in (enc, rec, gen, edit, edit_image, mix, edit_all, mix_all, dec, interp):
         assert done.returncode == 0, done.stderr
+    assert rec.stdout.strip().endswith("no torch")
     rt = Runtime.from_config("tiny")
-    np.testing.assert_allclose(np.load(tmp_path / "w.npy"), rt.encode(files).numpy(), atol=1e-5)
+    w = np.load(tmp_path / "w.npy")
+    np.testing.assert_allclose(w, rt.encode(files).numpy(), atol=1e-5)
     assert sorted(p.name for p in (tmp_path / "rec").iterdir())[:1] == [f"0000_{files[0].stem}.png"]
     assert (tmp_path / "rec" / "grid.png").is_file()
     styles = np.load(tmp_path / "gen" / "styles.npy")
     np.testing.assert_allclose(styles, rt.truncate(rt.map(rt.seeds_to_z([0, 1, 2]))).numpy(), atol=1e-5)
     edited = np.load(tmp_path / "edit" / "edited.npy")
-    ref = rt.edit(rt.truncate(rt.map(rt.seeds_to_z([1, 2]))), [(torch.from_numpy(np.load(direction)), 2.0)])
+    d = torch.from_numpy(np.load(direction))
+    ref = rt.edit(rt.truncate(rt.map(rt.seeds_to_z([1, 2]))), [(d, 2.0)])
     np.testing.assert_allclose(edited, ref.numpy(), atol=1e-5)
     assert len(list((tmp_path / "mix").glob("mix_*.png"))) == 2
+    np.testing.assert_allclose(np.load(tmp_path / "edit_all" / "edited.npy"), w + d.numpy(), atol=1e-5)
+    assert len(list((tmp_path / "edit_all").glob("w_*.png"))) == 3
+    assert len(list((tmp_path / "mix_all").glob("mix_*.png"))) == 9
+    decoded = [read_image(tmp_path / "dec" / f"{i:06d}.png").astype(int) for i in range(3)]
+    assert np.abs(np.stack(decoded) - rt.to_uint8(rt.decode(w, noise="const")).astype(int)).max() <= 1
+    path = np.load(tmp_path / "interp" / "latents.npy")  # [steps, N, 2L, D]
+    ends = rt.seed_styles([0]), rt.seed_styles([1, 2, 3])
+    np.testing.assert_allclose(path, rt.interpolate(*ends, 3).numpy(), atol=1e-5)
+    assert len(list((tmp_path / "interp").glob("seed0000__seed000*_t00*.png"))) == 9
     # The client draws the local command's edit grid: decoded | edited for seeds, original | reconstruction | edited
-    # for images, two groups a row, the same pixels as `alae-rt edit` on the same weights.
+    # for images, two groups a row, labelled, the same pixels as `alae-rt edit` on the same weights.
     assert "(decoded | edited)" in edit.stdout and "(original | reconstruction | edited)" in edit_image.stdout
-    assert read_image(tmp_path / "edit_image" / "grid.png").shape == (2 + 18, 2 + 3 * 18, 3)
+    grid = read_image(tmp_path / "edit_image" / "grid.png")
+    assert grid.shape[1] == 2 + 3 * 130  # tiny's 16x16 images shown 8x
     save_checkpoint(tmp_path / "tiny.safetensors", rt.model.state_dict(), rt.config)
     assert main(["-q", "edit", "seeds:1-2", "-c", str(tmp_path / "tiny.safetensors"), "--direction", f"{direction}=2",
                  "-o", str(tmp_path / "local_edit")]) == 0
     local, remote = (read_image(tmp_path / d / "grid.png").astype(int) for d in ("local_edit", "edit"))
-    assert local.shape == remote.shape == (2 + 18, 2 + 4 * 18, 3) and np.abs(local - remote).max() <= 1
+    assert local.shape[1] == remote.shape[1] == 2 + 4 * 130
+    first = np.repeat(np.repeat(rt.to_uint8(rt.decode(rt.seed_styles([1, 2]), noise="const"))[0], 8, 0), 8, 1)
+    y = find_row(remote, first, 0)
+    assert y is not None and has_text(remote[:y])  # the column labels over the cells
+    # The same labels and cells (only the caption's description of the weights differs: a file, random weights)
+    assert np.abs(local[:y + 130] - remote[:y + 130]).max() <= 1
     assert unknown.returncode == 2
     assert unknown.stderr.strip().splitlines()[-1].startswith("alae-rt: error: Edit: INVALID_ARGUMENT: edits[0].name")
     assert "Traceback" not in unknown.stderr
+    assert psi.returncode == 2 and "truncation_psi" in psi.stderr and "[-2.0, 2.0]" in psi.stderr
+
+
+def test_client_writes_as_it_goes_and_says_how_much_when_the_server_goes(tmp_path):
+    """A long `client generate` whose server is stopped part-way: the images of the requests that completed are on
+    disk (and their styles), and the error says how many; UNAVAILABLE is retried for --retry-s first."""
+    with server_process(tmp_path, "--preset", "tiny", "--max-images", "2") as (proc, address, _):
+        client = subprocess.Popen([*ALAE_RT, "-q", "client", "generate", "--seeds", "0-5999", "--server", address,
+                                   "--retry-s", "1", "-o", "gen"], cwd=tmp_path, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        t0 = time.monotonic()
+        while len(list((tmp_path / "gen").glob("*.png"))) < 4 if (tmp_path / "gen").is_dir() else True:
+            assert client.poll() is None, client.communicate()
+            assert time.monotonic() - t0 < 120
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        out, err = client.communicate(timeout=120)
+    assert client.returncode == 2, (out, err)
+    written = len(list((tmp_path / "gen").glob("seed*.png")))
+    assert 4 <= written < 6000
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("alae-rt: error: ") and "UNAVAILABLE" in last and "retries" in last
+    assert f"wrote {written} of 6000 image(s) to gen before the failure" in last
+    assert np.load(tmp_path / "gen" / "styles.npy").shape[0] == written
+    assert not (tmp_path / "port").exists()
+
+
+def test_client_retries_while_the_server_starts(tmp_path):
+    """A client started before its server: UNAVAILABLE is retried with backoff until the server answers."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = subprocess.Popen([*ALAE_RT, "client", "generate", "--seeds", "0-1", "--server", f"127.0.0.1:{port}",
+                               "--retry-s", "120", "-o", "gen"], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    assert client.poll() is None  # still trying
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen([*ALAE_RT, "serve", "--preset", "tiny", "--port", str(port), "--threads", "1"],
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        out, err = client.communicate(timeout=180)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+        log.close()
+    assert client.returncode == 0, err
+    assert "UNAVAILABLE" in err and "retrying for up to 120 s" in err and "wrote 2 image(s)" in out
+    assert err.count("retrying for up to") == 1  # said once, not at every try
 
 
 def test_cli_errors_are_one_line(tmp_path):
@@ -176,5 +262,6 @@ def test_cli_errors_are_one_line(tmp_path):
 def test_serve_refuses_directions_that_do_not_fit(tmp_path):
     require(DIRECTIONS)
     done = run_cli("serve", "--preset", "tiny", "--port", "0", "--directions-dir", str(DIRECTIONS), cwd=tmp_path)
-    assert done.returncode == 2 and "direction" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "these directions are for a model with D=512 (the official FFHQ); this model has D=32" in done.stderr
 
