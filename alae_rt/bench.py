@@ -24,7 +24,7 @@ from torch import Tensor
 
 from alae_rt.backends import available_backends
 from alae_rt.config import ModelConfig
-from alae_rt.errors import InputError
+from alae_rt.errors import AlaeError, InputError
 from alae_rt.flops import count_flops
 from alae_rt.runtime import Runtime, parse_dtype
 
@@ -109,9 +109,20 @@ def _track_cpu_memory() -> None:
         libc.malloc_trim(0)
 
 
+def _trim_heap() -> None:
+    """Hand free heap pages back to the OS (glibc malloc_trim), in every arena; a no-op elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
 class _PeakMemory:
-    """Peak memory while a block runs, in MB above its start: the CUDA allocator's, or process RSS sampled
-    every millisecond on CPU (Linux; see _track_cpu_memory)."""
+    """Peak memory while a block runs, in MB above its start: the CUDA allocator's, or on CPU the process's resident
+    set: its high-water mark (VmHWM, reset through /proc/self/clear_refs) where Linux has one, else RSS sampled every
+    millisecond. Free heap pages are handed back first (malloc_trim), so that memory an earlier case freed but
+    kept does not hide this case's use (it read as ~0 MB for the cases after the first)."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -125,15 +136,34 @@ class _PeakMemory:
         except (OSError, ValueError, IndexError):
             return None
 
+    @staticmethod
+    def _hwm() -> int | None:
+        """The resident set's high-water mark in bytes (Linux), None where there is none."""
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        return None
+
+    @staticmethod
+    def _reset_hwm() -> bool:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS to the current RSS
+        except OSError:
+            return False
+        return True
+
     def __enter__(self) -> _PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
         else:
+            _trim_heap()
             self._start = self._rss()
             self._max = self._start
-            if self._start is not None:
+            self._use_hwm = self._start is not None and self._reset_hwm() and self._hwm() is not None
+            if self._start is not None and not self._use_hwm:
                 self._thread = threading.Thread(target=self._sample, daemon=True)
                 self._thread.start()
         return self
@@ -149,9 +179,12 @@ class _PeakMemory:
             torch.cuda.synchronize(self.device)
             self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self._start) / 2**20
         elif self._start is not None:
-            self._stop.set()
-            self._thread.join()
-            self._max = max(self._max, self._rss() or 0)
+            if self._use_hwm:
+                self._max = max(self._max, self._hwm() or 0)
+            else:
+                self._stop.set()
+                self._thread.join()
+                self._max = max(self._max, self._rss() or 0)
             self.peak_mb = (self._max - self._start) / 2**20
 
 
@@ -269,7 +302,7 @@ def run_bench(config: ModelConfig | str | None = None, checkpoint: str | Path | 
             rt = Runtime(copy.deepcopy(ref.model), device=dev, dtype=dtype, backend=factory_name,
                          backend_options=options)
             backend = rt.backend
-        except InputError as exc:
+        except AlaeError as exc:  # e.g. a backend's missing package or export folder: the others still run
             skipped.append(f"{backend_name} {dtype_name}: {exc}")
             log(f"skipped {backend_name} {dtype_name}: {exc}")
             if bar:
@@ -415,6 +448,7 @@ def _plot(report: dict[str, Any], path: Path) -> Path | None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import EngFormatter, MaxNLocator, NullLocator, ScalarFormatter
     except ImportError:
         return None
     rows = report["rows"]
@@ -434,12 +468,20 @@ def _plot(report: dict[str, Any], path: Path) -> Path | None:
             ax.invert_yaxis()
             ax.set_xlabel(f"images/s (batch {rows[0]['batch']})")
             ax.tick_params(axis="y", labelsize=7)
+            # A few short ticks (the map runs at 1e5 images/s and more: full numbers ran into each other).
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         else:
             for label, points in series.items():
                 points.sort()
                 ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
+            ax.set_xticks(sorted({p[0] for points in series.values() for p in points}))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.yaxis.set_major_formatter(EngFormatter(sep=""))
+            ax.yaxis.set_minor_formatter(EngFormatter(sep=""))  # within a decade only minor ticks are labelled
             ax.set_xlabel("batch")
             ax.set_ylabel("images/s")
         ax.set_title(op)

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from alae_rt import InputError, ModelConfig
 from alae_rt.bench import OPS, format_table, run_bench, write_report
@@ -87,3 +88,85 @@ def test_cli_bench(capsys, tmp_path):
     assert any("nonexistent" in s for s in data["skipped"])
     code = main(["bench", "--preset", "tiny", "--ops", "paint", "--no-save"])
     assert code == 2 and "unknown op" in capsys.readouterr().err
+
+
+def test_cli_bench_backend_options(capsys, tmp_path):
+    """--backend-option reaches the backends that take it (onnxruntime's onnx_dir, which it skipped without), the bar
+    counts cases, and the skipped lines print above it, not onto it."""
+    pytest.importorskip("onnxruntime")
+    missing = tmp_path / "no-export"
+    code = main(["bench", "--preset", "tiny", "--backends", "eager,onnxruntime", "--dtypes", "fp32", "--batch", "1",
+                 "--ops", "decode", "--min-reps", "1", "--min-time", "0", "--backend-option", f"onnx_dir={missing}",
+                 "--no-save"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "| decode" not in out
+    skipped = [line for line in err.splitlines() if "skipped" in line]
+    assert skipped and all(line.startswith("skipped onnxruntime fp32: ") for line in skipped), err
+    assert f"{missing}: no such export folder" in skipped[0]  # it got the folder (it said: needs onnx_dir)
+    assert "case/s" in err or "s/case" in err
+    assert "img/s" not in err.replace("img/s  GFLOP/s", "")  # the table's column is not the bar
+    code = main(["bench", "--preset", "tiny", "--backends", "eager", "--backend-option", "speed=1", "--no-save"])
+    assert code == 2 and "none of the backends measured (eager) takes 'speed'" in capsys.readouterr().err
+    code = main(["bench", "--preset", "tiny", "--backends", "eager", "--backend-option", "compile:mode=default",
+                 "--no-save"])
+    assert code == 2 and "backend 'compile' is not measured here" in capsys.readouterr().err
+
+
+def test_backend_options_go_to_the_backends_that_name_them():
+    pytest.importorskip("onnxruntime")
+    from alae_rt.cli.bench import with_options
+
+    assert with_options(["eager", "onnxruntime"], ["onnx_dir=x", "threads=2"]) == (
+        ["eager"], {"onnxruntime": ("onnxruntime", {"onnx_dir": "x", "threads": 2})})
+    assert with_options(["eager", "compile"], ["compile:mode=max-autotune"]) == (
+        ["eager"], {"compile": ("compile", {"mode": "max-autotune"})})
+    assert with_options(["onnxruntime"], ["onnx_dir=x"])[0] == ["official"]  # not [], which means every backend
+
+
+def test_peak_memory_counts_memory_an_earlier_case_freed():
+    """Two cases doing the same work each read their peak. The second read ~0 MB when the process kept the pages the
+    first had freed (glibc keeps freed heap memory below its trim threshold, and raises that threshold as it goes):
+    here the threshold is set high so that it keeps all of it."""
+    import ctypes
+    import ctypes.util
+
+    from alae_rt.bench import _PeakMemory, _track_cpu_memory
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        assert libc.mallopt(-1, 1 << 30) == 1  # M_TRIM_THRESHOLD: 1 GiB
+    except (OSError, AttributeError, AssertionError):
+        pytest.skip("not glibc")
+    _track_cpu_memory()
+    peaks = []
+    try:
+        for _ in range(2):
+            with _PeakMemory(torch.device("cpu")) as mem:
+                blocks = [bytearray(256 << 10) for _ in range(256)]  # 64 MiB in heap blocks (below mmap's 1 MiB)
+                del blocks
+            peaks.append(mem.peak_mb)
+    finally:
+        libc.mallopt(-1, 128 << 10)  # glibc's default
+    assert all(p > 48 for p in peaks), peaks
+
+
+def test_plot_axes_stay_readable(monkeypatch, tmp_path):
+    """The map panel's x labels (1e5+ images/s) ran into each other: a few short engineering labels now."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from alae_rt.bench import _plot
+
+    figures = []
+    monkeypatch.setattr(plt, "close", lambda fig: figures.append(fig))
+    rows = [{"op": op, "backend": b, "dtype": "fp32", "batch": 1, "images_per_s": v}
+            for op, base in (("decode", 40.0), ("map", 250000.0))
+            for b, v in (("official", base), ("eager", base * 1.7))]
+    report = {"rows": rows, "machine": {"device_name": "cpu", "date": "2025-01-01", "commit": "x"},
+              "model": {"name": "tiny"}}
+    assert _plot(report, tmp_path / "p.png") is not None
+    fig = figures[0]
+    fig.canvas.draw()
+    for ax in fig.axes:
+        labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+        assert len(labels) <= 6 and all(len(label) <= 5 for label in labels), labels
