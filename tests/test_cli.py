@@ -492,6 +492,19 @@ def test_compile_says_it_is_compiling(capsys, rgb128_checkpoint, tmp_path):
     assert code == 2 and "compiling on the first call of each batch size (first call only" in err
 
 
+def test_openmp_threads_sleep_when_idle(capsys, monkeypatch):
+    """The CLI sets OMP_WAIT_POLICY=PASSIVE before torch loads (spinning threads on a shared machine made small
+    models ~100x slower on 2 threads), and keeps a policy the user set."""
+    import os
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert run(capsys, "info", "--preset", "tiny")[0] == 0
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert run(capsys, "info", "--preset", "tiny")[0] == 0
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
 def test_local_interpolate(capsys, rgb128_checkpoint, tmp_path):
     code, out, _ = run(capsys, "interpolate", "--a", "seeds:0", "--b", "seeds:1-2", "--steps", "3",
                        "-c", str(rgb128_checkpoint), "-o", str(tmp_path / "i"))
