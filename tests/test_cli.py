@@ -519,3 +519,10 @@ def test_local_interpolate(capsys, rgb128_checkpoint, tmp_path):
     code, _, err = run(capsys, "interpolate", "--a", "seeds:0-1", "--b", "seeds:1-3", "-c", str(rgb128_checkpoint),
                        "-o", str(tmp_path / "j"))
     assert_one_line_error(code, err, "--b: 3 input(s) against 2 in --a")
+
+
+def test_backend_needing_an_option_names_the_flag(capsys, rgb128_checkpoint, tmp_path, faces3):
+    pytest.importorskip("onnxruntime")
+    code, _, err = run(capsys, "encode", faces3[0], "-c", str(rgb128_checkpoint), "--backend", "onnxruntime",
+                       "-o", str(tmp_path / "w.npy"))
+    assert_one_line_error(code, err, "backend 'onnxruntime' needs --backend-option onnx_dir=DIR")
