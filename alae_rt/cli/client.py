@@ -233,8 +233,6 @@ def _source_latents(c, args: argparse.Namespace, src: Sources, info, noise: dict
 
     Images are encoded (and with `decode`, reconstructed in the same call); seeds generated (with their images);
     latents sent for decoding when `decode`. `on_part(rows, latents, images)` hears of each request's results."""
-    from alae_rt.serve.client import Seeds
-
     n = len(src.names)
     parts, images = [], []
     if src.paths is not None:
@@ -249,7 +247,7 @@ def _source_latents(c, args: argparse.Namespace, src: Sources, info, noise: dict
             else:
                 w, imgs = c.encode(src.paths[sl]), None
         elif src.seeds is not None:
-            r = c.generate(seeds=Seeds(src.seeds[sl]).seeds, psi=args.psi, return_latents=True, **noise)
+            r = c.generate(seeds=src.seeds[sl], psi=args.psi, return_latents=True, **noise)
             w, imgs = r.latents, r.images
         else:
             w = src.latents[sl]
