@@ -183,15 +183,15 @@ class Runtime:
                 raise InputError("x: empty batch", field="x")
             if all(isinstance(item, (str, Path)) for item in x):
                 paths = list_images(x)
-                x = images_to_tensor([read_image(p) for p in paths], r, c, names=[str(p) for p in paths])
+                x = images_to_tensor([read_image(p) for p in paths], r, c, [str(p) for p in paths], self.device)
             else:
-                x = images_to_tensor(x, r, c)
+                x = images_to_tensor(x, r, c, device=self.device)
         elif isinstance(x, np.ndarray):
             x = _from_numpy(x)
         if not isinstance(x, Tensor):
             raise InputError(f"x: expected images (tensor, array, list or paths), got {type(x).__name__}", field="x")
         if x.dtype == torch.uint8:
-            x = images_to_tensor(x[None] if x.ndim == 3 else x, r, c)
+            x = images_to_tensor(x[None] if x.ndim == 3 else x, r, c, device=self.device)
         elif not x.is_floating_point():
             raise InputError(f"x: expected float images in [-1, 1] or uint8 images, got {x.dtype}", field="x")
         if x.ndim != 4 or tuple(x.shape[1:]) != (c, r, r) or x.shape[0] == 0:
