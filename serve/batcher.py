@@ -16,6 +16,7 @@ from torch import Tensor
 Inputs = Sequence[Tensor | None]
 # fn(key, inputs) runs one batch in the compute thread: every input is a list of the callers' slices, in order.
 BatchFn = Callable[[Hashable, list[list[Tensor | None]]], Tensor]
+DEADLINE_SLACK_S = 0.05  # a call cancelled this close to its deadline (as the loop reckons it) timed out
 
 
 class QueueFull(Exception):
@@ -145,8 +146,12 @@ class DynamicBatcher:
             kept = collections.deque()
             for entry in queue:
                 left = entry.n - entry.taken
-                # The deadline first: gRPC also cancels a call whose deadline passed.
-                if entry.deadline is not None and now >= entry.deadline:
+                # The deadline first: gRPC also cancels a call whose deadline passed - at that moment as gRPC keeps
+                # time, which the loop-time deadline (taken from time_remaining() when the call began) can trail a
+                # little: a cancelled call that close to its deadline has timed out.
+                expired = entry.deadline is not None and now >= entry.deadline - (
+                    DEADLINE_SLACK_S if entry.future.cancelled() else 0.0)
+                if expired:
                     if not entry.future.done():
                         entry.future.set_exception(Dropped(f"deadline passed after {now - entry.enqueued:.3f} s "
                                                            "in the queue"))
