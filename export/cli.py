@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from alae_rt.cli.options import add_checkpoint_args, add_out_arg, out_dir, parse_int_list, say
+from alae_rt.cli.options import add_checkpoint_args, add_out_arg, out_dir, parse_int_list, positive_int, say
 from alae_rt.export.errors import ExportError
 
 DESCRIPTION = """\
@@ -37,16 +37,6 @@ TRITON_HELP = """\
 Writes a model repository for NVIDIA Triton Inference Server: alae_encoder, alae_generator, alae_mapping, each
 with 1/model.onnx (or 1/model.plan) and a config.pbtxt (platform, max_batch_size, inputs and outputs matching
 the files, dynamic batching, instance group). Start Triton with `tritonserver --model-repository OUT`."""
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
-    return value
 
 
 def _checkpoint_args(p: argparse.ArgumentParser) -> None:
@@ -86,9 +76,9 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     t.add_argument("--onnx", required=True, metavar="DIR", help="folder written by `alae-rt export onnx`")
     add_out_arg(t, "output folder for the engines", metavar="DIR")
     _batch_args(t)
-    t.add_argument("--min-batch", type=_positive, default=1, metavar="N", help="smallest batch (default 1)")
-    t.add_argument("--opt-batch", type=_positive, default=8, metavar="N", help="batch tuned for (default 8)")
-    t.add_argument("--max-batch", type=_positive, default=32, metavar="N", help="largest batch (default 32)")
+    t.add_argument("--min-batch", type=positive_int, default=1, metavar="N", help="smallest batch (default 1)")
+    t.add_argument("--opt-batch", type=positive_int, default=8, metavar="N", help="batch tuned for (default 8)")
+    t.add_argument("--max-batch", type=positive_int, default=32, metavar="N", help="largest batch (default 32)")
     t.add_argument("--workspace-gib", type=float, metavar="GIB", help="builder workspace limit (default: TensorRT's)")
     t.set_defaults(func=cmd_tensorrt)
 
@@ -102,12 +92,12 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     _onnx_args(r)
     _batch_args(r)
     g = r.add_argument_group("Triton")
-    g.add_argument("--max-batch-size", type=_positive, default=8, metavar="N", help="max_batch_size (default 8)")
+    g.add_argument("--max-batch-size", type=positive_int, default=8, metavar="N", help="max_batch_size (default 8)")
     g.add_argument("--preferred-batch-sizes", default="4,8", metavar="LIST",
                    help="dynamic batching's preferred sizes, e.g. 4,8 (default 4,8)")
     g.add_argument("--max-queue-delay-us", type=int, default=100, metavar="US",
                    help="longest a request waits for a batch to fill, in microseconds (default 100)")
-    g.add_argument("--instances", type=_positive, default=1, metavar="N", help="instances per model (default 1)")
+    g.add_argument("--instances", type=positive_int, default=1, metavar="N", help="instances per model (default 1)")
     g.add_argument("--instance-kind", choices=["gpu", "cpu"], default="gpu", help="KIND_GPU or KIND_CPU (default gpu)")
     r.set_defaults(func=cmd_triton_repo)
 

@@ -104,4 +104,4 @@ def test_bad_tensorrt_and_triton_settings(capsys, tmp_path, gray32_checkpoint):
     assert_one_line_error(code, err, "GPU instances only")
     with pytest.raises(SystemExit) as exc:
         main(["export", "tensorrt", "--onnx", str(tmp_path), "-o", repo, "--max-batch", "0"])
-    assert exc.value.code == 2 and "must be 1 or more" in capsys.readouterr().err
+    assert exc.value.code == 2 and "must be >= 1, got 0" in capsys.readouterr().err

@@ -248,7 +248,7 @@ def test_client_retries_while_the_server_starts(tmp_path):
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    down = run_cli("client", "info", "--server", "127.0.0.1:1", "--timeout", "3", cwd=tmp_path)
+    down = run_cli("client", "info", "--server", "127.0.0.1:1", "--timeout", "3", "--retry-s", "0", cwd=tmp_path)
     assert down.returncode == 2 and "Traceback" not in down.stderr
     assert down.stderr.strip().startswith("alae-rt: error: GetModelInfo: UNAVAILABLE")
     both = run_cli("serve", "--preset", "tiny", "-c", "x.pth", "--port", "0", cwd=tmp_path)
