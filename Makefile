@@ -14,6 +14,8 @@ DIRECTIONS ?= $(SHARED)/data/principal_directions
 OUT ?= out/demo
 SERVE_OUT ?= out/serve-demo
 SERVE_FACES ?= 8
+# pytest-xdist processes for make test (each test runs torch on one thread: see tests/conftest.py).
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo serve-demo test test-all lint bench-cpu bench-gpu gpu-kit gpu-check clean
 
@@ -46,10 +48,10 @@ serve-demo: setup
 	echo "== SIGTERM: the server drains and stops"
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 test-all: setup
-	$(PY) -m pytest -q --runslow
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --runslow
 
 lint: setup
 	$(VENV)/bin/ruff check .
