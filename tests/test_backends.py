@@ -50,6 +50,24 @@ def test_compile_backend_matches_the_fixtures(gray32):
     torch.testing.assert_close(rt.encode(ref["x"][:1]), ref["encode_w"][:1], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.skipif(not cpp_compiler_available(), reason="inductor needs a C++ compiler")
+def test_compile_backend_decodes_w_and_styles_with_one_graph(gray32):
+    """w broadcast to every style input (a stride-0 view), per-layer styles and styles made in inference mode are
+    one kind of input to the compiled generator: one graph, not one each (each costs a compilation: minutes at
+    1024x1024 on a CPU)."""
+    from torch._dynamo.utils import counters
+
+    rt = Runtime.load(gray32[0], backend="compile")
+    w = gray32[1]["encode_w"]
+    before = counters["stats"]["unique_graphs"]
+    rt.decode(w, noise="const")
+    rt.decode(rt.styles(w).contiguous(), noise="const")
+    with torch.inference_mode():
+        styles = rt.styles(w).contiguous()
+    rt.decode(styles, noise="const")
+    assert counters["stats"]["unique_graphs"] - before == 1
+
+
 def test_compile_failure_falls_back_to_eager(gray32, monkeypatch):
     from torch._dynamo.exc import BackendCompilerFailed
 

@@ -55,7 +55,10 @@ class CompileBackend:
         return self._run(self._encode, self.model.encoder, x)
 
     def decode(self, styles: Tensor, noise: list[Tensor | None]) -> Tensor:
-        return self._run(self._decode, self.model.generator, styles, noise)
+        # One kind of tensor for every caller: a compiled graph is specialised on strides and dispatch keys, and w
+        # broadcast to all style inputs (a stride-0 view) or styles made outside inference mode would each compile
+        # another graph. The copy is [N, 2L, D]: kilobytes.
+        return self._run(self._decode, self.model.generator, styles.clone(memory_format=torch.contiguous_format), noise)
 
 
 def _is_compile_failure(exc: Exception) -> bool:
