@@ -424,6 +424,15 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _both_ends(c, args: argparse.Namespace, info, src_a: Sources, src_b: Sources, noise: dict, images: bool):
+    """The two sides of mix and interpolate, checked against the server's model -> (sources, latents, images or
+    None) for each; with `images`, latents and seeds are decoded (photos are shown as the model sees them)."""
+    src_a, src_b = (s.checked(info.latent_size, info.num_styles) for s in (src_a, src_b))
+    with progress_bar(args, len(src_a.names) + len(src_b.names), "inputs") as bar:
+        return tuple((s, *_source_latents(c, args, s, info, noise, images and s.paths is None, bar))
+                     for s in (src_a, src_b))
+
+
 def cmd_mix(args: argparse.Namespace) -> int:
     src_a0, src_b0 = read_sources(args.a), read_sources(args.b)
     out = out_dir(args.out)
@@ -432,12 +441,7 @@ def cmd_mix(args: argparse.Namespace) -> int:
     written = Written(total, "mix(es)", out)
     with _client(args) as c:
         info = c.info()
-        src_a, src_b = src_a0.checked(info.latent_size, info.num_styles), src_b0.checked(info.latent_size,
-                                                                                           info.num_styles)
-        with progress_bar(args, len(src_a.names) + len(src_b.names), "inputs") as bar:
-            # Photos are shown as the model sees them; latents and seeds decoded.
-            w_a, images_a = _source_latents(c, args, src_a, info, noise, src_a.paths is None, bar)
-            w_b, images_b = _source_latents(c, args, src_b, info, noise, src_b.paths is None, bar)
+        (src_a, w_a, images_a), (src_b, w_b, images_b) = _both_ends(c, args, info, src_a0, src_b0, noise, True)
         images_a = images_a if images_a is not None else _originals(src_a.paths, info)
         images_b = images_b if images_b is not None else _originals(src_b.paths, info)
         mixed = []
@@ -465,11 +469,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     noise = {"noise": args.noise, "seed": args.seed}
     with _client(args) as c:
         info = c.info()
-        src_a, src_b = src_a0.checked(info.latent_size, info.num_styles), src_b0.checked(info.latent_size,
-                                                                                           info.num_styles)
-        with progress_bar(args, len(src_a.names) + len(src_b.names), "inputs") as bar:
-            w_a, _ = _source_latents(c, args, src_a, info, noise, False, bar)
-            w_b, _ = _source_latents(c, args, src_b, info, noise, False, bar)
+        (src_a, w_a, _), (src_b, w_b, _) = _both_ends(c, args, info, src_a0, src_b0, noise, False)
         pairs = interpolate_names(src_a.names, src_b.names)
         n = len(pairs)
         frames: list[list[np.ndarray]] = [[] for _ in range(n)]  # [pair][step]
