@@ -186,6 +186,26 @@ def scrape(port: int | None) -> dict[str, float]:
     return out
 
 
+def mean_batch(before: dict[str, float], after: dict[str, float], op: str) -> float | None:
+    """The mean batch size of batcher `op` between two scrapes (None when it ran no batch)."""
+    count = after.get(f"{op}_count", 0) - before.get(f"{op}_count", 0)
+    images = after.get(f"{op}_sum", 0) - before.get(f"{op}_sum", 0)
+    return images / count if count else None
+
+
+def wait_serving(address: str, timeout: float):
+    """Wait for the server's health to say SERVING (its warm-up done) -> its GetModelInfo."""
+    from alae_rt.serve.client import AlaeClient
+
+    with AlaeClient(address, timeout=timeout) as c:
+        t0 = time.monotonic()
+        while c.health() != "SERVING":
+            if time.monotonic() - t0 > 600:
+                sys.exit(f"serve_load: the server at {address} did not become SERVING")
+            time.sleep(0.1)
+        return c.info()
+
+
 # ---- load ---------------------------------------------------------------------------------------------------------
 
 
@@ -369,7 +389,6 @@ def simulated_sweep(args: argparse.Namespace) -> dict:
     """Every case (decode to each format, encode from each file format) at every caller count, against one server
     over the simulated model: images/s, latency, mean batch and the server process's CPU-ms per image."""
     from alae_rt import codecs
-    from alae_rt.serve.client import AlaeClient
 
     face = simulated_face(args)
     files = {"png": codecs.encode_png(face), "jpeg": codecs.encode_jpeg(face)}
@@ -378,13 +397,7 @@ def simulated_sweep(args: argparse.Namespace) -> dict:
     server = LocalServer(args)
     rows = []
     try:
-        with AlaeClient(server.address, timeout=args.timeout) as c:
-            t0 = time.monotonic()
-            while c.health() != "SERVING":
-                if time.monotonic() - t0 > 600:
-                    sys.exit("serve_load: the simulated server did not become SERVING")
-                time.sleep(0.1)
-            info = c.info()
+        info = wait_serving(server.address, args.timeout)
         for op, fmt in cases:
             args.op = op
             for n in args.levels:
@@ -393,10 +406,8 @@ def simulated_sweep(args: argparse.Namespace) -> dict:
                                           image_file=files[fmt] if op == "encode" else None))
                 cpu = server.cpu_seconds() - cpu0
                 after = scrape(server.metrics_port)
-                count = after.get(f"{op}_count", 0) - before.get(f"{op}_count", 0)
-                images = after.get(f"{op}_sum", 0) - before.get(f"{op}_sum", 0)
                 r.update(case=f"{op} {'to' if op == 'decode' else 'from'} {fmt}", op=op, format=fmt,
-                         mean_batch=images / count if count else None,
+                         mean_batch=mean_batch(before, after, op),
                          server_cpu_ms_per_image=1000 * cpu / max(r["requests"], 1))
                 b = r["mean_batch"] or 1
                 r["model_capacity_images_per_s"] = 1000 * b / (args.ms_per_batch + b * args.ms_per_image)
@@ -499,7 +510,6 @@ def main(argv=None) -> int:
         return main_simulated(args, argv)
     from alae_rt.bench import git_commit
     from alae_rt.flops import count_flops
-    from alae_rt.serve.client import AlaeClient
 
     server = None
     if args.server:
@@ -509,13 +519,7 @@ def main(argv=None) -> int:
         server = LocalServer(args)
         address = server.address
     try:
-        with AlaeClient(address, timeout=args.timeout) as c:
-            t0 = time.monotonic()
-            while c.health() != "SERVING":
-                if time.monotonic() - t0 > 600:
-                    sys.exit("serve_load: the server did not become SERVING")
-                time.sleep(0.1)
-            info = c.info()
+        info = wait_serving(address, args.timeout)
         if server is not None:
             metrics_port = server.metrics_port
         # Each level's in-process baseline runs right after the level, with the server idle: the speed of a
@@ -530,9 +534,7 @@ def main(argv=None) -> int:
                 result = asyncio.run(run_level(address, info, args, n))
                 after = scrape(metrics_port)
                 op = BATCHERS[args.op][-1]
-                count = after.get(f"{op}_count", 0) - before.get(f"{op}_count", 0)
-                images = after.get(f"{op}_sum", 0) - before.get(f"{op}_sum", 0)
-                result["mean_batch"] = images / count if count else None
+                result["mean_batch"] = mean_batch(before, after, op)
                 batch = max(1, min(args.max_batch, round(result["mean_batch"] or 1)))
                 # At one caller the p99s are compared: the direct calls then match the served ones in number.
                 seconds, calls = ((args.duration, result["requests"]) if n == 1
