@@ -18,6 +18,7 @@ truncated, unread. What a decoded image is, whichever path decodes it:
 
 from __future__ import annotations
 
+import importlib
 import io
 import re
 import struct
@@ -48,7 +49,7 @@ JPEG_HUFFMAN_SOF = {0xC0, 0xC1, 0xC2, 0xC3}
 def _fast(name: str) -> Any:
     """The fast codec module `name` (fpng, pyspng, simplejpeg), or None where it is not installed."""
     try:
-        return __import__(name)
+        return importlib.import_module(name)
     except ImportError:
         return None
 

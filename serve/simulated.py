@@ -54,10 +54,12 @@ class SimulatedRuntime(Runtime):
 
     def __init__(self, ms_per_image: float, ms_per_batch: float, image: np.ndarray | None = None,
                  config: ModelConfig = SIMULATED_CONFIG, **kwargs: Any):
-        torch.manual_seed(0)
         from alae_rt.network import StyleALAE
 
-        super().__init__(StyleALAE(config), source="simulated model: fixed outputs, no network", **kwargs)
+        with torch.random.fork_rng():  # the same (unused) weights every time, without touching the caller's RNG
+            torch.manual_seed(0)
+            model = StyleALAE(config)
+        super().__init__(model, source="simulated model: fixed outputs, no network", **kwargs)
         r, c = config.resolution, config.channels
         if image is None:  # a smooth colour field, so that PNG and JPEG have a photo's work to do
             y, x = np.mgrid[0:r, 0:r] / r
