@@ -79,6 +79,16 @@ class ModelConfig:
         return tuple(4 * 2**i for i in range(self.layer_count))
 
     @property
+    def style_ranges(self) -> dict[str, tuple[int, ...]]:
+        """Style input indices grouped by their generator block's resolution, as StyleGAN editing tools group them:
+        coarse (4-8 px: pose, face shape), middle (16-32: features, expression), fine (64 and up: colour, texture).
+        Block i feeds styles 2i and 2i+1; a group without blocks is left out (a 32x32 model has no fine styles)."""
+        bounds = {"coarse": (4, 8), "middle": (16, 32), "fine": (64, 2**30)}
+        groups = {name: tuple(s for i, r in enumerate(self.block_resolutions) if lo <= r <= hi
+                              for s in (2 * i, 2 * i + 1)) for name, (lo, hi) in bounds.items()}
+        return {name: layers for name, layers in groups.items() if layers}
+
+    @property
     def generator_channels(self) -> tuple[int, ...]:
         """Output channels of generator block i; block 0's input is `const` with the same count."""
         return tuple(min(self.maxf, self.startf * 2 ** (self.layer_count - 1 - i)) for i in range(self.layer_count))

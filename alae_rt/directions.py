@@ -25,6 +25,9 @@ from alae_rt.errors import InputError
 INFO_FILE = "directions.json"
 FORMAT = "alae-rt directions 1"
 RANGE_SD = 3.0  # the strength range a direction suggests: +-3 std of the data's w along it
+# The slider range offered for a direction that comes without one (the official FFHQ .npy files): a default for
+# unit-scale directions, not a measurement; callers may send any strength within the server's --max-strength.
+DEFAULT_RANGE = (-10.0, 10.0)
 PREVIEW_SD = (-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0)  # preview columns, in std of the data along the direction
 CLASSIFIERS = ("svm", "logistic")
 CHANCE_SE = 2.0  # held-out accuracy beyond chance by this many standard errors of a chance-level classifier
@@ -342,6 +345,6 @@ def _round(x: float) -> float:
     return float(f"{x:.6g}")
 
 
-__all__ = ["CLASSIFIERS", "INFO_FILE", "PREVIEW_SD", "RANGE_SD", "Direction", "as_w", "check_name", "fit_direction",
-           "labelled_grid", "load_folder", "orthogonalize", "preview", "principal_directions", "read_info",
-           "sample_w", "save_directions"]
+__all__ = ["CLASSIFIERS", "DEFAULT_RANGE", "INFO_FILE", "PREVIEW_SD", "RANGE_SD", "Direction", "as_w", "check_name",
+           "fit_direction", "labelled_grid", "load_folder", "orthogonalize", "preview", "principal_directions",
+           "read_info", "sample_w", "save_directions"]

@@ -121,14 +121,16 @@ class DecodeRequest(_message.Message):
     def __init__(self, latents: _Optional[_Union[Tensor, _Mapping]] = ..., noise: _Optional[_Union[Noise, _Mapping]] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ...) -> None: ...
 
 class ReconstructRequest(_message.Message):
-    __slots__ = ("images", "noise", "output")
+    __slots__ = ("images", "noise", "output", "return_psnr")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     NOISE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    RETURN_PSNR_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedCompositeFieldContainer[Image]
     noise: Noise
     output: OutputOptions
-    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., noise: _Optional[_Union[Noise, _Mapping]] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ...) -> None: ...
+    return_psnr: bool
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., noise: _Optional[_Union[Noise, _Mapping]] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ..., return_psnr: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("seeds", "z", "truncation_psi", "truncation_cutoff", "noise", "output")
@@ -201,12 +203,14 @@ class InterpolateRequest(_message.Message):
     def __init__(self, a: _Optional[_Union[LatentSource, _Mapping]] = ..., b: _Optional[_Union[LatentSource, _Mapping]] = ..., steps: _Optional[int] = ..., noise: _Optional[_Union[Noise, _Mapping]] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ...) -> None: ...
 
 class ImagesResponse(_message.Message):
-    __slots__ = ("images", "latents")
+    __slots__ = ("images", "latents", "psnr")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     LATENTS_FIELD_NUMBER: _ClassVar[int]
+    PSNR_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedCompositeFieldContainer[Image]
     latents: Tensor
-    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    psnr: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., psnr: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class InterpolateFrame(_message.Message):
     __slots__ = ("index", "t", "images", "latents")
@@ -225,7 +229,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("config_name", "config_json", "resolution", "channels", "latent_size", "layer_count", "num_styles", "directions", "backend", "device", "dtype", "weights", "truncation_psi", "truncation_cutoff", "max_batch", "max_images", "max_message_bytes", "max_pixels", "max_strength", "max_steps", "version")
+    __slots__ = ("config_name", "config_json", "resolution", "channels", "latent_size", "layer_count", "num_styles", "directions", "backend", "device", "dtype", "weights", "truncation_psi", "truncation_cutoff", "max_batch", "max_images", "max_message_bytes", "max_pixels", "max_strength", "max_steps", "version", "direction_info", "style_ranges")
     CONFIG_NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     RESOLUTION_FIELD_NUMBER: _ClassVar[int]
@@ -247,6 +251,8 @@ class ModelInfo(_message.Message):
     MAX_STRENGTH_FIELD_NUMBER: _ClassVar[int]
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_INFO_FIELD_NUMBER: _ClassVar[int]
+    STYLE_RANGES_FIELD_NUMBER: _ClassVar[int]
     config_name: str
     config_json: str
     resolution: int
@@ -268,4 +274,26 @@ class ModelInfo(_message.Message):
     max_strength: float
     max_steps: int
     version: str
-    def __init__(self, config_name: _Optional[str] = ..., config_json: _Optional[str] = ..., resolution: _Optional[int] = ..., channels: _Optional[int] = ..., latent_size: _Optional[int] = ..., layer_count: _Optional[int] = ..., num_styles: _Optional[int] = ..., directions: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., weights: _Optional[str] = ..., truncation_psi: _Optional[float] = ..., truncation_cutoff: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_images: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_pixels: _Optional[int] = ..., max_strength: _Optional[float] = ..., max_steps: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+    direction_info: _containers.RepeatedCompositeFieldContainer[DirectionInfo]
+    style_ranges: _containers.RepeatedCompositeFieldContainer[StyleRange]
+    def __init__(self, config_name: _Optional[str] = ..., config_json: _Optional[str] = ..., resolution: _Optional[int] = ..., channels: _Optional[int] = ..., latent_size: _Optional[int] = ..., layer_count: _Optional[int] = ..., num_styles: _Optional[int] = ..., directions: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., weights: _Optional[str] = ..., truncation_psi: _Optional[float] = ..., truncation_cutoff: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_images: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_pixels: _Optional[int] = ..., max_strength: _Optional[float] = ..., max_steps: _Optional[int] = ..., version: _Optional[str] = ..., direction_info: _Optional[_Iterable[_Union[DirectionInfo, _Mapping]]] = ..., style_ranges: _Optional[_Iterable[_Union[StyleRange, _Mapping]]] = ...) -> None: ...
+
+class DirectionInfo(_message.Message):
+    __slots__ = ("name", "label", "min", "max")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    label: str
+    min: float
+    max: float
+    def __init__(self, name: _Optional[str] = ..., label: _Optional[str] = ..., min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
+
+class StyleRange(_message.Message):
+    __slots__ = ("name", "layers")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ...) -> None: ...

@@ -18,7 +18,10 @@ class BearerAuth(grpc.aio.ServerInterceptor):
         self._on_reject = on_reject
 
     def _ok(self, metadata) -> bool:
-        value = next((v for k, v in metadata or () if k == "authorization"), "")
+        return self.accepts(next((v for k, v in metadata or () if k == "authorization"), ""))
+
+    def accepts(self, value: str | bytes) -> bool:
+        """Whether an authorization value ("Bearer <token>": gRPC metadata, or the HTTP API's header) is good."""
         scheme, _, token = (value if isinstance(value, str) else value.decode(errors="replace")).partition(" ")
         if scheme.lower() != "bearer" or not token:
             return False

@@ -32,6 +32,9 @@ class ServeConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     auth_tokens: tuple[str, ...] = ()
+    http_port: int | None = None  # None: no HTTP API and editor; 0: any free port (AlaeServer.http_port tells which)
+    http_cors_origins: tuple[str, ...] = ()  # origins whose pages may call the HTTP API (none: CORS off)
+    sample_faces: Path | None = None  # a folder of face images the editor offers
     # Codec work scales with cores (the codecs release the GIL: benchmarks/codecs.py), so both pools default to them.
     workers: int = CORES  # threads that prepare latents and noise and encode output images
     image_workers: int = CORES  # threads that decode input images (their own pool: never in latent-only calls' way)
@@ -69,6 +72,15 @@ class ServeConfig:
             raise AlaeError("TLS needs both --tls-cert and --tls-key")
         if max_batch < 1:
             raise AlaeError("--max-batch must be >= 1")
+        if self.http_port is not None and (not 0 <= self.http_port <= 65535 or self.http_port == self.port != 0):
+            raise AlaeError(f"--http-port must be in 0..65535 and differ from --port, got {self.http_port}")
+        for origin in self.http_cors_origins:
+            scheme, sep, rest = origin.partition("://")
+            if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+                raise AlaeError(f"--http-cors-origin {origin!r}: expected an origin, scheme://host[:port] "
+                                "(e.g. https://tools.example.com), without a path")
+        if self.http_port is None and (self.http_cors_origins or self.sample_faces):
+            raise AlaeError("--http-cors-origin and --sample-faces are for the HTTP API: add --http-port")
 
 
 def read_tokens(path: str | Path) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ from alae_rt.runtime import Runtime
 from alae_rt.serve import alae_rt_pb2 as pb
 from alae_rt.serve.auth import BearerAuth
 from alae_rt.serve.config import ServeConfig
+from alae_rt.serve.http_api import HttpApi, read_samples, tls_context
 from alae_rt.serve.logs import log
 from alae_rt.serve.metrics import Metrics
 from alae_rt.serve.service import AlaeService, add_to_server
@@ -61,6 +62,7 @@ class WorkerPool(ThreadPoolExecutor):
 class _Listening:
     port: int = 0
     metrics_port: int | None = None
+    http_port: int | None = None
 
 
 class AlaeServer:
@@ -82,6 +84,8 @@ class AlaeServer:
         self.health: HealthServicer | None = None
         self._server: grpc.aio.Server | None = None
         self._metrics_server = None
+        self._http: HttpApi | None = None
+        self.serving = False  # what health says (SERVING), for the HTTP API's health
         self._warm_task: asyncio.Task | None = None
         self._load_task: asyncio.Task | None = None
         self._stopped: asyncio.Event | None = None
@@ -96,6 +100,10 @@ class AlaeServer:
         return self.listening.metrics_port
 
     @property
+    def http_port(self) -> int | None:
+        return self.listening.http_port
+
+    @property
     def address(self) -> str:
         return f"{self.cfg.host}:{self.port}"
 
@@ -105,10 +113,13 @@ class AlaeServer:
         self._stopped = asyncio.Event()  # made here: it belongs to the loop that runs the server
         self.service = AlaeService(self.rt, cfg, self.metrics, self.compute, self.pool, self.image_pool)
         interceptors = []
+        auth = None
         if cfg.auth_tokens:
             reject = self.metrics.requests.labels
-            interceptors.append(BearerAuth(cfg.auth_tokens, on_reject=lambda m: reject(
-                m.rsplit("/", 1)[-1], "UNAUTHENTICATED").inc()))
+            auth = BearerAuth(cfg.auth_tokens,
+                              on_reject=lambda m: reject(m.rsplit("/", 1)[-1], "UNAUTHENTICATED").inc())
+            interceptors.append(auth)
+        samples = read_samples(cfg.sample_faces, cfg.max_message_bytes) if cfg.sample_faces else None
         limit = cfg.max_message_bytes
         options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                    ("grpc.so_reuseport", 0)]
@@ -136,6 +147,15 @@ class AlaeServer:
         self.listening.port = port
         await server.start()
         await self.service.start()
+        if cfg.http_port is not None:
+            self._http = HttpApi(self.service, auth, lambda: "SERVING" if self.serving else "NOT_SERVING",
+                                 cfg.http_cors_origins, samples)
+            try:
+                self.listening.http_port = await self._http.start(
+                    cfg.host, cfg.http_port, tls_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None)
+            except AlaeError:
+                await self.stop()
+                raise
         if cfg.metrics_port is not None:
             from prometheus_client import start_http_server
 
@@ -148,6 +168,7 @@ class AlaeServer:
             self.listening.metrics_port = self._metrics_server.server_port
         log.info("listening", extra={"fields": {
             "event": "listening", "address": f"{cfg.host}:{port}", "tls": cfg.tls_cert is not None,
+            "http": self.http_url,
             "auth": bool(cfg.auth_tokens), "metrics_port": self.listening.metrics_port, "model": repr(self.rt),
             "weights": self.rt.source, "max_batch": self.rt.max_batch, "max_delay_ms": cfg.max_delay_ms}})
         self._warm_task = asyncio.get_running_loop().create_task(self._warm_up())
@@ -159,8 +180,7 @@ class AlaeServer:
             await asyncio.get_running_loop().run_in_executor(self.compute, self.service.warm_up)
         if self.service.state == "warming":
             self.service.state = "serving"
-            for name in ("", SERVICE_NAME):
-                await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self._set_health(True)
             log.info("serving", extra={"fields": {"event": "serving",
                                                   "warmup_s": round(time.perf_counter() - started, 3)}})
 
@@ -176,15 +196,28 @@ class AlaeServer:
             if now != overloaded:
                 overloaded = now
                 self.metrics.overloaded.set(int(now))
-                status = health_pb2.HealthCheckResponse.NOT_SERVING if now else health_pb2.HealthCheckResponse.SERVING
-                for name in ("", SERVICE_NAME):
-                    await self.health.set(name, status)
+                await self._set_health(not now)
                 images = self.service.images
                 log.log(logging.WARNING if now else logging.INFO, "overloaded" if now else "load back to normal",
                         extra={"fields": {"event": "overloaded" if now else "recovered",
                                           "images_waiting": images.waiting, "pixels_waiting": images.waiting_pixels,
                                           "encode_queued": self.service.encode_batcher.queued,
                                           "decode_queued": self.service.decode_batcher.queued}})
+
+    async def _set_health(self, serving: bool) -> None:
+        self.serving = serving
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    @property
+    def http_url(self) -> str | None:
+        """The editor's address (None without --http-port)."""
+        if self.http_port is None:
+            return None
+        host = self.cfg.host if self.cfg.host not in ("0.0.0.0", "::", "[::]") else "127.0.0.1"
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        return f"{'https' if self.cfg.tls_cert else 'http'}://{host}:{self.http_port}/"
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Wait for the warm-up; it raises what the warm-up raised."""
@@ -197,6 +230,7 @@ class AlaeServer:
         grace = self.cfg.grace_s if grace_s is None else grace_s
         service = self.service
         service.state = "draining"
+        self.serving = False
         await self.health.enter_graceful_shutdown()
         log.info("draining", extra={"fields": {"event": "draining", "inflight": service.inflight, "grace_s": grace}})
         try:
@@ -209,10 +243,13 @@ class AlaeServer:
         """Stop now: calls still running are cancelled."""
         if self._server is not None and not self._stopped.is_set():
             self.service.state = "draining"
+            self.serving = False
             await self._shutdown()
 
     async def _shutdown(self) -> None:
         await self._server.stop(0)
+        if self._http is not None:
+            await self._http.stop()
         for task in (self._warm_task, self._load_task):
             if task is not None and not task.done():
                 task.cancel()

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -19,7 +19,9 @@ import torch
 from torch import Tensor
 
 from alae_rt import nvjpeg
+from alae_rt.cli.grids import psnr
 from alae_rt.codecs import DEFAULT_JPEG_QUALITY
+from alae_rt.directions import DEFAULT_RANGE
 from alae_rt.errors import InputError
 from alae_rt.runtime import Runtime
 from alae_rt.serve import alae_rt_pb2 as pb
@@ -49,6 +51,23 @@ from alae_rt.serve.requests import (
     tolerant_parser,
 )
 from alae_rt.serve.wire import RequestError, array_to_tensor, invalid, over_limit, write_image
+
+
+@dataclass
+class CallContext:
+    """A call's transport for a front end other than gRPC (the HTTP API, alae_rt.serve.http_api): what the RPCs use
+    of gRPC's ServicerContext - who calls, how much time is left. A refused call raises its RequestError whole
+    (gRPC's context takes only the code and message; the HTTP status depends on more, e.g. 413 or 429)."""
+
+    caller: str  # as gRPC names peers ("ipv4:127.0.0.1:5000"): image decoding takes callers in turn
+    timeout_s: float | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def peer(self) -> str:
+        return self.caller
+
+    def time_remaining(self) -> float | None:
+        return None if self.timeout_s is None else max(0.0, self.timeout_s - (time.monotonic() - self.started))
 
 
 @dataclass
@@ -164,8 +183,12 @@ class AlaeService(pb_grpc.AlaeServicer):
         return await self._in_pool(latents_tensor, t, field, self.rt, self.cfg, allow_styles)
 
     async def _encode(self, images: Sequence[pb.Image], field: str, call: Call) -> Tensor:
-        """Image messages -> w [n, D] through the decode stage (sizes from the headers first, then each image in
-        turn with other callers') and the encode batcher."""
+        """Image messages -> w [n, D] through the decode stage and the encode batcher."""
+        return await self.encode_batcher.run("encode", [await self._inputs(images, field, call)], call.deadline)
+
+    async def _inputs(self, images: Sequence[pb.Image], field: str, call: Call) -> Tensor:
+        """Image messages -> the encoder's input [n, C, R, R] through the decode stage: sizes from the headers
+        first, then each image in turn with other callers'."""
         check_count(len(images), field, self.cfg)
         images, stage, rt, cfg = list(images), self.images, self.rt, self.cfg
         (sizes,) = await stage.run(call.peer, [(0, functools.partial(image_sizes, images, field, cfg))],
@@ -174,7 +197,7 @@ class AlaeService(pb_grpc.AlaeServicer):
                 for i, (img, pixels) in enumerate(zip(images, sizes))]
         xs = await stage.run(call.peer, jobs, call.deadline, field)  # n x [C, R, R]
         (x,) = await stage.run(call.peer, [(0, functools.partial(images_tensor, xs, rt))], call.deadline, field)
-        return await self.encode_batcher.run("encode", [x], call.deadline)
+        return x
 
     async def _source(self, src: pb.LatentSource, field: str, call: Call) -> Tensor:
         """A LatentSource -> w [n, D] or styles [n, 2L, D]."""
@@ -265,35 +288,45 @@ class AlaeService(pb_grpc.AlaeServicer):
             self._begin(needs_model)
         except RequestError as exc:
             self._finish(call, exc.code, exc.message)
-            await context.abort(exc.code, exc.message)
+            await self._refuse(context, exc)
         try:
             yield call
         except asyncio.CancelledError:
             self._finish(call, grpc.StatusCode.CANCELLED)
             raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a traceback to the caller
-            code, message = self._status_of(exc)
+            error = self._status_of(exc)
         else:
             self._finish(call, grpc.StatusCode.OK)
             return
         finally:
             self._end()
-        self._finish(call, code, message)
-        await context.abort(code, message)
+        self._finish(call, error.code, error.message)
+        await self._refuse(context, error)
 
-    def _status_of(self, exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    @staticmethod
+    async def _refuse(context, error: RequestError) -> None:
+        """End a refused call: gRPC's context aborts with the code and message; a CallContext's caller gets the
+        error itself."""
+        if isinstance(context, CallContext):
+            raise error
+        await context.abort(error.code, error.message)
+
+    def _status_of(self, exc: BaseException) -> RequestError:
         if isinstance(exc, InputError):
             exc = request_error(exc)
         if isinstance(exc, RequestError):
-            return exc.code, exc.message
+            return exc
+        code = grpc.StatusCode.RESOURCE_EXHAUSTED
         if isinstance(exc, QueueFull):
-            return grpc.StatusCode.RESOURCE_EXHAUSTED, f"{exc}; retry later (--max-queue)"
+            return RequestError(code, f"{exc}; retry later (--max-queue)", http=429)
         if isinstance(exc, Dropped):
-            return grpc.StatusCode.DEADLINE_EXCEEDED, f"dropped before compute: {exc}"
+            return RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, f"dropped before compute: {exc}")
         if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc)):
-            return grpc.StatusCode.RESOURCE_EXHAUSTED, "out of memory on the server; send fewer images per request"
+            return RequestError(code, "out of memory on the server; send fewer images per request", http=503)
         log.error("internal error", exc_info=exc, extra={"fields": {"event": "internal_error"}})
-        return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); the server log has the details"
+        return RequestError(grpc.StatusCode.INTERNAL,
+                            f"internal error ({type(exc).__name__}); the server log has the details")
 
     def _begin(self, needs_model: bool) -> None:
         if needs_model and self.state != "serving":
@@ -340,8 +373,11 @@ class AlaeService(pb_grpc.AlaeServicer):
         async with self._call("Reconstruct", context, req) as call:
             noise_args(req.noise)
             check_output(req.output)
-            w = await self._encode(req.images, "images", call)
-            return call.done(await self._respond(await self._decode(w, req.noise, call.deadline), w, req.output))
+            x = await self._inputs(req.images, "images", call)  # [n, C, R, R]
+            w = await self.encode_batcher.run("encode", [x], call.deadline)
+            images = await self._decode(w, req.noise, call.deadline)
+            quality = await self._in_pool(self._psnr, x, images) if req.return_psnr else []
+            return call.done(await self._respond(images, w, req.output, psnr=quality))
 
     async def Generate(self, req: pb.GenerateRequest, context) -> pb.ImagesResponse:
         async with self._call("Generate", context, req) as call:
@@ -399,6 +435,23 @@ class AlaeService(pb_grpc.AlaeServicer):
                 call.images += 1
                 yield frame
 
+    def _psnr(self, x: Tensor, images: Tensor) -> list[float]:
+        """Each reconstruction's PSNR against its input as the encoder saw it: x [n, C, R, R] in [-1, 1] made uint8
+        as images are, against uint8 images [n, R, R, C]."""
+        inputs, outputs = self.rt.to_uint8(x), images.cpu().numpy()
+        return [psnr(a, b) for a, b in zip(inputs, outputs)]
+
+    def direction_info(self) -> list[pb.DirectionInfo]:
+        """Each named direction with its label and slider range: the directions folder's (alae_rt.directions),
+        else DEFAULT_RANGE; within +-max_strength."""
+        out, limit = [], self.cfg.max_strength
+        for name in sorted(self.rt.directions):
+            info = self.rt.direction_info.get(name, {})
+            low, high = info.get("range") or DEFAULT_RANGE
+            out.append(pb.DirectionInfo(name=name, label=info.get("label", name), min=max(low, -limit),
+                                        max=min(high, limit)))
+        return out
+
     async def GetModelInfo(self, req: pb.GetModelInfoRequest, context) -> pb.ModelInfo:
         from alae_rt import __version__
 
@@ -412,7 +465,9 @@ class AlaeService(pb_grpc.AlaeServicer):
                 truncation_psi=c.truncation_psi,
                 truncation_cutoff=c.truncation_cutoff, max_batch=rt.max_batch, max_images=self.cfg.max_images,
                 max_message_bytes=self.cfg.max_message_bytes, max_pixels=self.cfg.max_pixels,
-                max_strength=self.cfg.max_strength, max_steps=self.cfg.max_steps, version=__version__))
+                max_strength=self.cfg.max_strength, max_steps=self.cfg.max_steps, version=__version__,
+                direction_info=self.direction_info(),
+                style_ranges=[pb.StyleRange(name=k, layers=v) for k, v in c.style_ranges.items()]))
 
 
 def file_names_only(text: str) -> str:

@@ -17,13 +17,24 @@ RAW_CHANNELS = (1, 3, 4)
 MAX_DIMS = 4  # latents are [N, D] or [N, 2L, D]; directions [D] or [2L, D]
 
 
-class RequestError(Exception):
-    """A request the server refuses: a gRPC status code and a message naming the field."""
+# gRPC status -> the HTTP API's status (alae_rt.serve.http_api). RESOURCE_EXHAUSTED is 413 (a request over a limit)
+# unless the error says otherwise: a full queue is 429 (retry later), not a request too large.
+HTTP_STATUS = {
+    grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.RESOURCE_EXHAUSTED: 413, grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.INTERNAL: 500, grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
 
-    def __init__(self, code: grpc.StatusCode, message: str):
+
+class RequestError(Exception):
+    """A request the server refuses: a gRPC status code, a message naming the field, and the HTTP status the HTTP
+    API answers it with (by default the code's, HTTP_STATUS)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, http: int | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.http = http or HTTP_STATUS.get(code, 500)
 
 
 def invalid(field: str, problem: str) -> RequestError:

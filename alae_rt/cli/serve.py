@@ -18,7 +18,12 @@ model warms up and while the server drains; reflection is on; Prometheus metrics
 Health also says NOT_SERVING while a queue is over half full (overloaded).
 SIGTERM or Ctrl-C drains: new calls get UNAVAILABLE, calls in flight finish within --grace-s, and the
 process exits within --grace-s plus a second, abandoning work still running.
-Logs are JSON lines on stderr (--log-format text for people)."""
+Logs are JSON lines on stderr (--log-format text for people).
+
+With --http-port the same server also answers HTTP: a face editor at http://HOST:PORT/ (pick or upload a face,
+drag attribute sliders, mix styles, interpolate, download the image and its latent) and the JSON API it uses,
+POST /api/v1/{encode,decode,reconstruct,generate,edit,mix,interpolate}, GET /api/v1/{info,health}, described at
+/api/openapi.json. The HTTP calls go through the same batchers, limits, metrics and bearer tokens as gRPC."""
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -33,9 +38,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     m = p.add_argument_group("model (more)")
     m.add_argument("--preset", help="serve random weights of a preset instead of a checkpoint (tests, benchmarks; "
                                     "not a trained model)")
-    m.add_argument("--directions-dir", metavar="DIR",
+    m.add_argument("--directions-dir", metavar="DIR", action="append",
                    help="folder of W-space direction .npy files that Edit can name (official FFHQ "
-                        "direction_<k>.npy also answer to smile, young, ...)")
+                        "direction_<k>.npy also answer to smile, young, ...); its directions.json gives labels and "
+                        "slider ranges; repeat to load several (alae-rt directions pca / fit write such folders)")
     add_threads_arg(m)
     n = p.add_argument_group("network")
     n.add_argument("--host", default=d.host, help=f"address to listen on (default {d.host}; 0.0.0.0 or [::] "
@@ -48,6 +54,19 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     n.add_argument("--auth-token-file", metavar="PATH",
                    help="require 'authorization: Bearer <token>' with a token from this file (one a line); "
                         "health checks are exempt; others get UNAUTHENTICATED")
+    h = p.add_argument_group("HTTP API and face editor (off unless --http-port)")
+    h.add_argument("--http-port", type=int, metavar="PORT",
+                   help="also serve the face editor at http://HOST:PORT/ and the HTTP API under /api/v1 on --host "
+                        "(0: any free port; HTTPS with --tls-cert; --auth-token-file applies: the page asks for the "
+                        "token)")
+    h.add_argument("--http-port-file", metavar="PATH",
+                   help="write the HTTP port here once listening (useful with --http-port 0); removed at exit")
+    h.add_argument("--http-cors-origin", metavar="ORIGIN", action="append", default=[],
+                   help="let pages from this origin (scheme://host[:port]) call the HTTP API from a browser; "
+                        "repeat for several (default: none, CORS off)")
+    h.add_argument("--sample-faces", metavar="DIR",
+                   help="image files the editor offers as sample faces (the first 64 by name, read at start; "
+                        "without it the editor offers generated faces)")
     n.add_argument("--metrics-port", type=int, metavar="PORT",
                    help="serve Prometheus metrics on http://METRICS_HOST:PORT/metrics (default: off)")
     n.add_argument("--metrics-host", default=d.metrics_host, help=f"metrics address (default {d.metrics_host})")
@@ -108,7 +127,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port, metrics_host=args.metrics_host,
         tls_cert=Path(args.tls_cert) if args.tls_cert else None, tls_key=Path(args.tls_key) if args.tls_key else None,
         auth_tokens=read_tokens(args.auth_token_file) if args.auth_token_file else (), workers=args.workers,
-        warmup=not args.no_warmup)
+        warmup=not args.no_warmup, http_port=args.http_port, http_cors_origins=tuple(args.http_cors_origin),
+        sample_faces=Path(args.sample_faces) if args.sample_faces else None)
     cfg.check(args.batch_size)
     common = {"device": args.device, "dtype": args.dtype, "backend": args.backend, "max_batch": args.batch_size,
               "backend_options": backend_options(args)}
@@ -116,28 +136,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         rt = Runtime.from_config(args.preset, **common)
     else:
         rt = Runtime.load(args.checkpoint, config=args.config, trust_pickle=args.trust_pickle, **common)
-    if args.directions_dir:
-        rt.load_directions(args.directions_dir)
+    for folder in args.directions_dir or ():
+        rt.load_directions(folder)
     server = AlaeServer(rt, cfg)
 
-    port_file = Path(args.port_file) if args.port_file else None
+    port_files = [(Path(name), which) for name, which in ((args.port_file, "port"),
+                                                          (args.http_port_file, "http_port")) if name]
 
     async def run() -> None:
-        if port_file:
-            # written once listening, before the warm-up: health answers from then on
-            task = asyncio.get_running_loop().create_task(server.serve_until_signal())
-            while not server.port and not task.done():
-                await asyncio.sleep(0.01)
-            if server.port:
-                port_file.write_text(f"{server.port}\n")
-            await task
-        else:
-            await server.serve_until_signal()
+        task = asyncio.get_running_loop().create_task(server.serve_until_signal())
+        # the port files are written once listening, before the warm-up: health answers from then on
+        while not (server.port and (cfg.http_port is None or server.http_port)) and not task.done():
+            await asyncio.sleep(0.01)
+        for path, which in port_files:
+            if getattr(server, which):
+                path.write_text(f"{getattr(server, which)}\n")
+        await task
 
     try:
         asyncio.run(run())
     finally:
-        if port_file is not None and server.port:  # a stale port file would send clients to a closed port
-            port_file.unlink(missing_ok=True)
+        for path, which in port_files:  # a stale port file would send clients to a closed port
+            if getattr(server, which):
+                path.unlink(missing_ok=True)
     server.exit_if_abandoned()  # work cut at the end of --grace-s must not hold the exit
     return 0

@@ -1,0 +1,390 @@
+"""The HTTP API and the face editor's page, on the gRPC server's event loop (aiohttp).
+
+The API mirrors the RPCs: POST /api/v1/<rpc> takes the request message in the proto3 JSON mapping (field names as
+in the .proto, bytes as base64, enums by name) and answers the response message the same way. Every call goes
+through the same AlaeService as gRPC - its batchers, limits, metrics, logs and error messages - with a CallContext
+for a transport; only the status code is this module's (wire.HTTP_STATUS). The page (alae_rt/serve/editor) is
+static files shipped in the package, served from memory; no endpoint reads a path the caller names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import ssl
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aiohttp import web
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from alae_rt.errors import AlaeError
+from alae_rt.serve import alae_rt_pb2 as pb
+from alae_rt.serve.auth import BearerAuth
+from alae_rt.serve.logs import log
+from alae_rt.serve.requests import BadMessage
+from alae_rt.serve.service import AlaeService, CallContext
+from alae_rt.serve.wire import RequestError, invalid, over_limit
+
+API = "/api/v1"
+OPENAPI = "/api/openapi.json"
+# The RPCs by their path under API; bodies of the first two may also be one image file (Content-Type: image/...).
+RPCS = {"encode": "Encode", "reconstruct": "Reconstruct", "decode": "Decode", "generate": "Generate", "edit": "Edit",
+        "mix": "Mix", "interpolate": "Interpolate"}
+IMAGE_BODY = ("Encode", "Reconstruct")
+ACCEPT_IMAGE = {"image/png": pb.IMAGE_FORMAT_PNG, "image/jpeg": pb.IMAGE_FORMAT_JPEG}
+TIMEOUT_HEADER = "X-Timeout-Ms"  # the call's deadline, as gRPC's timeout: queued work past it is dropped (504)
+PAGE = {"/": ("index.html", "text/html"), "/editor.js": ("editor.js", "text/javascript"),
+        "/editor.css": ("editor.css", "text/css")}
+SAMPLE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+MAX_SAMPLES = 64
+# The page loads nothing from another site, and no other site may frame it.
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
+       "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+SHUTDOWN_S = 1.0  # on stop, calls still running get this long before they are cancelled (drain has waited already)
+
+
+def read_samples(folder: str | Path, max_bytes: int) -> dict[str, tuple[bytes, str]]:
+    """The editor's sample faces: the image files of a folder (the first MAX_SAMPLES by name), read once at start;
+    callers name a sample by its file name, never by a path."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AlaeError(f"{folder}: no such folder (--sample-faces)")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in SAMPLE_TYPES and p.is_file())[:MAX_SAMPLES]
+    if not files:
+        raise AlaeError(f"{folder}: holds no .png, .jpg or .webp image (--sample-faces)")
+    samples = {}
+    for p in files:
+        try:
+            data = p.read_bytes()
+        except OSError as exc:
+            raise AlaeError(f"{p}: cannot read a sample face ({exc.strerror or exc})") from None
+        if len(data) > max_bytes:
+            raise AlaeError(f"{p}: {len(data)} bytes, over --max-message-mb; the editor could not send it back")
+        samples[p.name] = (data, SAMPLE_TYPES[p.suffix.lower()])
+    return samples
+
+
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise AlaeError(f"cannot load --tls-cert {cert} / --tls-key {key} for HTTPS ({exc})") from None
+    return ctx
+
+
+class HttpApi:
+    """The HTTP front end of one AlaeService: start(host, port) listens, stop() closes."""
+
+    def __init__(self, service: AlaeService, auth: BearerAuth | None, health: Callable[[], str],
+                 cors_origins: tuple[str, ...] = (), samples: dict[str, tuple[bytes, str]] | None = None):
+        self.service = service
+        self.cfg = service.cfg
+        self.auth = auth
+        self.health = health  # "SERVING" or "NOT_SERVING", as gRPC health says
+        self.cors_origins = frozenset(cors_origins)
+        self.samples = samples or {}
+        folder = resources.files("alae_rt.serve") / "editor"
+        self.page = {path: (folder.joinpath(name).read_bytes(), kind) for path, (name, kind) in PAGE.items()}
+        self.openapi = json.dumps(openapi_description(), indent=1).encode()
+        self._runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        # The body limit is the gRPC message limit; a declared length over it is refused before reading (_body).
+        app = web.Application(middlewares=[self._guard], client_max_size=self.cfg.max_message_bytes)
+        r = app.router
+        for path in PAGE:
+            r.add_get(path, self._page)
+        r.add_get(OPENAPI, self._openapi)
+        r.add_get(f"{API}/health", self._health)
+        r.add_get(f"{API}/info", self._info)
+        r.add_get(f"{API}/samples", self._sample_list)
+        r.add_get(API + "/samples/{name}", self._sample)
+        r.add_post(API + "/{rpc}", self._rpc)
+        r.add_route("OPTIONS", "/{tail:.*}", self._preflight)
+        return app
+
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
+        """Listen on host:port (0: any free port); returns the port."""
+        # handler_cancellation: a caller who hangs up (the page cancels a stale slider request) cancels its call,
+        # and the batchers drop its work, as gRPC's cancellation does.
+        self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context, shutdown_timeout=SHUTDOWN_S)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise AlaeError(f"cannot serve HTTP on {host}:{port}: {exc.strerror or exc} (is the port in use?)") \
+                from None
+        return self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # ---- around every request: JSON errors (never a traceback), CORS, headers ----------------------------------
+    @web.middleware
+    async def _guard(self, request: web.Request, handler) -> web.StreamResponse:
+        try:
+            resp = await handler(request)
+        except RequestError as err:
+            resp = error_response(err)
+        except web.HTTPException as exc:  # aiohttp's own: no such path or method, a body over client_max_size
+            message = exc.reason if exc.status != 413 else (
+                f"request: over this server's {self.cfg.max_message_mb:g} MiB (--max-message-mb)")
+            resp = web.json_response({"code": exc.reason.upper().replace(" ", "_"), "message": message},
+                                     status=exc.status)
+        except Exception as exc:  # noqa: BLE001 - the service answers its own errors; this is the rest
+            log.error("internal error (HTTP)", exc_info=exc, extra={"fields": {"event": "internal_error"}})
+            resp = error_response(RequestError(grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); "
+                                                                         "the server log has the details"))
+        origin = request.headers.get("Origin")
+        if origin and origin in self.cors_origins:
+            resp.headers["Access-Control-Allow-Origin"] = origin
+            resp.headers["Vary"] = "Origin"
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        return resp
+
+    async def _preflight(self, request: web.Request) -> web.Response:
+        origin = request.headers.get("Origin", "")
+        if origin not in self.cors_origins:
+            raise RequestError(grpc.StatusCode.PERMISSION_DENIED, f"origin {origin or '(none)'!r} may not call this "
+                               "server from a browser (--http-cors-origin names the origins that may)", http=403)
+        return web.Response(status=204, headers={
+            "Access-Control-Allow-Methods": "GET, POST", "Access-Control-Max-Age": "600",
+            "Access-Control-Allow-Headers": f"Authorization, Content-Type, {TIMEOUT_HEADER}"})
+
+    def _authorize(self, request: web.Request, method: str) -> None:
+        if self.auth is None or self.auth.accepts(request.headers.get("Authorization", "")):
+            return
+        self.service.metrics.requests.labels(method, "UNAUTHENTICATED").inc()
+        raise RequestError(grpc.StatusCode.UNAUTHENTICATED,
+                           "missing or invalid bearer token (send the header 'Authorization: Bearer <token>')")
+
+    @staticmethod
+    def _context(request: web.Request) -> CallContext:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        caller = "unknown" if not peer else (f"ipv6:[{peer[0]}]:{peer[1]}" if ":" in peer[0] else
+                                             f"ipv4:{peer[0]}:{peer[1]}")
+        value = request.headers.get(TIMEOUT_HEADER)
+        if value is None:
+            return CallContext(caller)
+        try:
+            ms = float(value)
+        except ValueError:
+            ms = float("nan")
+        if not 0 < ms < 1e9:
+            raise invalid(TIMEOUT_HEADER, f"{value!r}; expected milliseconds > 0")
+        return CallContext(caller, ms / 1000)
+
+    # ---- the RPCs ------------------------------------------------------------------------------------------
+    async def _rpc(self, request: web.Request) -> web.Response:
+        method = RPCS.get(request.match_info["rpc"])
+        if method is None:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"no such call {request.path}; the calls are "
+                               f"{', '.join(f'{API}/{p}' for p in RPCS)}")
+        self._authorize(request, method)
+        ctx = self._context(request)
+        req = await self._body(request, method)
+        accept = next((kind for kind in ACCEPT_IMAGE if kind in request.headers.get("Accept", "")), None)
+        if accept and not isinstance(req, BadMessage):
+            if method == "Encode":
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "Accept: Encode answers latents, not an "
+                                   "image; ask for application/json", http=406)
+            req.output.format = ACCEPT_IMAGE[accept]
+            req.output.skip_images = False
+        call = getattr(self.service, method)
+        if method == "Interpolate":  # a stream over gRPC; here all frames in one answer
+            resp, frames = None, [frame async for frame in call(req, ctx)]
+        else:
+            resp, frames = await call(req, ctx), None
+        if accept:
+            images = resp.images if frames is None else frames[0].images
+            # One image answers: the first (of the first frame); send one source to get exactly that one.
+            return web.Response(body=images[0].encoded, content_type=accept)
+        loop = asyncio.get_running_loop()
+        body = await loop.run_in_executor(self.service.pool, functools.partial(to_json, resp, frames))
+        return web.Response(body=body, content_type="application/json")
+
+    async def _body(self, request: web.Request, method: str) -> Any:
+        """The request message: one image file (Encode, Reconstruct), or JSON; JSON that is not a valid message
+        becomes a BadMessage, which the service refuses (counted and logged as gRPC's are)."""
+        message = getattr(pb, pb.DESCRIPTOR.services_by_name["Alae"].methods_by_name[method].input_type.name)
+        limit = self.cfg.max_message_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise over_limit("request", f"{request.content_length} bytes, over this server's "
+                                        f"{self.cfg.max_message_mb:g} MiB (--max-message-mb)")
+        body = await request.read()
+        kind = request.content_type
+        if kind.startswith("image/") or kind == "application/octet-stream":
+            if method not in IMAGE_BODY:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"Content-Type: {kind}: {method} takes JSON; "
+                                   "an image file as the body is for encode and reconstruct", http=415)
+            return message(images=[pb.Image(encoded=body)])
+        if kind not in ("application/json", "application/octet-stream", ""):
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"Content-Type: {kind}: expected application/json",
+                               http=415)
+        try:
+            return json_format.Parse(body or b"{}", message())
+        except Exception as exc:  # noqa: BLE001 - ParseError, and RecursionError for deeply nested JSON
+            return BadMessage(f"{message.DESCRIPTOR.full_name} JSON", exc)
+
+    # ---- what the page needs besides the RPCs ----------------------------------------------------------------
+    async def _info(self, request: web.Request) -> web.Response:
+        self._authorize(request, "GetModelInfo")
+        info = await self.service.GetModelInfo(pb.GetModelInfoRequest(), self._context(request))
+        return web.Response(body=to_json(info), content_type="application/json")
+
+    async def _health(self, request: web.Request) -> web.Response:
+        status = self.health()
+        return web.json_response({"status": status}, status=200 if status == "SERVING" else 503)
+
+    async def _sample_list(self, request: web.Request) -> web.Response:
+        self._authorize(request, "Samples")
+        return web.json_response({"samples": sorted(self.samples)})
+
+    async def _sample(self, request: web.Request) -> web.Response:
+        self._authorize(request, "Samples")
+        name = request.match_info["name"]
+        if name not in self.samples:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"name: no sample face {name!r}; see {API}/samples")
+        data, kind = self.samples[name]
+        return web.Response(body=data, content_type=kind)
+
+    async def _page(self, request: web.Request) -> web.Response:
+        data, kind = self.page[request.path]
+        return web.Response(body=data, content_type=kind, charset="utf-8", headers={
+            "Content-Security-Policy": CSP, "Cache-Control": "no-cache", "Referrer-Policy": "no-referrer"})
+
+    async def _openapi(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.openapi, content_type="application/json")
+
+
+def error_response(err: RequestError) -> web.Response:
+    headers = {}
+    if err.http == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    elif err.http == 429:
+        headers["Retry-After"] = "1"
+    return web.json_response({"code": err.code.name, "message": err.message}, status=err.http, headers=headers)
+
+
+def to_json(resp: Any, frames: list | None = None) -> bytes:
+    """A response message (or Interpolate's frames, as {"frames": [...]}) in the proto3 JSON mapping."""
+    def one(m):
+        return json_format.MessageToDict(m, preserving_proto_field_name=True)
+
+    return json.dumps({"frames": [one(f) for f in frames]} if frames is not None else one(resp)).encode()
+
+
+# ---- the OpenAPI description, made from the .proto's messages: it cannot drift from them ------------------------
+
+_SCALARS = {
+    FieldDescriptor.TYPE_BOOL: {"type": "boolean"}, FieldDescriptor.TYPE_STRING: {"type": "string"},
+    FieldDescriptor.TYPE_BYTES: {"type": "string", "format": "byte", "description": "base64"},
+    FieldDescriptor.TYPE_FLOAT: {"type": "number"}, FieldDescriptor.TYPE_DOUBLE: {"type": "number"},
+    FieldDescriptor.TYPE_UINT32: {"type": "integer", "minimum": 0}, FieldDescriptor.TYPE_INT32: {"type": "integer"},
+    # proto3 JSON writes 64-bit integers as strings; it reads either
+    FieldDescriptor.TYPE_UINT64: {"type": ["integer", "string"]}, FieldDescriptor.TYPE_INT64: {"type": ["integer",
+                                                                                                          "string"]},
+}
+_SUMMARIES = {
+    "Encode": "Images -> w [N, D]", "Decode": "w [N, D] or styles [N, 2L, D] -> images",
+    "Reconstruct": "Images -> E -> G -> images (return_psnr: and their PSNR)",
+    "Generate": "Seeds or z -> F -> truncation -> G -> images",
+    "Edit": "Move latents along named or given W directions and decode them",
+    "Mix": "Style mixing: style inputs < cutoff from a, the rest from b",
+    "Interpolate": "Linear interpolation in W from a to b: {\"frames\": [InterpolateFrame, ...]}",
+}
+
+
+def _schemas() -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+
+    def add(desc: Descriptor) -> None:
+        if desc.name in schemas:
+            return
+        props = schemas.setdefault(desc.name, {"type": "object", "additionalProperties": False, "properties": {}})
+        for f in desc.fields:
+            if f.type == FieldDescriptor.TYPE_MESSAGE:
+                add(f.message_type)
+                item: dict[str, Any] = {"$ref": f"#/components/schemas/{f.message_type.name}"}
+            elif f.type == FieldDescriptor.TYPE_ENUM:
+                item = {"type": "string", "enum": [v.name for v in f.enum_type.values]}
+            else:
+                item = dict(_SCALARS[f.type])
+            props["properties"][f.name] = {"type": "array", "items": item} if f.is_repeated else item
+
+    for desc in pb.DESCRIPTOR.message_types_by_name.values():
+        add(desc)
+    schemas["InterpolateFrames"] = {"type": "object", "properties": {
+        "frames": {"type": "array", "items": {"$ref": "#/components/schemas/InterpolateFrame"}}}}
+    schemas["Error"] = {"type": "object", "properties": {
+        "code": {"type": "string", "description": "the gRPC status code's name"},
+        "message": {"type": "string", "description": "names the request field, as over gRPC"}}}
+    schemas["Health"] = {"type": "object", "properties": {"status": {"enum": ["SERVING", "NOT_SERVING"]}}}
+    return schemas
+
+
+def openapi_description() -> dict[str, Any]:
+    """OpenAPI 3.1 for the HTTP API: one path per RPC, schemas from the message descriptors."""
+    from alae_rt import __version__
+
+    def ref(name: str) -> dict[str, Any]:
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    def json_of(name: str) -> dict[str, Any]:
+        return {"application/json": {"schema": ref(name)}}
+
+    errors = {str(code): {"description": why, "content": json_of("Error")} for code, why in (
+        (400, "bad input: the message names the field"), (401, "missing or invalid bearer token"),
+        (413, "over a server limit (images, pixels, bytes)"), (429, "a queue is full: retry later"),
+        (503, "warming up or shutting down"), (504, "the X-Timeout-Ms deadline passed before compute"))}
+    service = pb.DESCRIPTOR.services_by_name["Alae"]
+    paths: dict[str, Any] = {}
+    for path, method in RPCS.items():
+        rpc = service.methods_by_name[method]
+        body = json_of(rpc.input_type.name)
+        if method in IMAGE_BODY:
+            body["image/*"] = {"schema": {"type": "string", "format": "binary"}}
+        answer = json_of("InterpolateFrames" if method == "Interpolate" else rpc.output_type.name)
+        if method != "Encode":
+            answer.update({kind: {"schema": {"type": "string", "format": "binary"}} for kind in ACCEPT_IMAGE})
+        paths[f"{API}/{path}"] = {"post": {
+            "operationId": method, "summary": _SUMMARIES[method], "requestBody": {"required": True, "content": body},
+            "parameters": [{"name": TIMEOUT_HEADER, "in": "header", "required": False, "schema": {"type": "number"},
+                            "description": "deadline in milliseconds (gRPC's timeout)"}],
+            "responses": {"200": {"description": "the response message (Accept: image/png or image/jpeg: the "
+                                                 "first image as a file)", "content": answer}, **errors}}}
+    paths[f"{API}/info"] = {"get": {"operationId": "GetModelInfo", "summary": "The model and the server's limits",
+                                    "responses": {"200": {"description": "ModelInfo", "content": json_of("ModelInfo")},
+                                                  "401": errors["401"]}}}
+    paths[f"{API}/health"] = {"get": {"operationId": "Health", "summary": "gRPC health's status (no token needed)",
+                                      "security": [], "responses": {
+                                          "200": {"description": "serving", "content": json_of("Health")},
+                                          "503": {"description": "not serving", "content": json_of("Health")}}}}
+    paths[f"{API}/samples"] = {"get": {"operationId": "Samples", "summary": "The sample faces' names (--sample-faces)",
+                                       "responses": {"200": {"description": "{\"samples\": [name, ...]}"}}}}
+    paths[API + "/samples/{name}"] = {"get": {
+        "operationId": "Sample", "summary": "One sample face's image file",
+        "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "the image file"}, "404": {"description": "no such sample",
+                                                                        "content": json_of("Error")}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "alae-rt HTTP API", "version": __version__, "description": (
+            "The alae_rt.v1.Alae RPCs over HTTP: request and response messages in the proto3 JSON mapping (field "
+            "names as in alae_rt.proto, bytes as base64, enums by name). Same batchers, limits and errors as gRPC.")},
+        "paths": paths,
+        "components": {"schemas": _schemas(),
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}],
+    }
