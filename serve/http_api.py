@@ -107,16 +107,17 @@ class HttpApi:
         r.add_get(f"{API}/samples", self._sample_list)
         r.add_get(API + "/samples/{name}", self._sample)
         r.add_post(API + "/{rpc}", self._rpc)
-        r.add_route("OPTIONS", "/{tail:.*}", self._preflight)
+        r.add_route("OPTIONS", "/api/{tail:.*}", self._preflight)
         return app
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
         """Listen on host:port (0: any free port); returns the port."""
         # handler_cancellation: a caller who hangs up (the page cancels a stale slider request) cancels its call,
         # and the batchers drop its work, as gRPC's cancellation does.
-        self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
+        self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None,
+                                     shutdown_timeout=SHUTDOWN_S)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context, shutdown_timeout=SHUTDOWN_S)
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
         try:
             await site.start()
         except OSError as exc:
@@ -202,10 +203,18 @@ class HttpApi:
             req.output.format = ACCEPT_IMAGE[accept]
             req.output.skip_images = False
         call = getattr(self.service, method)
-        if method == "Interpolate":  # a stream over gRPC; here all frames in one answer
-            resp, frames = None, [frame async for frame in call(req, ctx)]
-        else:
-            resp, frames = await call(req, ctx), None
+
+        async def answer():
+            if method == "Interpolate":  # a stream over gRPC; here all frames in one answer
+                return None, [frame async for frame in call(req, ctx)]
+            return await call(req, ctx), None
+
+        try:
+            # At the deadline the call is cancelled, as gRPC cancels it: work still queued is dropped.
+            resp, frames = await asyncio.wait_for(answer(), ctx.timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, f"{TIMEOUT_HEADER}: the deadline "
+                               f"({ctx.timeout_s * 1000:g} ms) passed before the call finished") from None
         if accept:
             images = resp.images if frames is None else frames[0].images
             # One image answers: the first (of the first frame); send one source to get exactly that one.
