@@ -7,8 +7,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from alae_rt.network import StyleALAE
+from alae_rt.training.augment import diff_augment
 from alae_rt.training.config import TrainConfig
-from alae_rt.training.losses import discriminator_loss, generator_loss, latent_loss
+from alae_rt.training.losses import discriminator_loss, generator_loss, latent_loss, pixel_loss
 
 PHASES = ("d", "g", "ae")
 
@@ -19,9 +20,12 @@ class ALAESteps(nn.Module):
     "d"  (I)   E and D: softplus(D(E(fake))) + softplus(-D(E(real))) + gamma / 2 * R1(real); fakes from F, G
                with style mixing, made without gradients.
     "g"  (II)  F and G: softplus(-D(E(G(F(z))))) with E and D held fixed.
-    "ae" (III) E and G: ||w - E(G(w))||^2 with w = F(z) fixed (F gets no gradient from this step, as in the
-               paper's algorithm; the official code lets it reach F too) and no style mixing.
+    "ae" (III) E and G: ||w - E(G(w))||^2 with w = F(z) the fixed target and no style mixing. F gets no
+               gradient from this step, as in the paper's algorithm, unless `ae_updates_mapping` (the official
+               code: F trained through G's input). With `pixel_recon` > 0 also pixel_recon * ||G(E(x)) - x||^2 on
+               the reals (not in the paper). Returns [latent term, pixel term]; the step trains on their sum.
     Every F(z) also moves `dlatent_avg` towards the batch mean of w (beta 0.995), averaged over ranks.
+    With `diffaug` policies, every image E sees in steps I and II (real and fake) goes through DiffAugment.
     """
 
     def __init__(self, model: StyleALAE, cfg: TrainConfig):
@@ -40,7 +44,7 @@ class ALAESteps(nn.Module):
                 maps.append(torch.randn(shape, generator=gen, device=gen.device) if i <= lod else None)
         return maps
 
-    def _map(self, n: int, gen: torch.Generator, track: bool = True) -> Tensor:
+    def map_latents(self, n: int, gen: torch.Generator, track: bool = True) -> Tensor:
         w = self.model.mapping(torch.randn(n, self.model.config.latent_size, generator=gen, device=gen.device))
         if not track:
             return w
@@ -57,11 +61,11 @@ class ALAESteps(nn.Module):
         """(w [n, D], styles [n, 2L, D]): z -> F, broadcast; with probability p the style inputs from a random
         cut-off in [1, 2(lod+1)] on come from a second w (style mixing)."""
         s = self.model.config.num_styles
-        w = self._map(n, gen)
+        w = self.map_latents(n, gen)
         styles = w[:, None].expand(-1, s, -1)
         if mixing and self.cfg.style_mixing_prob > 0:
             if torch.rand((), generator=gen, device=gen.device).item() < self.cfg.style_mixing_prob:
-                w2 = self._map(n, gen, track=False)  # as the official code: the average follows the first w
+                w2 = self.map_latents(n, gen, track=False)  # as the official code: the average follows the first w
                 cutoff = int(torch.randint(1, 2 * (lod + 1) + 1, (), generator=gen, device=gen.device).item())
                 layer = torch.arange(s, device=w.device)[None, :, None]
                 styles = torch.where(layer < cutoff, styles, w2[:, None].expand(-1, s, -1))
@@ -72,7 +76,8 @@ class ALAESteps(nn.Module):
         w, styles = self.styles(n, lod, gen, mixing)
         return w, self.model.generator(styles, self.noise(n, lod, gen), lod=lod, blend=blend)
 
-    def logits(self, x: Tensor, lod: int, blend: float) -> Tensor:
+    def logits(self, x: Tensor, lod: int, blend: float, gen: torch.Generator) -> Tensor:
+        x = diff_augment(x, self.cfg.diffaug, gen)
         return self.model.head(self.model.encoder(x, lod=lod, blend=blend))
 
     def forward(self, phase: str, reals: Tensor, lod: int, blend: float, gen: torch.Generator) -> Tensor:
@@ -84,16 +89,23 @@ class ALAESteps(nn.Module):
             with torch.no_grad():
                 _, fakes = self.generate(n, lod, blend, gen, mixing=True)
             reals = reals.detach().requires_grad_(True)
-            logits = self.logits(torch.cat([reals, fakes]), lod, blend)  # [2n]: reals, then fakes
+            logits = self.logits(torch.cat([reals, fakes]), lod, blend, gen)  # [2n]: reals, then fakes
             return discriminator_loss(logits[:n], logits[n:], reals, self.cfg.r1_gamma)
         if phase == "g":
             _, fakes = self.generate(n, lod, blend, gen, mixing=True)
-            return generator_loss(self.logits(fakes, lod, blend))
+            return generator_loss(self.logits(fakes, lod, blend, gen))
         if phase == "ae":
-            with torch.no_grad():
+            with torch.set_grad_enabled(self.cfg.ae_updates_mapping):
                 w, styles = self.styles(n, lod, gen, mixing=False)
             fakes = self.model.generator(styles, self.noise(n, lod, gen), lod=lod, blend=blend)
-            return latent_loss(self.model.encoder(fakes, lod=lod, blend=blend), w)
+            latent = latent_loss(self.model.encoder(fakes, lod=lod, blend=blend), w)
+            pixel = torch.zeros_like(latent)
+            if self.cfg.pixel_recon > 0:
+                w_real = self.model.encoder(reals, lod=lod, blend=blend)
+                styles = w_real[:, None].expand(-1, self.model.config.num_styles, -1)
+                rec = self.model.generator(styles, self.noise(n, lod, gen), lod=lod, blend=blend)
+                pixel = pixel_loss(rec, reals) * self.cfg.pixel_recon
+            return torch.stack([latent, pixel])
         raise ValueError(f"unknown ALAE phase {phase!r}; one of {PHASES}")
 
 

@@ -21,10 +21,10 @@ import torch
 import alae_rt
 from alae_rt.bench import cpu_model
 from alae_rt.checkpoint import load_checkpoint, save_checkpoint
+from alae_rt.evaluation import default_holdout, psnr_db
 from alae_rt.images import make_grid, read_image, save_image, to_uint8
 from alae_rt.runtime import Runtime
-from alae_rt.training.data import default_holdout
-from alae_rt.training.trainer import CHECKPOINT_FILE, STATE_FILE, psnr_db, read_state
+from alae_rt.training.trainer import CHECKPOINT_FILE, STATE_FILE, read_state
 
 MAX_BYTES = 25 * 1024 * 1024
 GRID_SEEDS = range(16)

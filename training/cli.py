@@ -14,8 +14,10 @@ import torch
 from alae_rt.cli.options import add_device_arg, add_out_arg, add_threads_arg
 from alae_rt.config import PRESETS, ModelConfig
 from alae_rt.errors import ConfigError, InputError
+from alae_rt.evaluation import default_holdout
+from alae_rt.training.augment import AUGMENTATIONS, DIFF_AUGMENTATIONS
 from alae_rt.training.config import TrainConfig
-from alae_rt.training.data import default_holdout, load_image_folder, split_holdout
+from alae_rt.training.data import load_image_folder, split_holdout
 from alae_rt.training.trainer import STATE_FILE, Distributed, RunInfo, Trainer, read_state
 
 DEFAULT_PRESET = "small-64"
@@ -38,6 +40,7 @@ EPILOG = """\
 examples:
   alae-rt train --data photos/ --preset tiny --steps 50 --out runs/tiny
   alae-rt train --out runs/tiny --resume --steps 100        # continue the same run to step 100
+  alae-rt train --resume runs/tiny --refine-encoder --refine-steps 500   # then refine its encoder
   alae-rt train --data ../shared/data/faces128 --preset small-64 --steps 20000 --out runs/faces64"""
 
 
@@ -74,11 +77,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--data", metavar="DIR", help="folder of images, any size and format (searched recursively; "
                    "centre-cropped and resized to the resolution; unreadable files are reported and skipped)")
-    add_out_arg(g, "run folder for checkpoints, grids and logs", metavar="RUN_DIR")
+    add_out_arg(g, "run folder for checkpoints, grids and logs", metavar="RUN_DIR", required=False)
     g.add_argument("--steps", type=int, default=10_000, metavar="N",
                    help="stop after N iterations in all, counting earlier sessions of the run (default 10000)")
-    g.add_argument("--resume", action="store_true",
-                   help="continue the run in RUN_DIR exactly where it stopped (configs come from its state)")
+    g.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR (this argument or --out) exactly where it stopped; configs come "
+                        "from its state")
     g.add_argument("--every", type=int, default=DEFAULT_EVERY, metavar="N",
                    help=f"write checkpoint, grids, curves and held-out PSNR every N steps (default {DEFAULT_EVERY})")
     g.add_argument("--holdout", type=int, default=None, metavar="N",
@@ -105,6 +109,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--r1-gamma", type=float, metavar="G", help="R1 weight (default 10)")
     t.add_argument("--ema-half-life", type=float, metavar="IMAGES", help="EMA half-life in images (default 10000)")
     t.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
+    t.add_argument("--mapping-lrmul", type=float, metavar="M",
+                   help="F's step multiplier (default 0.1, the official MappingF; 0.01 is the ablation-only Mapping's)")
+    t.add_argument("--ae-updates-mapping", action="store_true",
+                   help="step III also trains F through G's input, as the official code (the paper keeps F fixed)")
+
+    s = p.add_argument_group("small-data recipe (all off by default: the paper's ALAE)")
+    s.add_argument("--augment", metavar="PARTS",
+                   help=f"augment the real images: comma-separated {', '.join(AUGMENTATIONS)} or 'all' (small "
+                        "shifts up to 4%% of the side, zoom +-6%%, mild brightness / contrast / saturation)")
+    s.add_argument("--diffaug", metavar="POLICIES",
+                   help=f"DiffAugment on every image the discriminator sees: comma-separated "
+                        f"{', '.join(DIFF_AUGMENTATIONS)} or 'all'")
+    s.add_argument("--pixel-recon", type=float, metavar="W",
+                   help="add W * ||G(E(x)) - x||^2 on the real images to step III (default 0: off)")
+    s.add_argument("--refine-encoder", action="store_true",
+                   help="after training: G, F, D frozen, train E on pixel reconstruction of the training images "
+                        "(LIA's second stage); needs --resume RUN_DIR of a run trained to full resolution")
+    s.add_argument("--refine-steps", type=int, default=2000, metavar="N",
+                   help="refinement steps in all, counting earlier refinement sessions (default 2000)")
+    s.add_argument("--refine-lr", type=float, default=0.0015, metavar="LR", help="refinement learning rate")
+    s.add_argument("--refine-latent-weight", type=float, default=1.0, metavar="W",
+                   help="weight of ||E(G(w)) - w||^2 on generated images during refinement, keeping E consistent "
+                        "with the W space that edits use (default 1; 0: pixels only)")
     t.add_argument("--seed", type=int, help="seed of the weights, data order and latents (default 0)")
 
 
@@ -137,6 +164,17 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
             changes[field] = value
     if args.no_flip:
         changes["flip"] = False
+    if args.mapping_lrmul is not None:
+        changes["mapping_lrmul"] = args.mapping_lrmul
+    if args.ae_updates_mapping:
+        changes["ae_updates_mapping"] = True
+    if args.pixel_recon is not None:
+        changes["pixel_recon"] = args.pixel_recon
+    for field, value, allowed in (("augment", args.augment, AUGMENTATIONS),
+                                  ("diffaug", args.diffaug, DIFF_AUGMENTATIONS)):
+        if value is not None:
+            parts = allowed if value.strip() == "all" else tuple(p.strip() for p in value.split(",") if p.strip())
+            changes[field] = parts
     return cfg.replace(**changes) if changes else cfg
 
 
@@ -165,11 +203,27 @@ def require(module: str, command: str) -> None:
         raise InputError(f"alae-rt {command} needs {module}: pip install 'alae-rt[train]'")
 
 
+def _command_line() -> str:
+    if Path(sys.argv[0]).stem == "alae-rt":
+        return shlex.join(["alae-rt", *sys.argv[1:]])
+    return shlex.join(["alae-rt", "train", *[a for a in sys.argv[1:] if a != "train"]])
+
+
 def run(args: argparse.Namespace) -> int:
     """The `train` command."""
     require("matplotlib", "train")
-    if args.steps < 1 or args.every < 1:
-        raise InputError("--steps and --every must be >= 1")
+    if args.steps < 1 or args.every < 1 or args.refine_steps < 1:
+        raise InputError("--steps, --every and --refine-steps must be >= 1")
+    if not (args.refine_lr > 0 and math.isfinite(args.refine_lr)) or not args.refine_latent_weight >= 0:
+        raise InputError("--refine-lr must be > 0 and --refine-latent-weight >= 0")
+    if isinstance(args.resume, str):
+        if args.out is not None and Path(args.out) != Path(args.resume):
+            raise InputError(f"--resume {args.resume} and --out {args.out} name two runs; give one")
+        args.out = args.resume
+    if args.out is None:
+        raise InputError("-o/--out RUN_DIR is required (or --resume RUN_DIR)")
+    if args.refine_encoder and not args.resume:
+        raise InputError("--refine-encoder refines a trained run: give --resume RUN_DIR")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -199,8 +253,7 @@ def run(args: argparse.Namespace) -> int:
                                  "another --out")
             mcfg, tcfg = model_config(args), train_config(args)
             data, holdout = args.data, args.holdout
-            command = shlex.join(["alae-rt", *sys.argv[1:]]) if Path(sys.argv[0]).stem == "alae-rt" else \
-                shlex.join(["alae-rt", "train", *[a for a in sys.argv[1:] if a != "train"]])
+            command = _command_line()
             extra = {}
         images = load_image_folder(data, mcfg.resolution, mcfg.channels, report=say)
         holdout = default_holdout(len(images)) if holdout is None else holdout
@@ -220,8 +273,13 @@ def run(args: argparse.Namespace) -> int:
         n_params = sum(p.numel() for p in trainer.model.parameters())
         say(f"model: {mcfg.name} {mcfg.resolution}px, D={mcfg.latent_size}, {n_params / 1e6:.2f}M parameters; "
             f"device {device}, {ddp.world} process(es)")
-        trainer.train(args.steps, every=args.every, progress=not quiet)
-        say(f"done: {trainer.step} steps; checkpoint {out / 'checkpoint.safetensors'}")
+        if args.refine_encoder:
+            trainer.refine_encoder(args.refine_steps, args.refine_lr, args.refine_latent_weight, every=args.every,
+                                   progress=not quiet, command=_command_line())
+            say(f"done: encoder refined for {trainer.refine_step} steps; checkpoint {out / 'checkpoint.safetensors'}")
+        else:
+            trainer.train(args.steps, every=args.every, progress=not quiet)
+            say(f"done: {trainer.step} steps; checkpoint {out / 'checkpoint.safetensors'}")
         return 0
     except ConfigError as exc:
         raise InputError(str(exc)) from None

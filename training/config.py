@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from alae_rt.errors import ConfigError
+from alae_rt.training.augment import AUGMENTATIONS, DIFF_AUGMENTATIONS
+
+LEGACY_MAPPING_LRMUL = 0.01  # what runs saved without `mapping_lrmul` used
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,11 @@ class TrainConfig:
     style_mixing_prob: float = 0.9
     ema_half_life_images: float = 10_000.0  # the official EMA: beta = 0.5 ** (batch / 10k)
     flip: bool = True  # random horizontal flips of the real images
+    mapping_lrmul: float = 0.1  # F's step multiplier (the official MappingF)
+    ae_updates_mapping: bool = False  # step III also trains F through G's input (the official code), not only E, G
+    pixel_recon: float = 0.0  # weight of ||G(E(x)) - x||^2 on reals in step III; 0 = the paper's ALAE
+    augment: tuple[str, ...] = ()  # real-image augmentation: a subset of training.augment.AUGMENTATIONS
+    diffaug: tuple[str, ...] = ()  # DiffAugment policies for D's inputs: a subset of DIFF_AUGMENTATIONS
     seed: int = 0
     name: str = "default"
 
@@ -42,7 +50,13 @@ class TrainConfig:
             raise ConfigError(f"lod_images must be >= 2, got {self.lod_images}")
         if not (0 <= self.adam_betas[0] < 1 and 0 <= self.adam_betas[1] < 1):
             raise ConfigError(f"adam_betas must lie in [0, 1), got {self.adam_betas!r}")
-        for field in ("r1_gamma", "ema_half_life_images"):
+        for field, allowed in (("augment", AUGMENTATIONS), ("diffaug", DIFF_AUGMENTATIONS)):
+            unknown = [p for p in getattr(self, field) if p not in allowed]
+            if unknown:
+                raise ConfigError(f"{field}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
+        if not (self.mapping_lrmul > 0 and math.isfinite(self.mapping_lrmul)):
+            raise ConfigError(f"mapping_lrmul must be a positive number, got {self.mapping_lrmul}")
+        for field in ("r1_gamma", "ema_half_life_images", "pixel_recon"):
             if getattr(self, field) < 0:
                 raise ConfigError(f"{field} must be >= 0, got {getattr(self, field)}")
         for field in ("dlatent_avg_beta", "style_mixing_prob"):
@@ -72,8 +86,11 @@ class TrainConfig:
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
         data = json.loads(text)
-        for key in ("lod_batch", "lod_lr", "adam_betas"):
-            data[key] = tuple(data[key])
+        # Runs saved before the field existed trained F with the ablation-only multiplier.
+        data.setdefault("mapping_lrmul", LEGACY_MAPPING_LRMUL)
+        for key in ("lod_batch", "lod_lr", "adam_betas", "augment", "diffaug"):
+            if key in data:
+                data[key] = tuple(data[key])
         return cls(**data)
 
 

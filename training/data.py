@@ -66,11 +66,6 @@ def split_holdout(data: ImageSet, count: int) -> tuple[ImageSet, ImageSet]:
     return ImageSet(data.images[:n], data.names[:n]), ImageSet(data.images[n:], data.names[n:])
 
 
-def default_holdout(n: int) -> int:
-    """10 % of the images, at most 16; none for folders of fewer than 10."""
-    return 0 if n < 10 else min(16, n // 10)
-
-
 def to_float(images: Tensor, resolution: int) -> Tensor:
     """uint8 [N, C, R, R] -> float [N, C, r, r] in [-1, 1], r = resolution, by repeated 2x2 average pooling."""
     x = images.float() / 127.5 - 1.0

@@ -1,4 +1,5 @@
-"""The ALAE losses: non-saturating logistic losses for D and G, the R1 penalty on reals, latent reconstruction."""
+"""The ALAE losses: non-saturating logistic losses for D and G, the R1 penalty on reals, latent reconstruction,
+and the optional pixel reconstruction of the small-data recipe."""
 
 from __future__ import annotations
 
@@ -33,3 +34,8 @@ def generator_loss(fake_logits: Tensor) -> Tensor:
 def latent_loss(w_rec: Tensor, w: Tensor) -> Tensor:
     """mean((E(G(w)) - w)^2) over batch and latent dimensions: step III, for E and G; w is the fixed target."""
     return torch.mean((w_rec - w.detach()) ** 2)
+
+
+def pixel_loss(rec: Tensor, x: Tensor) -> Tensor:
+    """mean((G(E(x)) - x)^2) over batch, channels and pixels (images in [-1, 1]); x is the fixed target."""
+    return torch.mean((rec - x.detach()) ** 2)

@@ -16,14 +16,15 @@ from torch import Tensor, nn
 from alae_rt.network import StyleALAE
 
 SQRT2 = math.sqrt(2.0)
-MAPPING_LRMUL = 0.01  # F (official MappingFromLatent blocks)
-HEAD_LRMUL = 0.1  # D (official MappingToLatent)
+MAPPING_LRMUL = 0.1  # F (the official MappingF, used by every official config)
+HEAD_LRMUL = 0.1  # D (the official MappingD / MappingToLatent)
 
 
-def lr_multipliers(model: StyleALAE) -> dict[str, float]:
+def lr_multipliers(model: StyleALAE, mapping_lrmul: float = MAPPING_LRMUL) -> dict[str, float]:
     """Parameter name -> step multiplier: gain / sqrt(fan_in) * lrmul for weights, lrmul for their biases,
     1 for the plain parameters (const, noise weights, the blocks' biases). Gains are those the network's
-    initialisation uses (the official ones)."""
+    initialisation uses (the official ones); `mapping_lrmul` is F's lrmul (0.01 is the official ablation-only
+    `Mapping`'s, which leaves F nearly untrained on a short run)."""
     mult: dict[str, float] = {}
 
     def layer(prefix: str, weight: Tensor, gain: float, lrmul: float = 1.0, fan_in: int | None = None,
@@ -34,7 +35,7 @@ def lr_multipliers(model: StyleALAE) -> dict[str, float]:
             mult[f"{prefix}.bias"] = lrmul
 
     for i, fc in enumerate(model.mapping.layers):
-        layer(f"mapping.layers.{i}", fc.weight, SQRT2, MAPPING_LRMUL)
+        layer(f"mapping.layers.{i}", fc.weight, SQRT2, mapping_lrmul)
     for i, fc in enumerate(model.head.layers):
         layer(f"head.layers.{i}", fc.weight, SQRT2, HEAD_LRMUL)
     for i, block in enumerate(model.generator.blocks):

@@ -21,17 +21,21 @@ from torch import Tensor
 from alae_rt.checkpoint import read_safetensors, save_checkpoint, write_safetensors
 from alae_rt.config import ModelConfig
 from alae_rt.errors import CheckpointError, InputError
+from alae_rt.evaluation import psnr_db
 from alae_rt.images import make_grid, save_image, to_uint8
 from alae_rt.network import StyleALAE
 from alae_rt.training.alae import ALAESteps, ema_update
+from alae_rt.training.augment import augment_reals
 from alae_rt.training.config import TrainConfig
 from alae_rt.training.data import BatchSampler, ImageSet, blend_reals, make_batch, to_float
+from alae_rt.training.losses import latent_loss, pixel_loss
 from alae_rt.training.optim import LREQAdam, lr_multipliers
 from alae_rt.training.schedule import Phase, phase_at
 
 STATE_FILE = "train_state.safetensors"  # everything to resume: weights, EMA, optimisers, RNG streams, history
 CHECKPOINT_FILE = "checkpoint.safetensors"  # the EMA weights: what Runtime.load and the exporters read
-HISTORY_COLUMNS = ("step", "images", "lod", "blend", "loss_d", "loss_g", "loss_ae", "images_per_s")
+HISTORY_COLUMNS = ("step", "images", "lod", "blend", "loss_d", "loss_g", "loss_ae", "loss_pix",
+                   "images_per_s")
 GRID_SEED = 1234  # fixed latents and noise of the sample grids, so grids of one run compare over time
 MIN_GRID_SIDE = 64  # low-LOD images are enlarged (nearest) to at least this in the grids
 
@@ -57,15 +61,6 @@ class RunInfo:
     command: str
     holdout: int
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 image batches (mean over images of the per-image PSNR)."""
-    values = []
-    for x, y in zip(a, b):
-        mse = np.mean((x.astype(np.float64) - y.astype(np.float64)) ** 2)
-        values.append(100.0 if mse == 0 else 10.0 * math.log10(255.0**2 / mse))
-    return float(np.mean(values))
 
 
 class Trainer:
@@ -101,7 +96,7 @@ class Trainer:
             self.runner = torch.nn.parallel.DistributedDataParallel(
                 self.steps_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
-        mult = lr_multipliers(self.model)
+        mult = lr_multipliers(self.model, train_cfg.mapping_lrmul)
         named = dict(self.model.named_parameters())
         betas, eps, lr = train_cfg.adam_betas, train_cfg.adam_eps, train_cfg.lr(0)
         # The official optimiser groups: E with D, and G with F.
@@ -117,6 +112,11 @@ class Trainer:
         self.lod: int | None = None  # the LOD of the last step, to reset the optimisers at a switch
         self.history: list[list[float]] = []
         self.psnr_history: list[list[float]] = []  # [step, resolution, dB]
+        # Encoder refinement (after training): its step count, [step, pixel loss, latent loss] and optimiser.
+        self.refine_step = 0
+        self.refine_history: list[list[float]] = []
+        self.refine_info: dict[str, Any] = {}
+        self.opt_refine: LREQAdam | None = None
         self._stop = False
 
     # ---- one iteration --------------------------------------------------------------------------------------
@@ -135,6 +135,7 @@ class Trainer:
             opt.set_lr(ph.lr)
         indices, flips = self.sampler.next(ph.batch, self.ddp.rank, self.ddp.world)
         reals = make_batch(self.train_set, indices, flips, ph.resolution, ph.blend).to(self.device)
+        reals = augment_reals(reals, self.cfg.augment, self.gen)
         run = self.runner
 
         self.opt_enc.zero_grad(set_to_none=True)
@@ -149,8 +150,8 @@ class Trainer:
 
         self.opt_enc.zero_grad(set_to_none=True)
         self.opt_dec.zero_grad(set_to_none=True)
-        loss_ae = run("ae", reals, ph.lod, ph.blend, self.gen)
-        loss_ae.backward()
+        loss_ae, loss_pix = run("ae", reals, ph.lod, ph.blend, self.gen)
+        (loss_ae + loss_pix).backward()
         self.opt_enc.step()
         self.opt_dec.step()
 
@@ -158,14 +159,15 @@ class Trainer:
             ema_update(self.ema, self.model, self.cfg.ema_beta(ph.batch))
         self.step += 1
         self.images_seen += ph.batch
-        losses = torch.stack([loss_d.detach(), loss_g.detach(), loss_ae.detach()])
+        losses = torch.stack([loss_d.detach(), loss_g.detach(), loss_ae.detach(), loss_pix.detach()])
         if self.ddp.world > 1:
             dist.all_reduce(losses)
             losses /= self.ddp.world
-        d, g, ae = losses.tolist()
-        if not all(math.isfinite(v) for v in (d, g, ae)):
-            raise FloatingPointError(f"step {self.step}: non-finite loss (d={d}, g={g}, ae={ae})")
-        return {"loss_d": d, "loss_g": g, "loss_ae": ae, "lod": ph.lod, "blend": ph.blend, "batch": ph.batch}
+        d, g, ae, pix = losses.tolist()
+        if not all(math.isfinite(v) for v in (d, g, ae, pix)):
+            raise FloatingPointError(f"step {self.step}: non-finite loss (d={d}, g={g}, ae={ae}, pixel={pix})")
+        return {"loss_d": d, "loss_g": g, "loss_ae": ae, "loss_pix": pix, "lod": ph.lod, "blend": ph.blend,
+                "batch": ph.batch}
 
     # ---- the loop ---------------------------------------------------------------------------------------------
     def train(self, steps: int, every: int = 500, progress: bool = True, log_every: int = 10) -> None:
@@ -173,6 +175,9 @@ class Trainer:
         the end, or on Ctrl-C / SIGTERM) write the checkpoint, grids, loss curves and held-out PSNR."""
         from tqdm import tqdm
 
+        if self.refine_step:
+            raise InputError("this run's encoder has been refined (--refine-encoder); more ALAE training would "
+                             "undo it through the EMA - refine after the last training session")
         if self.step >= steps:
             self.say(f"already at step {self.step} of {steps}; nothing to do")
             return
@@ -197,7 +202,7 @@ class Trainer:
                 ips = stats["batch"] / dt
                 rate = ips if rate is None else 0.9 * rate + 0.1 * ips
                 self.history.append([self.step, self.images_seen, stats["lod"], stats["blend"], stats["loss_d"],
-                                     stats["loss_g"], stats["loss_ae"], ips])
+                                     stats["loss_g"], stats["loss_ae"], stats["loss_pix"], ips])
                 bar.set_postfix_str(f"{4 * 2 ** stats['lod']}px blend {stats['blend']:.2f} d {stats['loss_d']:.3f} "
                                     f"g {stats['loss_g']:.3f} ae {stats['loss_ae']:.4f} {rate:.1f} img/s")
                 bar.update(1)
@@ -217,6 +222,79 @@ class Trainer:
             if log is not None:
                 log.close()
             self._restore_signal_handlers(previous)
+
+    # ---- encoder refinement -----------------------------------------------------------------------------------
+    def refine_encoder(self, steps: int, lr: float, latent_weight: float = 1.0, every: int = 500,
+                       progress: bool = True, command: str = "") -> None:
+        """The second stage of LIA applied to ALAE: G, F and D frozen (the EMA weights, what is served), E trained
+        on ||G(E(x)) - x||^2 over the training images (with the run's augmentation), plus `latent_weight` *
+        ||E(G(w)) - w||^2 on w = F(z) so that E keeps mapping generated images to their w. Runs until `steps`
+        refinement steps in all; the EMA checkpoint then carries the refined E. One process only."""
+        from tqdm import tqdm
+
+        if self.ddp.world > 1:
+            raise InputError("--refine-encoder runs in one process (not under torchrun)")
+        ph = self.phase_of_last_step()
+        if ph.lod != self.mcfg.layer_count - 1 or ph.blend < 1.0:
+            raise InputError(f"the run is still growing ({ph.resolution}px, blend {ph.blend:.2f}); train it to "
+                             f"{self.mcfg.resolution}px before --refine-encoder")
+        if self.refine_step >= steps:
+            self.say(f"encoder refinement already at step {self.refine_step} of {steps}; nothing to do")
+            return
+        model = self.ema
+        model.requires_grad_(False)
+        model.encoder.requires_grad_(True)
+        named = [(f"encoder.{n}", p) for n, p in model.encoder.named_parameters()]
+        if self.opt_refine is None:
+            self.opt_refine = LREQAdam(named, lr_multipliers(model, self.cfg.mapping_lrmul), lr, self.cfg.adam_betas,
+                                       self.cfg.adam_eps)
+        self.opt_refine.set_lr(lr)
+        self.refine_info = {"lr": lr, "latent_weight": latent_weight, "command": command or
+                            self.refine_info.get("command", "")}
+        steps_module = ALAESteps(model, self.cfg)
+        lod, n_styles = ph.lod, self.mcfg.num_styles
+        bar = tqdm(total=steps, initial=self.refine_step, desc="refine encoder", unit="step", file=sys.stderr,
+                   disable=not progress, dynamic_ncols=True)
+        previous = self._install_signal_handlers()
+        try:
+            while self.refine_step < steps:
+                t0 = time.perf_counter()
+                indices, flips = self.sampler.next(ph.batch)
+                x = make_batch(self.train_set, indices, flips, ph.resolution, 1.0).to(self.device)
+                x = augment_reals(x, self.cfg.augment, self.gen)
+                n = x.shape[0]
+                w = model.encoder(x, lod=lod, blend=1.0)
+                rec = model.generator(w[:, None].expand(-1, n_styles, -1), steps_module.noise(n, lod, self.gen),
+                                      lod=lod, blend=1.0)
+                pix = pixel_loss(rec, x)
+                lat = torch.zeros_like(pix)
+                if latent_weight > 0:
+                    with torch.no_grad():
+                        w_gen = steps_module.map_latents(n, self.gen, track=False)  # dlatent_avg stays as trained
+                        fakes = model.generator(w_gen[:, None].expand(-1, n_styles, -1),
+                                                steps_module.noise(n, lod, self.gen), lod=lod, blend=1.0)
+                    lat = latent_loss(model.encoder(fakes, lod=lod, blend=1.0), w_gen)
+                self.opt_refine.zero_grad(set_to_none=True)
+                (pix + latent_weight * lat).backward()
+                self.opt_refine.step()
+                self.refine_step += 1
+                self.wall_s += time.perf_counter() - t0
+                self.refine_history.append([self.refine_step, pix.item(), lat.item()])
+                if not math.isfinite(self.refine_history[-1][1] + self.refine_history[-1][2]):
+                    raise FloatingPointError(f"refinement step {self.refine_step}: non-finite loss")
+                bar.set_postfix_str(f"pixel {pix.item():.4f} latent {lat.item():.4f}")
+                bar.update(1)
+                stop = self._stop
+                if stop or self.refine_step % every == 0 or self.refine_step == steps:
+                    self.snapshot()
+                if stop:
+                    self.say(f"interrupted: stopped after refinement step {self.refine_step}; continue with "
+                             "--refine-encoder --resume")
+                    raise KeyboardInterrupt
+        finally:
+            bar.close()
+            self._restore_signal_handlers(previous)
+            model.requires_grad_(False)
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         previous = {}
@@ -265,6 +343,10 @@ class Trainer:
         if self.history:
             d, g, ae = self.history[-1][4:7]
             line += f", losses d {d:.3f} g {g:.3f} ae {ae:.4f}"
+            if self.history[-1][7] > 0:
+                line += f" pixel {self.history[-1][7]:.4f}"
+        if self.refine_step:
+            line += f"; encoder refined {self.refine_step} steps (pixel {self.refine_history[-1][1]:.4f})"
         if len(self.holdout):
             line += f", held-out PSNR {self.psnr_history[-1][2]:.2f} dB"
         self.say(line + f"; saved to {self.out}")
@@ -310,6 +392,7 @@ class Trainer:
             "command": self.info.command,
             "train_config": json.loads(self.cfg.to_json()),
             "heldout_psnr_db": self.psnr_history[-1][2] if self.psnr_history else None,
+            **({"encoder_refinement": {"steps": self.refine_step, **self.refine_info}} if self.refine_step else {}),
             **self.info.extra,
         }
 
@@ -332,6 +415,10 @@ class Trainer:
             tensors[f"rng.latent.{rank}"] = state
         tensors["history"] = torch.tensor(self.history, dtype=torch.float64).reshape(-1, len(HISTORY_COLUMNS))
         tensors["psnr_history"] = torch.tensor(self.psnr_history, dtype=torch.float64).reshape(-1, 3)
+        if self.refine_step:
+            tensors["refine_history"] = torch.tensor(self.refine_history, dtype=torch.float64).reshape(-1, 3)
+            refine, refine_steps = self.opt_refine.named_state("opt.refine")
+            tensors.update(refine)
         meta = {
             "format": "alae-rt-train-state",
             "model_config": self.mcfg.to_json(),
@@ -341,7 +428,9 @@ class Trainer:
             "lod": "" if self.lod is None else str(self.lod),
             "wall_s": repr(self.wall_s),
             "world_size": str(self.ddp.world),
-            "opt_steps": json.dumps({"enc": enc_steps, "dec": dec_steps}),
+            "opt_steps": json.dumps({"enc": enc_steps, "dec": dec_steps,
+                                     **({"refine": refine_steps} if self.refine_step else {})}),
+            "refine": json.dumps({"step": self.refine_step, **self.refine_info}),
             "run": json.dumps({"data": self.info.data, "command": self.info.command, "holdout": self.info.holdout,
                                "extra": self.info.extra}),
         }
@@ -368,8 +457,20 @@ class Trainer:
         self.images_seen = int(meta["images_seen"])
         self.lod = int(meta["lod"]) if meta["lod"] else None
         self.wall_s = float(meta["wall_s"])
-        self.history = tensors["history"].tolist()
+        history = tensors["history"]
+        if history.shape[1] == len(HISTORY_COLUMNS) - 1:  # a run saved before the pixel term: its loss was 0
+            history = torch.cat([history[:, :7], torch.zeros_like(history[:, :1]), history[:, 7:]], dim=1)
+        self.history = history.tolist()
         self.psnr_history = tensors["psnr_history"].tolist()
+        refine = json.loads(meta.get("refine", "{}"))
+        self.refine_step = int(refine.pop("step", 0))
+        self.refine_info = refine
+        if self.refine_step:
+            self.refine_history = tensors["refine_history"].tolist()
+            named = [(f"encoder.{n}", p) for n, p in self.ema.encoder.named_parameters()]
+            self.opt_refine = LREQAdam(named, lr_multipliers(self.ema, self.cfg.mapping_lrmul), refine["lr"],
+                                       self.cfg.adam_betas, self.cfg.adam_eps)
+            self.opt_refine.load_named_state("opt.refine", tensors, steps["refine"])
 
     # ---- grids, PSNR, curves ---------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -427,6 +528,8 @@ class Trainer:
         axes[0].plot(kimg, h[:, 5], label="loss_g (F, G: non-saturating)", lw=0.8)
         axes[0].legend()
         axes[1].semilogy(kimg, h[:, 6], label="loss_ae (E, G: latent reconstruction)", color="C2", lw=0.8)
+        if np.any(h[:, 7] > 0):
+            axes[1].semilogy(kimg, h[:, 7], label="pixel reconstruction (weighted)", color="C4", lw=0.8)
         axes[1].legend()
         if self.psnr_history:
             p = np.asarray(self.psnr_history)

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from alae_rt.cli import bench, demo, directions, model, ops
+from alae_rt.cli import bench, demo, directions, evaluate, model, ops
 from alae_rt.cli.options import (
     add_quiet_arg,
     backend_options,
@@ -31,7 +31,7 @@ __all__ = ["EXIT_USAGE", "EXTERNAL_COMMANDS", "backend_options", "build_parser",
 EXIT_USAGE = 2  # bad input of any kind: a one-line message on stderr, no traceback
 
 # The commands built in: each module's add_parsers(sub) adds its subcommands, in this order, to --help.
-LOCAL_COMMANDS = (model, ops, directions, bench, demo)
+LOCAL_COMMANDS = (model, ops, directions, evaluate, bench, demo)
 
 # Subcommands loaded only when they run (the core never imports serve, export or training): name -> (module,
 # one-line help). The module has `add_parser(subparsers, name, help)`, which adds the subcommand's arguments and

@@ -9,8 +9,8 @@ from safetensors import safe_open
 
 from alae_rt import Runtime
 from alae_rt.cli import main
+from alae_rt.evaluation import psnr_db
 from alae_rt.training.bundle import bundle
-from alae_rt.training.trainer import psnr_db
 
 
 def test_bundle_a_run(image_folder, tmp_path):
