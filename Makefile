@@ -31,20 +31,25 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/alae-rt demo $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)") --faces "$(FACES)" --directions-dir "$(DIRECTIONS)" -o "$(OUT)"
 
-# Start `alae-rt serve` on CHECKPOINT (any free port on 127.0.0.1), wait for it to warm up, make a client round
-# trip on the sample faces (info, reconstruct, generate, mix), then stop it with SIGTERM (it drains and exits).
+# Start `alae-rt serve` on CHECKPOINT (any free ports on 127.0.0.1, the face editor's too), wait for it to warm up,
+# print the editor's URL, make a client round trip on the sample faces (info, reconstruct, generate, mix), then stop
+# it with SIGTERM (it drains and exits). SERVE_WAIT=1 keeps it running for the editor until Ctrl-C.
+SERVE_WAIT ?=
 serve-demo: setup
-	@set -e; mkdir -p "$(SERVE_OUT)"; rm -f "$(SERVE_OUT)/port"; A="$(VENV)/bin/alae-rt"; \
-	$$A serve $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)") --port 0 --port-file "$(SERVE_OUT)/port" --log-format text & pid=$$!; \
+	@set -e; mkdir -p "$(SERVE_OUT)"; rm -f "$(SERVE_OUT)/port" "$(SERVE_OUT)/http_port"; A="$(VENV)/bin/alae-rt"; \
+	$$A serve $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)") --port 0 --port-file "$(SERVE_OUT)/port" \
+		--http-port 0 --http-port-file "$(SERVE_OUT)/http_port" --sample-faces "$(FACES)" --log-format text & pid=$$!; \
 	trap 'kill -TERM $$pid 2>/dev/null; wait $$pid' EXIT; \
-	for i in $$(seq 600); do [ -s "$(SERVE_OUT)/port" ] && break; kill -0 $$pid; sleep 0.1; done; \
+	for i in $$(seq 600); do [ -s "$(SERVE_OUT)/http_port" ] && break; kill -0 $$pid; sleep 0.1; done; \
 	S="--server 127.0.0.1:$$(cat "$(SERVE_OUT)/port")"; \
+	echo "== face editor: http://127.0.0.1:$$(cat "$(SERVE_OUT)/http_port")/"; \
 	faces=$$(ls "$(FACES)"/*.png | head -n $(SERVE_FACES)); \
 	echo "== client health (waits for the warm-up)"; $$A client health --wait 120 $$S; \
 	echo "== client info"; $$A client info $$S; \
 	echo "== client reconstruct: $(SERVE_FACES) faces from $(FACES)"; $$A client reconstruct $$faces -o "$(SERVE_OUT)/reconstruct" $$S; \
 	echo "== client generate"; $$A client generate --seeds 0-7 --noise const -o "$(SERVE_OUT)/generate" $$S; \
 	echo "== client mix"; $$A client mix --a $$(echo $$faces | cut -d' ' -f1-2) --b seeds:0-3 -o "$(SERVE_OUT)/mix" $$S; \
+	$(if $(SERVE_WAIT),echo "== face editor: http://127.0.0.1:$$(cat "$(SERVE_OUT)/http_port")/ (Ctrl-C stops)"; wait $$pid;) \
 	echo "== SIGTERM: the server drains and stops"
 
 test: setup
