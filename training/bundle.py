@@ -21,8 +21,8 @@ import torch
 import alae_rt
 from alae_rt.bench import cpu_model
 from alae_rt.checkpoint import load_checkpoint, save_checkpoint
-from alae_rt.evaluation import default_holdout, psnr_db
-from alae_rt.images import make_grid, read_image, save_image, to_uint8
+from alae_rt.evaluation import default_holdout, evaluate, pca_reconstruct, psnr_db, ssim
+from alae_rt.images import make_grid, read_image, save_image
 from alae_rt.runtime import Runtime
 from alae_rt.training.trainer import CHECKPOINT_FILE, STATE_FILE, read_state
 
@@ -64,17 +64,18 @@ def bundle(run: Path, out: Path, hardware: str) -> dict:
 
     rt = Runtime.load(target)
     held = heldout_files(run_meta, state_meta)
-    psnr = None
-    rows = []
+    psnr = ssim_value = None
+    rows, table_rows = [], []
     if held:
         x = rt.prepare_images([str(p) for p in held])
         rec = rt.decode(rt.encode(x), noise="const")
         originals, recs = rt.to_uint8(x), rt.to_uint8(rec)
-        psnr = psnr_db(originals, recs)
+        psnr, ssim_value = psnr_db(originals, recs), ssim(originals, recs)
         per_row = 4
         for i in range(0, len(held), per_row):
             rows.append([img for pair in zip(originals[i:i + per_row], recs[i:i + per_row]) for img in pair])
-    baseline = mean_face_psnr(run_meta, ckpt.config) if held else None
+        table_rows = heldout_comparison(rt, run_meta, ckpt.config, out)
+    baseline = next((r["psnr_db"] for r in table_rows if r["numbers"] == 0), None)
     samples = rt.to_uint8(rt.generate(seeds=list(GRID_SEEDS), noise="const"))
     sample_rows = [list(samples[i:i + 8]) for i in range(0, len(samples), 8)]
     blank = np.full_like(samples[0], 255)
@@ -84,7 +85,10 @@ def bundle(run: Path, out: Path, hardware: str) -> dict:
     figures = {
         "bytes": size,
         "heldout_psnr_db": psnr,
+        "heldout_ssim": ssim_value,
         "mean_face_psnr_db": baseline,
+        "comparison": table_rows,
+        "refinement": provenance.get("encoder_refinement"),
         "heldout_files": [p.name for p in held],
         "resolution": ckpt.config.resolution,
         "config": ckpt.config.to_dict(),
@@ -106,22 +110,42 @@ def bundle(run: Path, out: Path, hardware: str) -> dict:
     return figures
 
 
-def mean_face_psnr(run_meta: dict, cfg) -> float:
-    """PSNR of the mean training image against each held-out image: the score of a model that ignores its
-    input, the floor a reconstruction PSNR should be read against."""
-    from alae_rt.training.data import load_image_folder, split_holdout, to_float
+def heldout_comparison(rt: Runtime, run_meta: dict, cfg, out: Path) -> list[dict]:
+    """The bundled model beside the mean face and PCA of the training faces on the same held-out faces (what
+    `alae-rt eval` prints), and heldout.png: each held-out face, its reconstruction and its PCA projection."""
+    from alae_rt.cli.grids import Grid, render
 
-    data = load_image_folder(run_meta["data"], cfg.resolution, cfg.channels, report=lambda m: None)
-    holdout = run_meta["holdout"] if run_meta["holdout"] is not None else default_holdout(len(data))
-    train, held = split_holdout(data, holdout)
-    mean = to_float(train.images, cfg.resolution).mean(0, keepdim=True).expand(len(held), -1, -1, -1)
-    return psnr_db(to_uint8(to_float(held.images, cfg.resolution)), to_uint8(mean))
+    result = evaluate(rt, run_meta["data"], run_meta["holdout"], name="this model")
+    split, rec = result["_split"], result["_reconstructions"]
+    d = cfg.latent_size
+    linear = pca_reconstruct(split.train, split.held, min(d, len(split.train) - 1))
+    grid = Grid([[o, m, p] for o, m, p in zip(split.held, rec, linear)],
+                header=["held-out face", "this model", f"PCA, {d} components"])
+    save_image(render(grid)[0], out / "heldout.png")
+    return [result["model"], result["model_on_training_faces"], *result["baselines"]]
 
 
 def reproducing_command(command: str, steps: int) -> str:
     """The run's command with --steps set to where it stopped: the schedule depends only on the images shown,
     so a run stopped early (Ctrl-C, SIGTERM) is reproduced by asking for that many steps."""
     return re.sub(r"--steps[ =]\d+", f"--steps {steps}", command)
+
+
+def recipe_text(t: dict, refinement: dict | None) -> str:
+    """The small-data parts of a run's training config, in words (empty for the paper's ALAE)."""
+    parts = []
+    if t.get("ae_updates_mapping"):
+        parts.append("step III also trains F (the official code)")
+    if t.get("augment"):
+        parts.append(f"augmentation of the real images: {', '.join(t['augment'])}")
+    if t.get("diffaug"):
+        parts.append(f"DiffAugment on D's inputs: {', '.join(t['diffaug'])}")
+    if t.get("pixel_recon"):
+        parts.append(f"pixel reconstruction term {t['pixel_recon']} * ||G(E(x)) - x||^2 in step III")
+    if refinement:
+        parts.append(f"then encoder refinement, G frozen: {refinement['steps']} steps of pixel reconstruction "
+                     f"(+ {refinement.get('latent_weight', 1.0)} * latent term), learning rate {refinement.get('lr')}")
+    return "; " + "; ".join(parts) if parts else ""
 
 
 def model_card(f: dict) -> str:
@@ -136,11 +160,12 @@ def model_card(f: dict) -> str:
         ("data", f"`shared/data/faces128`: 110 aligned 128x128 FFHQ faces (CC BY-NC-SA 4.0), read at "
                  f"{f['resolution']}x{f['resolution']}; the first {f['train_images']} in file order for training, "
                  f"the last {len(held)} ({', '.join(held)}) held out"),
-        ("training", f"ALAE as published: steps I-III, R1 gamma {t['r1_gamma']}, Adam {tuple(t['adam_betas'])} with "
-                     f"learning-rate equalisation, progressive growing from 4x4 ({t['lod_images']} images per LOD, "
-                     f"the first half blending in), batch per LOD {list(t['lod_batch'])}, learning rate "
-                     f"{list(t['lod_lr'])}, style mixing p {t['style_mixing_prob']}, dlatent_avg beta "
-                     f"{t['dlatent_avg_beta']}, EMA half-life {t['ema_half_life_images']:.0f} images, flips"),
+        ("training", f"ALAE: steps I-III, R1 gamma {t['r1_gamma']}, Adam {tuple(t['adam_betas'])} with "
+                     f"learning-rate equalisation (F's lrmul {t.get('mapping_lrmul', 0.01)}), progressive growing "
+                     f"from 4x4 ({t['lod_images']} images per LOD, the first half blending in), batch per LOD "
+                     f"{list(t['lod_batch'])}, learning rate {list(t['lod_lr'])}, style mixing p "
+                     f"{t['style_mixing_prob']}, dlatent_avg beta {t['dlatent_avg_beta']}, EMA half-life "
+                     f"{t['ema_half_life_images']:.0f} images, flips" + recipe_text(t, f.get("refinement"))),
         ("length", f"{f['steps']} iterations, {f['images_seen']} images shown, "
                    f"{f['wall_time_s'] / 3600:.2f} h of training (wall clock of the iterations, on cores "
                    "shared with other jobs)"),
@@ -148,7 +173,8 @@ def model_card(f: dict) -> str:
         ("command", f"`{f['command']}`" + ("" if f["command"] == f["started_with"] else
                                             f" (started as `{f['started_with']}` and stopped at step {f['steps']} "
                                             "to fit the time budget; the schedule depends only on the images "
-                                            "shown, so the command above reproduces it)")),
+                                            "shown, so the command above reproduces it)") +
+                    (f", then `{f['refinement']['command']}`" if f.get("refinement") else "")),
         ("held-out reconstruction PSNR", f"**{psnr}**: mean over the {len(held)} held-out faces at "
                                          f"{f['resolution']}x{f['resolution']} (Runtime, fp16 weights, fp32 "
                                          "compute, `noise=\"const\"`)" +
@@ -156,7 +182,26 @@ def model_card(f: dict) -> str:
                                           f"; for scale, the mean training face scores "
                                           f"{f['mean_face_psnr_db']:.2f} dB on the same faces")),
     ]
+    if f.get("heldout_ssim") is not None:
+        rows.append(("held-out SSIM", f"{f['heldout_ssim']:.3f}"))
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    comparison = ""
+    if f.get("comparison"):
+        lines = "\n".join(f"| {r['name']} | {r['numbers'] or '-'} | {r['psnr_db']:.2f} | {r['ssim']:.3f} |"
+                          for r in f["comparison"])
+        comparison = f"""
+## Held-out faces beside linear codes
+
+The same {len(held)} held-out faces, reconstructed by this model and by the linear codes a {c['latent_size']}-number
+latent has to beat (PCA of the {f['train_images']} training faces); `alae-rt eval --faces ../shared/data/faces128
+--holdout {len(held)}` prints this table. `heldout.png`: each face, this model's reconstruction, its PCA projection.
+
+| reconstruction | code size | PSNR (dB) | SSIM |
+|---|---|---|---|
+{lines}
+
+![held-out faces](heldout.png)
+"""
     return f"""# alae-rt default model
 
 A StyleALAE (Adversarial Latent Autoencoder, Pidhorskyi et al., CVPR 2020) trained by `alae-rt train`; it is
@@ -170,7 +215,7 @@ what `Runtime.load()`, the CLI without `--checkpoint`, `make demo` and the serve
 
 `samples.png`: top two rows, generated faces (seeds 0-15, truncation psi 0.7); below, the held-out faces
 (never seen in training) each followed by its reconstruction.
-
+{comparison}
 ## What to expect
 
 {EXPECTATIONS}
