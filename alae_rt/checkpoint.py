@@ -18,6 +18,7 @@ from torch import Tensor
 
 from alae_rt.config import PRESETS, ModelConfig, resolve_config
 from alae_rt.errors import CheckpointError, ConfigError
+from alae_rt.methods import MethodConfig, build_model, check_method
 from alae_rt.network import HEAD_LAYERS, StyleALAE, blur_weight
 
 FORMAT_NAME = "alae-rt"
@@ -34,12 +35,14 @@ class Checkpoint:
     config: ModelConfig
     source: str  # a one-line description of the weights, for logs and the demo
     metadata: dict[str, Any] = field(default_factory=dict)  # provenance stored with the weights
+    method: MethodConfig = field(default_factory=MethodConfig)  # the training method, and the parts it adds
 
 
-def model_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor of our state dict and its shape, without allocating the weights."""
+def model_shapes(cfg: ModelConfig, method: MethodConfig | None = None) -> dict[str, tuple[int, ...]]:
+    """Every tensor of our state dict (of the method's network; default ALAE) and its shape, without allocating
+    the weights."""
     with torch.device("meta"):
-        model = StyleALAE(cfg)
+        model = StyleALAE(cfg) if method is None else build_model(cfg, method)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -203,9 +206,11 @@ def _read_official(path: Path, trust_pickle: bool) -> dict[str, Any]:
 
 # ---- our safetensors format -------------------------------------------------------------------------
 def save_checkpoint(path: str | Path, state: Mapping[str, Tensor], config: ModelConfig,
-                    provenance: Mapping[str, Any] | None = None, dtype: torch.dtype | None = None) -> Path:
-    """Write one .safetensors file (config and provenance as JSON metadata); write, then rename."""
-    check_state(state, model_shapes(config), "state to save")
+                    provenance: Mapping[str, Any] | None = None, dtype: torch.dtype | None = None,
+                    method: MethodConfig | None = None) -> Path:
+    """Write one .safetensors file (config, provenance and the training method as metadata); write, then rename."""
+    method = method or MethodConfig()
+    check_state(state, model_shapes(config, method), "state to save")
     tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
                for k, v in state.items()}
     metadata = {
@@ -213,6 +218,7 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Tensor], config: Model
         "format_version": FORMAT_VERSION,
         "config": config.to_json(),
         "provenance": json.dumps(dict(provenance or {}), sort_keys=True, default=str),
+        **method.to_metadata(),
     }
     return write_safetensors(path, tensors, metadata)
 
@@ -273,11 +279,12 @@ def _sniff(path: Path) -> str:
 
 
 def load_checkpoint(path: str | Path, config: ModelConfig | str | Path | None = None,
-                    trust_pickle: bool = False) -> Checkpoint:
+                    trust_pickle: bool = False, method: str | None = None) -> Checkpoint:
     """Read our .safetensors or an official ALAE .pth; validate every tensor against the config.
 
     config: a ModelConfig, preset name or official YAML; by default the file's own (ours) or one inferred
-    from the tensor shapes (official).
+    from the tensor shapes (official). The training method is the file's own (metadata "method"; official
+    files and ours without it: alae); `method`, when given, must be that one.
     """
     path = Path(path)
     if path.is_dir():
@@ -287,6 +294,7 @@ def load_checkpoint(path: str | Path, config: ModelConfig | str | Path | None = 
     cfg = resolve_config(config)
     kind = _sniff(path)
     if kind == "torch":
+        check_method(MethodConfig(), method, str(path))
         state, cfg = convert_official(_read_official(path, trust_pickle), cfg, where=str(path))
         how = "given config" if config is not None else "config inferred from tensor shapes"
         return Checkpoint(state, cfg, f"official ALAE checkpoint {path} (EMA weights; {how})",
@@ -295,13 +303,15 @@ def load_checkpoint(path: str | Path, config: ModelConfig | str | Path | None = 
         raise CheckpointError(f"{path}: neither a safetensors file nor a PyTorch .pth checkpoint")
     state, meta = read_safetensors(path)
     provenance = _json_field(meta, "provenance", path) or {}
+    found = MethodConfig.from_metadata(meta, str(path))
+    check_method(found, method, str(path))
     if cfg is None and "config" in meta:
         cfg = ModelConfig.from_dict(_json_field(meta, "config", path))
     if cfg is None:
         cfg = infer_config({k: tuple(v.shape) for k, v in state.items()}, "ours")
-    check_state(state, model_shapes(cfg), str(path))
+    check_state(state, model_shapes(cfg, found), str(path) if found.name == "alae" else f"{path} ({found.name})")
     described = provenance.get("description") or f"config {cfg.name}"
-    return Checkpoint(state, cfg, f"alae-rt checkpoint {path} ({described})", provenance)
+    return Checkpoint(state, cfg, f"alae-rt checkpoint {path} ({described})", provenance, found)
 
 
 def _json_field(meta: Mapping[str, str], key: str, path: Path) -> Any:
@@ -319,5 +329,5 @@ def convert(src: str | Path, dst: str | Path, config: ModelConfig | str | Path |
     ckpt = load_checkpoint(src, config, trust_pickle=trust_pickle)
     provenance = dict(ckpt.metadata)
     provenance.setdefault("description", ckpt.source)
-    save_checkpoint(dst, ckpt.state, ckpt.config, provenance, dtype=dtype)
+    save_checkpoint(dst, ckpt.state, ckpt.config, provenance, dtype=dtype, method=ckpt.method)
     return ckpt

@@ -243,15 +243,22 @@ class Encoder(nn.Module):
 
 
 class StyleALAE(nn.Module):
-    """The four networks and `dlatent_avg` [2L, D]: the whole inference state of a StyleALAE model."""
+    """The four networks and `dlatent_avg` [2L, D]: the whole inference state of a StyleALAE model.
 
-    def __init__(self, cfg: ModelConfig):
+    The other training methods (alae_rt.methods) build on the same blocks and pass their own parts: a mapping
+    (IntroVAE: none, LIA: an invertible flow), an encoder, and whether there is a latent discriminator head.
+    """
+
+    method = "alae"  # the training method whose network this is (the checkpoint's "method")
+
+    def __init__(self, cfg: ModelConfig, *, mapping: nn.Module | None = None, encoder: nn.Module | None = None,
+                 head: bool = True):
         super().__init__()
         self.config = cfg
-        self.mapping = MappingF(cfg)
+        self.mapping = MappingF(cfg) if mapping is None else mapping
         self.generator = Generator(cfg)
-        self.encoder = Encoder(cfg)
-        self.head = DiscriminatorHead(cfg)
+        self.encoder = Encoder(cfg) if encoder is None else encoder
+        self.head = DiscriminatorHead(cfg) if head else None
         self.register_buffer("dlatent_avg", torch.zeros(cfg.num_styles, cfg.latent_size))
 
     def truncate(self, styles: Tensor, psi: float, cutoff: int) -> Tensor:

@@ -19,6 +19,7 @@ from alae_rt.directions import INFO_FILE, read_info
 from alae_rt.errors import CheckpointError, InputError
 from alae_rt.images import images_to_tensor, list_images, read_image, to_uint8, to_uint8_tensor
 from alae_rt.latents import LATENT_LIMIT, check_latents
+from alae_rt.methods import MethodConfig, build_model, method_of
 from alae_rt.network import StyleALAE
 
 NoiseArg = str | Sequence[Tensor]
@@ -101,6 +102,9 @@ class Runtime:
         self.device = parse_device(device)
         self.dtype = parse_dtype(dtype)
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        self.method: MethodConfig = method_of(model)
+        # IntroVAE's encoder outputs (mean, log-variance); every backend runs it whole and the mean is served.
+        self._posterior_mean = model.encoder.latent_size != model.config.latent_size
         self.backend: Backend = create_backend(backend, self.model, self.device, **dict(backend_options or {}))
         self.source = source or "weights given in memory"
         self.max_batch = max_batch
@@ -117,10 +121,11 @@ class Runtime:
     def load(cls, path: str | Path | None = None, config: ModelConfig | str | Path | None = None,
              device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.float32, backend: str = "eager",
              *, max_batch: int = DEFAULT_MAX_BATCH, trust_pickle: bool = False,
-             backend_options: Mapping[str, Any] | None = None) -> Runtime:
+             backend_options: Mapping[str, Any] | None = None, method: str | None = None) -> Runtime:
         """Load our .safetensors or an official ALAE .pth (EMA weights); no path: the bundled default model.
 
         config: preset name, ModelConfig or official YAML; by default the checkpoint's own or inferred.
+        method: the training method the checkpoint must come from (alae, introvae, lia); by default its own.
         backend: "eager" (the reference) or "auto" (the fastest available); backend_options go to it.
         The bundled model (no path, or its file) comes with its directions (`default_directions`: pc00, ...).
         """
@@ -131,7 +136,7 @@ class Runtime:
                     "no checkpoint given and this install has no bundled default model; pass the path of a "
                     ".safetensors or official ALAE .pth file"
                 )
-        rt = cls.from_checkpoint(load_checkpoint(path, config, trust_pickle=trust_pickle),
+        rt = cls.from_checkpoint(load_checkpoint(path, config, trust_pickle=trust_pickle, method=method),
                                  device=device, dtype=dtype, backend=backend, max_batch=max_batch,
                                  backend_options=backend_options)
         bundled, bundled_directions = default_checkpoint(), default_directions()
@@ -142,22 +147,25 @@ class Runtime:
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, **kwargs: Any) -> Runtime:
         with torch.device("meta"):
-            model = StyleALAE(ckpt.config)
+            model = build_model(ckpt.config, ckpt.method)
         model.load_state_dict({k: v.float() for k, v in ckpt.state.items()}, assign=True)
         return cls(model, source=ckpt.source, **kwargs)
 
     @classmethod
-    def from_config(cls, config: ModelConfig | str, seed: int = 0, **kwargs: Any) -> Runtime:
-        """Random weights (official-style initialisation) for a config: tests, benchmarks, smoke runs."""
+    def from_config(cls, config: ModelConfig | str, seed: int = 0, method: MethodConfig | None = None,
+                    **kwargs: Any) -> Runtime:
+        """Random weights (official-style initialisation) for a config (and a method's network; default ALAE):
+        tests, benchmarks, smoke runs."""
         cfg = resolve_config(config)
         torch_state = torch.random.get_rng_state()
         try:
             torch.manual_seed(seed)
-            model = StyleALAE(cfg)
-            with torch.no_grad():
-                # dlatent_avg as training would track it: the mean of F(z).
-                model.dlatent_avg.copy_(model.mapping(torch.randn(1024, cfg.latent_size)).mean(0).expand_as(
-                    model.dlatent_avg))
+            model = StyleALAE(cfg) if method is None else build_model(cfg, method)
+            if model.method != "introvae":  # IntroVAE's latent is z itself: its average stays the prior's mean 0
+                with torch.no_grad():
+                    # dlatent_avg as training would track it: the mean of F(z).
+                    model.dlatent_avg.copy_(model.mapping(torch.randn(1024, cfg.latent_size)).mean(0).expand_as(
+                        model.dlatent_avg))
         finally:
             torch.random.set_rng_state(torch_state)
         return cls(model, source=f"random weights (preset {cfg.name}, seed {seed}): not a trained model", **kwargs)
@@ -168,7 +176,8 @@ class Runtime:
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"Runtime({c.name}: {c.resolution}x{c.resolution}x{c.channels}, D={c.latent_size}, "
+        method = "" if self.method.name == "alae" else f"{self.method.name}, "
+        return (f"Runtime({method}{c.name}: {c.resolution}x{c.resolution}x{c.channels}, D={c.latent_size}, "
                 f"backend={self.backend.name}, device={self.device}, dtype={str(self.dtype).replace('torch.', '')})")
 
     # ---- inputs -------------------------------------------------------------------------------------
@@ -281,7 +290,12 @@ class Runtime:
     def encode(self, x: Any, progress: Progress = None) -> Tensor:
         """Images -> w [N, D]. `progress(k)` is called after each chunk with the k images it encoded."""
         n, inputs = self._image_chunks(x)
-        return self._run_chunked(lambda sl: self.backend.encode(inputs(sl)), n, progress)
+        return self._run_chunked(lambda sl: self._encode_rows(inputs(sl)), n, progress)
+
+    def _encode_rows(self, x: Tensor) -> Tensor:
+        """The backend's encoder on one chunk -> [n, D] (IntroVAE: the posterior mean, the first D outputs)."""
+        w = self.backend.encode(x)
+        return w[:, :self.config.latent_size] if self._posterior_mean else w
 
     def _image_chunks(self, x: Any) -> tuple[int, Callable[[slice], Tensor]]:
         """(N, rows -> model input) for images; image files are read a chunk at a time, so that a long list of
@@ -294,14 +308,23 @@ class Runtime:
         return x.shape[0], lambda sl: x[sl]
 
     def discriminate(self, w: Any) -> Tensor:
-        """w [N, D] -> the discriminator's real/fake logits [N]."""
+        """w [N, D] -> the discriminator's real/fake logits [N] (ALAE models: the others have no latent head)."""
+        self.method.require("latent_head", "discriminate")
         w = self._latent(w, "w", allow_styles=False)
         return self._run_chunked(lambda sl: self.model.head(w[sl]), w.shape[0])
 
     def map(self, z: Any) -> Tensor:
-        """z [N, D] -> w [N, D] through the mapping network F."""
+        """z [N, D] -> w [N, D] through the mapping network F (LIA: the flow, y = phi(z); IntroVAE: w is z)."""
         z = self._latent(z, "z", allow_styles=False)
         return self._run_chunked(lambda sl: self.model.mapping(z[sl]), z.shape[0])
+
+    def unmap(self, w: Any) -> Tensor:
+        """The inverse of `map`: w [N, D] -> z [N, D] (LIA: z = phi^-1(y), exact up to float rounding; IntroVAE:
+        z itself). ALAE's F is not invertible: an InputError."""
+        self.method.require("invertible_mapping", "unmap")
+        w = self._latent(w, "w", allow_styles=False)
+        inverse = getattr(self.model.mapping, "inverse", None)
+        return w if inverse is None else self._run_chunked(lambda sl: inverse(w[sl]), w.shape[0])
 
     def decode_uint8(self, w: Any, noise: NoiseArg = "random", seed: int | None = None,
                      progress: Progress = None) -> Tensor:
@@ -347,12 +370,15 @@ class Runtime:
         return psi
 
     def check_cutoff(self, cutoff: int | None, field: str = "cutoff") -> int:
-        """A style-input cutoff (mix, truncation) checked to be in [0, 2L]; None: the config's truncation cutoff."""
-        if cutoff is None:
-            return self.config.truncation_cutoff
+        """A style-input cutoff (mix, truncation) checked to be in [0, 2L]; None: the config's truncation cutoff
+        (a model with one latent for every style input, IntroVAE's: 2L, all of them; it takes no other)."""
         s = self.config.num_styles
+        if cutoff is None:
+            return self.config.truncation_cutoff if self.method.per_layer_styles else s
         if isinstance(cutoff, bool) or not isinstance(cutoff, (int, np.integer)) or not 0 <= cutoff <= s:
             raise InputError(f"{field}: {cutoff!r} is out of range 0..{s}", field=field)
+        if cutoff < s:
+            self.method.require("per_layer_styles", field, field=field)
         return int(cutoff)
 
     def truncate(self, w: Any, truncation_psi: float | None = None, truncation_cutoff: int | None = None) -> Tensor:
@@ -400,7 +426,7 @@ class Runtime:
         maps = self.noise(n, noise, seed)
 
         def chunk(sl: slice) -> Tensor:
-            w = self.backend.encode(inputs(sl))  # [n, D]
+            w = self._encode_rows(inputs(sl))  # [n, D]
             return self.backend.decode(w[:, None].expand(-1, self.config.num_styles, -1), _rows(maps, sl))
 
         return self._run_chunked(chunk, n, progress)
@@ -412,6 +438,7 @@ class Runtime:
 
     def mix_styles(self, w_a: Any, w_b: Any, cutoff: int) -> Tensor:
         """The mixed styles [N, 2L, D] of `mix`; a batch of 1 broadcasts against the other side."""
+        self.method.require("per_layer_styles", "mix", field="cutoff")
         cutoff = self.check_cutoff(cutoff)
         a, b = self.styles(w_a, "w_a"), self.styles(w_b, "w_b")
         _batch_of_pair(a, b)
@@ -515,6 +542,8 @@ class Runtime:
                                  "direction", field=f"edits[{i}]")
             dirs.append((d, float(strength)))
         per_layer = keep is not None or w.ndim == 3 or any(d.ndim == 2 for d, _ in dirs)
+        if per_layer:
+            self.method.require("per_layer_styles", "edit (per-layer latents, directions or layers)", field="layers")
         out = self.styles(w) if per_layer else w  # [N, 2L, D] or [N, D]
         avg = self.model.dlatent_avg if per_layer else self.model.dlatent_avg[0]
         edited = out

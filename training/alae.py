@@ -1,4 +1,8 @@
-"""The three ALAE updates of one iteration as a module (what DistributedDataParallel wraps), and the EMA."""
+"""The three ALAE updates of one iteration as a module (what DistributedDataParallel wraps), and the EMA.
+
+A training method is such a module: `forward(phase, ...)` -> the loss of one phase, and `update(...)` -> one whole
+iteration with its optimiser steps. IntroVAE (training.introvae) and LIA (training.lia) follow the same shape.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,9 @@ from alae_rt.training.config import TrainConfig
 from alae_rt.training.losses import discriminator_loss, generator_loss, latent_loss, pixel_loss
 
 PHASES = ("d", "g", "ae")
+# What the trainer's four loss columns (loss_d, loss_g, loss_ae, loss_pix) hold for this method: the curves' labels.
+ALAE_LOSS_LABELS = ("loss_d (E, D: logistic + R1)", "loss_g (F, G: non-saturating)",
+                    "loss_ae (E, G: latent reconstruction)", "pixel reconstruction (weighted)")
 
 
 class ALAESteps(nn.Module):
@@ -28,10 +35,45 @@ class ALAESteps(nn.Module):
     With `diffaug` policies, every image E sees in steps I and II (real and fake) goes through DiffAugment.
     """
 
+    loss_labels = ALAE_LOSS_LABELS
+
     def __init__(self, model: StyleALAE, cfg: TrainConfig):
         super().__init__()
         self.model = model
         self.cfg = cfg
+
+    def stage_at(self, step: int) -> int:
+        """The training stage of the iteration after `step` ones (LIA has two; ALAE and IntroVAE one)."""
+        return 0
+
+    def init_latent_average(self, gen: torch.Generator) -> None:
+        """Start the truncation average at the mean of F(z), as a fresh model's would settle to."""
+        with torch.no_grad():
+            w = self.model.mapping(torch.randn(1024, self.model.config.latent_size, generator=gen).to(
+                self.model.dlatent_avg.device))
+            self.model.dlatent_avg.copy_(w.mean(0).expand_as(self.model.dlatent_avg))
+
+    def update(self, run: nn.Module, reals: Tensor, lod: int, blend: float, gen: torch.Generator,
+               opt_enc: torch.optim.Optimizer, opt_dec: torch.optim.Optimizer, step: int) -> Tensor:
+        """One ALAE iteration: steps I, II and III, each with its optimiser steps; `run` is this module or its DDP
+        wrapper. Returns [loss_d, loss_g, loss_ae, loss_pix], detached."""
+        opt_enc.zero_grad(set_to_none=True)
+        loss_d = run("d", reals, lod, blend, gen)
+        loss_d.backward()
+        opt_enc.step()
+
+        opt_dec.zero_grad(set_to_none=True)
+        loss_g = run("g", reals, lod, blend, gen)
+        loss_g.backward()
+        opt_dec.step()
+
+        opt_enc.zero_grad(set_to_none=True)
+        opt_dec.zero_grad(set_to_none=True)
+        loss_ae, loss_pix = run("ae", reals, lod, blend, gen)
+        (loss_ae + loss_pix).backward()
+        opt_enc.step()
+        opt_dec.step()
+        return torch.stack([loss_d.detach(), loss_g.detach(), loss_ae.detach(), loss_pix.detach()])
 
     def noise(self, n: int, lod: int, gen: torch.Generator) -> list[Tensor | None]:
         """Fresh noise for blocks 0..lod in the generator's order ([1 or n, 1, r, r]); None above the LOD."""

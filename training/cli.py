@@ -1,4 +1,5 @@
-"""`alae-rt train`: ALAE training from an image folder, with checkpoints, grids, curves and exact resume."""
+"""`alae-rt train`: ALAE (or IntroVAE, LIA) training from an image folder, with checkpoints, grids, curves and exact
+resume."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from alae_rt.cli.options import add_device_arg, add_out_arg, add_threads_arg
 from alae_rt.config import PRESETS, ModelConfig
 from alae_rt.errors import ConfigError, InputError
 from alae_rt.evaluation import default_holdout
+from alae_rt.methods import FLOW_DEPTH_RANGE, LIA_FLOW_DEPTH, METHODS, MethodConfig
 from alae_rt.training.augment import AUGMENTATIONS, DIFF_AUGMENTATIONS
 from alae_rt.training.config import TrainConfig
 from alae_rt.training.data import load_image_folder, split_holdout
@@ -33,6 +35,13 @@ Writes to RUN_DIR every --every steps (and at the end, or on Ctrl-C): checkpoint
 loadable by Runtime.load / --checkpoint), train_state.safetensors (optimiser state, RNG streams; for
 --resume), samples.png, reconstructions.png, losses.png and log.jsonl; the held-out PSNR is printed.
 
+Other methods on the same blocks (--method): IntroVAE (Huang et al., NeurIPS 2018) - E outputs the mean and
+log-variance of z, G takes z; E keeps KL(E(x)) small and pushes the KL of G's images above a margin, G pulls it
+down, both with the reconstruction term (--introvae-alpha, --introvae-beta, --introvae-margin) - and LIA (Zhu et
+al.) - an invertible flow z -> y in F's place; stage 1 trains flow, G and an image discriminator as a GAN for
+--lia-gan-steps iterations, stage 2 freezes G and the flow and trains E on pixel, discriminator-feature and
+adversarial losses. The checkpoint names its method; the Runtime, the server and the exporters serve all three.
+
 Multi-GPU / multi-node: torchrun --nproc_per_node=N -m alae_rt.training --data ... (NCCL on GPUs, gloo on
 CPU; the batch is the global one and is split over the processes; only rank 0 writes)."""
 
@@ -41,7 +50,9 @@ examples:
   alae-rt train --data photos/ --preset tiny --steps 50 --out runs/tiny
   alae-rt train --out runs/tiny --resume --steps 100        # continue the same run to step 100
   alae-rt train --resume runs/tiny --refine-encoder --refine-steps 500   # then refine its encoder
-  alae-rt train --data ../shared/data/faces128 --preset small-64 --steps 20000 --out runs/faces64"""
+  alae-rt train --data ../shared/data/faces128 --preset small-64 --steps 20000 --out runs/faces64
+  alae-rt train --data photos/ --preset tiny --method introvae --introvae-margin 16 --steps 50 --out runs/intro
+  alae-rt train --data photos/ --preset tiny --method lia --flow-depth 4 --lia-gan-steps 40 --steps 60 --out runs/lia"""
 
 
 def _int_list(text: str, what: str) -> tuple[int, ...]:
@@ -134,6 +145,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "with the W space that edits use (default 1; 0: pixels only)")
     t.add_argument("--seed", type=int, help="seed of the weights, data order and latents (default 0)")
 
+    d = TrainConfig()
+    a = p.add_argument_group("method (ALAE by default; IntroVAE and LIA on the same blocks)")
+    a.add_argument("--method", metavar="NAME",
+                   help=f"training method: {', '.join(METHODS)} (default alae; --resume: the run's own)")
+    a.add_argument("--introvae-alpha", type=float, metavar="A",
+                   help=f"IntroVAE: weight of the adversarial KL terms (default {d.introvae_alpha})")
+    a.add_argument("--introvae-beta", type=float, metavar="B",
+                   help=f"IntroVAE: weight of the reconstruction term, > 0 (default {d.introvae_beta})")
+    a.add_argument("--introvae-margin", type=float, metavar="M",
+                   help=f"IntroVAE: margin m of the KL of G's images in E's loss, >= 0 (default {d.introvae_margin:g})")
+    a.add_argument("--flow-depth", type=int, metavar="N",
+                   help=f"LIA: affine coupling layers of the flow z -> y, {FLOW_DEPTH_RANGE[0]}..{FLOW_DEPTH_RANGE[1]} "
+                        f"(default {LIA_FLOW_DEPTH})")
+    a.add_argument("--flow-hidden", type=int, metavar="N", help="LIA: hidden units per coupling (default: D)")
+    a.add_argument("--lia-gan-steps", type=int, metavar="N",
+                   help="LIA: iterations of stage 1 (the GAN), the rest of --steps train the encoder "
+                        "(default: 3/4 of --steps)")
+    a.add_argument("--lia-feature-weight", type=float, metavar="W",
+                   help="LIA stage 2: weight of the discriminator-feature reconstruction "
+                        f"(default {d.lia_feature_weight})")
+    a.add_argument("--lia-adversarial-weight", type=float, metavar="W",
+                   help=f"LIA stage 2: weight of E's adversarial term (default {d.lia_adversarial_weight})")
+
 
 def model_config(args: argparse.Namespace) -> ModelConfig:
     cfg = ModelConfig.preset(args.preset)
@@ -170,6 +204,18 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         changes["ae_updates_mapping"] = True
     if args.pixel_recon is not None:
         changes["pixel_recon"] = args.pixel_recon
+    method = args.method or "alae"
+    for field in ("introvae_alpha", "introvae_beta", "introvae_margin", "lia_gan_steps", "lia_feature_weight",
+                  "lia_adversarial_weight"):
+        value = getattr(args, field)
+        if value is None:
+            continue
+        if not field.startswith(method):
+            raise InputError(f"--{field.replace('_', '-')} is for --method {field.split('_')[0]}; this run trains "
+                             f"{method}")
+        changes[field] = value
+    if method == "lia" and args.lia_gan_steps is None:
+        changes["lia_gan_steps"] = max(1, args.steps * 3 // 4)
     for field, value, allowed in (("augment", args.augment, AUGMENTATIONS),
                                   ("diffaug", args.diffaug, DIFF_AUGMENTATIONS)):
         if value is not None:
@@ -243,6 +289,10 @@ def run(args: argparse.Namespace) -> int:
             run_meta = json.loads(meta["run"])
             mcfg = ModelConfig.from_dict(json.loads(meta["model_config"]))
             tcfg = TrainConfig.from_json(meta["train_config"])
+            method = MethodConfig.from_metadata(meta, str(state_path))
+            if args.method is not None and args.method != method.name:
+                raise InputError(f"{out}: the run trains {method.name}; --method {args.method} cannot resume it "
+                                 f"(leave --method out, or start a new run)")
             data, holdout, command = args.data or run_meta["data"], run_meta["holdout"], run_meta["command"]
             extra = run_meta.get("extra", {})
         else:
@@ -252,6 +302,7 @@ def run(args: argparse.Namespace) -> int:
                 raise InputError(f"{out} already holds a run ({STATE_FILE}); continue it with --resume or choose "
                                  "another --out")
             mcfg, tcfg = model_config(args), train_config(args)
+            method = MethodConfig.of(args.method or "alae", mcfg, args.flow_depth, args.flow_hidden)
             data, holdout = args.data, args.holdout
             command = _command_line()
             extra = {}
@@ -261,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
         say(f"data: {len(train_set)} training and {len(held)} held-out image(s) from {data} at "
             f"{mcfg.resolution}x{mcfg.resolution}")
         info = RunInfo(data=str(data), command=command, holdout=holdout, extra=extra)
-        trainer = Trainer(mcfg, tcfg, train_set, held, out, info, device=device, ddp=ddp, say=say)
+        trainer = Trainer(mcfg, tcfg, train_set, held, out, info, device=device, ddp=ddp, say=say, method=method)
         if args.resume:
             trainer.load_state(state_path)
             if trainer.sampler.size != len(train_set):
@@ -271,7 +322,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             out.mkdir(parents=True, exist_ok=True)
         n_params = sum(p.numel() for p in trainer.model.parameters())
-        say(f"model: {mcfg.name} {mcfg.resolution}px, D={mcfg.latent_size}, {n_params / 1e6:.2f}M parameters; "
+        say(f"model: {method.name} {mcfg.name} {mcfg.resolution}px, D={mcfg.latent_size}, "
+            f"{n_params / 1e6:.2f}M parameters; "
             f"device {device}, {ddp.world} process(es)")
         if args.refine_encoder:
             trainer.refine_encoder(args.refine_steps, args.refine_lr, args.refine_latent_weight, every=args.every,

@@ -38,6 +38,15 @@ class TrainConfig:
     pixel_recon: float = 0.0  # weight of ||G(E(x)) - x||^2 on reals in step III; 0 = the paper's ALAE
     augment: tuple[str, ...] = ()  # real-image augmentation: a subset of training.augment.AUGMENTATIONS
     diffaug: tuple[str, ...] = ()  # DiffAugment policies for D's inputs: a subset of DIFF_AUGMENTATIONS
+    # IntroVAE (training.introvae): E's loss KL(real) + alpha * hinges at margin m + beta * L_AE, G's alpha * KLs +
+    # beta * L_AE; L_AE is half the squared error summed over an image, the KLs are summed over z's D entries.
+    introvae_alpha: float = 0.25
+    introvae_beta: float = 0.05
+    introvae_margin: float = 32.0
+    # LIA (training.lia): iterations of stage 1 (the GAN; set by `alae-rt train`), then E's stage-2 loss weights.
+    lia_gan_steps: int = 0
+    lia_feature_weight: float = 1.0
+    lia_adversarial_weight: float = 0.1
     seed: int = 0
     name: str = "default"
 
@@ -59,6 +68,13 @@ class TrainConfig:
         for field in ("r1_gamma", "ema_half_life_images", "pixel_recon"):
             if getattr(self, field) < 0:
                 raise ConfigError(f"{field} must be >= 0, got {getattr(self, field)}")
+        for field in ("introvae_alpha", "introvae_margin", "lia_feature_weight", "lia_adversarial_weight"):
+            if not getattr(self, field) >= 0 or not math.isfinite(getattr(self, field)):
+                raise ConfigError(f"{field} must be a number >= 0, got {getattr(self, field)}")
+        if not (self.introvae_beta > 0 and math.isfinite(self.introvae_beta)):
+            raise ConfigError(f"introvae_beta must be a positive number, got {self.introvae_beta}")
+        if isinstance(self.lia_gan_steps, bool) or not isinstance(self.lia_gan_steps, int) or self.lia_gan_steps < 0:
+            raise ConfigError(f"lia_gan_steps must be an integer >= 0, got {self.lia_gan_steps!r}")
         for field in ("dlatent_avg_beta", "style_mixing_prob"):
             if not 0 <= getattr(self, field) <= 1:
                 raise ConfigError(f"{field} must lie in [0, 1], got {getattr(self, field)}")

@@ -34,9 +34,11 @@ def lr_multipliers(model: StyleALAE, mapping_lrmul: float = MAPPING_LRMUL) -> di
         if bias:
             mult[f"{prefix}.bias"] = lrmul
 
-    for i, fc in enumerate(model.mapping.layers):
+    # The other methods' parts (alae_rt.methods): IntroVAE has no F and no head; LIA's F is a flow, whose layers
+    # are found with the other Linear layers below, and its image discriminator `critic` is encoder-shaped.
+    for i, fc in enumerate(getattr(model.mapping, "layers", ())):
         layer(f"mapping.layers.{i}", fc.weight, SQRT2, mapping_lrmul)
-    for i, fc in enumerate(model.head.layers):
+    for i, fc in enumerate(model.head.layers if model.head is not None else ()):
         layer(f"head.layers.{i}", fc.weight, SQRT2, HEAD_LRMUL)
     for i, block in enumerate(model.generator.blocks):
         p = f"generator.blocks.{i}"
@@ -48,13 +50,20 @@ def lr_multipliers(model: StyleALAE, mapping_lrmul: float = MAPPING_LRMUL) -> di
             layer(f"{p}.style_{j}", getattr(block, f"style_{j}").weight, 1.0)
     for i, conv in enumerate(model.generator.to_rgb):
         layer(f"generator.to_rgb.{i}", conv.weight, 0.03)
-    for i, conv in enumerate(model.encoder.from_rgb):
-        layer(f"encoder.from_rgb.{i}", conv.weight, SQRT2)
-    for i, block in enumerate(model.encoder.blocks):
-        p = f"encoder.blocks.{i}"
-        for j in (1, 2):
-            layer(f"{p}.conv_{j}", getattr(block, f"conv_{j}"), SQRT2, bias=False)
-            layer(f"{p}.style_{j}", getattr(block, f"style_{j}").weight, SQRT2)
+    for prefix in ("encoder", "critic"):
+        encoder = getattr(model, prefix, None)
+        if encoder is None:
+            continue
+        for i, conv in enumerate(encoder.from_rgb):
+            layer(f"{prefix}.from_rgb.{i}", conv.weight, SQRT2)
+        for i, block in enumerate(encoder.blocks):
+            p = f"{prefix}.blocks.{i}"
+            for j in (1, 2):
+                layer(f"{p}.conv_{j}", getattr(block, f"conv_{j}"), SQRT2, bias=False)
+                layer(f"{p}.style_{j}", getattr(block, f"style_{j}").weight, SQRT2)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and f"{name}.weight" not in mult:  # LIA's flow
+            layer(name, module.weight, SQRT2, mapping_lrmul if name.startswith("mapping.") else 1.0)
     for name, _ in model.named_parameters():
         mult.setdefault(name, 1.0)
     return mult

@@ -23,11 +23,13 @@ from alae_rt.config import ModelConfig
 from alae_rt.errors import CheckpointError, InputError
 from alae_rt.evaluation import psnr_db
 from alae_rt.images import make_grid, save_image, to_uint8
-from alae_rt.network import StyleALAE
+from alae_rt.methods import MethodConfig, build_model
 from alae_rt.training.alae import ALAESteps, ema_update
 from alae_rt.training.augment import augment_reals
 from alae_rt.training.config import TrainConfig
 from alae_rt.training.data import BatchSampler, ImageSet, blend_reals, make_batch, to_float
+from alae_rt.training.introvae import IntroVAESteps
+from alae_rt.training.lia import LIASteps
 from alae_rt.training.losses import latent_loss, pixel_loss
 from alae_rt.training.optim import LREQAdam, lr_multipliers
 from alae_rt.training.schedule import Phase, phase_at
@@ -38,6 +40,9 @@ HISTORY_COLUMNS = ("step", "images", "lod", "blend", "loss_d", "loss_g", "loss_a
                    "images_per_s")
 GRID_SEED = 1234  # fixed latents and noise of the sample grids, so grids of one run compare over time
 MIN_GRID_SIDE = 64  # low-LOD images are enlarged (nearest) to at least this in the grids
+# A method's updates (alae_rt.methods lists the methods); each is a module like ALAESteps.
+METHOD_STEPS: dict[str, type[ALAESteps]] = {"alae": ALAESteps, "introvae": IntroVAESteps, "lia": LIASteps}
+METHOD_LABELS = {"alae": "ALAE", "introvae": "IntroVAE", "lia": "LIA"}
 
 
 @dataclass
@@ -64,12 +69,15 @@ class RunInfo:
 
 
 class Trainer:
-    """ALAE training of one StyleALAE on an image set; rank 0 writes everything under `out`."""
+    """Training of one StyleALAE-family network on an image set with a method (ALAE by default; IntroVAE, LIA:
+    alae_rt.methods); rank 0 writes everything under `out`."""
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, train: ImageSet, holdout: ImageSet,
                  out: str | Path, info: RunInfo, device: torch.device | str = "cpu",
-                 ddp: Distributed | None = None, say: Callable[[str], None] | None = None):
+                 ddp: Distributed | None = None, say: Callable[[str], None] | None = None,
+                 method: MethodConfig | None = None):
         self.mcfg, self.cfg = model_cfg, train_cfg
+        self.method = method or MethodConfig()
         self.train_set, self.holdout = train, holdout
         self.out = Path(out)
         self.info = info
@@ -83,14 +91,10 @@ class Trainer:
                 raise InputError(f"batch {train_cfg.batch(lod)} (LOD {lod}) does not split over {self.ddp.world} "
                                  "processes; make every per-LOD batch a multiple of the process count")
         torch.manual_seed(train_cfg.seed)  # the initial weights: the same on every rank
-        self.model = StyleALAE(model_cfg).to(self.device)
-        with torch.no_grad():
-            # Start the truncation average at the mean of F(z), as a fresh model's would settle to.
-            gen = torch.Generator().manual_seed(train_cfg.seed)
-            w = self.model.mapping(torch.randn(1024, model_cfg.latent_size, generator=gen).to(self.device))
-            self.model.dlatent_avg.copy_(w.mean(0).expand_as(self.model.dlatent_avg))
+        self.model = build_model(model_cfg, self.method).to(self.device)
+        self.steps_module = METHOD_STEPS[self.method.name](self.model, train_cfg)
+        self.steps_module.init_latent_average(torch.Generator().manual_seed(train_cfg.seed))
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval() if self.ddp.main else None
-        self.steps_module = ALAESteps(self.model, train_cfg)
         self.runner: torch.nn.Module = self.steps_module
         if self.ddp.world > 1:
             self.runner = torch.nn.parallel.DistributedDataParallel(
@@ -99,8 +103,8 @@ class Trainer:
         mult = lr_multipliers(self.model, train_cfg.mapping_lrmul)
         named = dict(self.model.named_parameters())
         betas, eps, lr = train_cfg.adam_betas, train_cfg.adam_eps, train_cfg.lr(0)
-        # The official optimiser groups: E with D, and G with F.
-        self.opt_enc = LREQAdam([(n, p) for n, p in named.items() if n.startswith(("encoder.", "head."))],
+        # The official optimiser groups: E with D (and LIA's image discriminator), and G with F.
+        self.opt_enc = LREQAdam([(n, p) for n, p in named.items() if n.startswith(("encoder.", "head.", "critic."))],
                                 mult, lr, betas, eps)
         self.opt_dec = LREQAdam([(n, p) for n, p in named.items() if n.startswith(("generator.", "mapping."))],
                                 mult, lr, betas, eps)
@@ -117,14 +121,46 @@ class Trainer:
         self.refine_history: list[list[float]] = []
         self.refine_info: dict[str, Any] = {}
         self.opt_refine: LREQAdam | None = None
+        # A method's later stage (LIA's encoder training) runs at the phase where its first stage ended.
+        self.stage = 0
+        self.stage_phase: Phase | None = None
         self._stop = False
 
     # ---- one iteration --------------------------------------------------------------------------------------
     def phase(self) -> Phase:
+        if self.stage_phase is not None:
+            return self.stage_phase
         return phase_at(self.images_seen, self.cfg, self.mcfg.layer_count)
 
+    def enter_stage(self, stage: int) -> None:
+        """Start a method's later stage (LIA's second: E trained against the frozen G and flow). G, F and
+        dlatent_avg become the EMA's - the weights that are served, so E learns to invert those - the phase stays
+        where the first stage ended and the optimisers start afresh."""
+        self.stage_phase = self.phase_of_last_step()
+        self.stage = stage
+        parts = ("generator", "mapping")
+        with torch.no_grad():
+            for part in parts:
+                target = getattr(self.model, part)
+                if self.ema is not None:
+                    target.load_state_dict(getattr(self.ema, part).state_dict())
+                if self.ddp.world > 1:
+                    for t in target.state_dict().values():
+                        dist.broadcast(t, 0)
+            if self.ema is not None:
+                self.model.dlatent_avg.copy_(self.ema.dlatent_avg)
+            if self.ddp.world > 1:
+                dist.broadcast(self.model.dlatent_avg, 0)
+        self.opt_enc.reset_state()
+        self.opt_dec.reset_state()
+        self.say(f"step {self.step}: {METHOD_LABELS[self.method.name]} stage {stage + 1} starts at "
+                 f"{self.stage_phase.resolution}px; {', '.join(parts)} frozen at their EMA weights")
+
     def train_step(self) -> dict[str, float]:
-        """One ALAE iteration (steps I, II, III) on the next batch; returns its losses."""
+        """One iteration of the method (ALAE: steps I, II, III) on the next batch; returns its losses."""
+        stage = self.steps_module.stage_at(self.step)
+        if stage != self.stage:
+            self.enter_stage(stage)
         ph = self.phase()
         if ph.lod != self.lod:
             if self.lod is not None:  # a switch: fresh moments, as the official trainer
@@ -136,30 +172,12 @@ class Trainer:
         indices, flips = self.sampler.next(ph.batch, self.ddp.rank, self.ddp.world)
         reals = make_batch(self.train_set, indices, flips, ph.resolution, ph.blend).to(self.device)
         reals = augment_reals(reals, self.cfg.augment, self.gen)
-        run = self.runner
-
-        self.opt_enc.zero_grad(set_to_none=True)
-        loss_d = run("d", reals, ph.lod, ph.blend, self.gen)
-        loss_d.backward()
-        self.opt_enc.step()
-
-        self.opt_dec.zero_grad(set_to_none=True)
-        loss_g = run("g", reals, ph.lod, ph.blend, self.gen)
-        loss_g.backward()
-        self.opt_dec.step()
-
-        self.opt_enc.zero_grad(set_to_none=True)
-        self.opt_dec.zero_grad(set_to_none=True)
-        loss_ae, loss_pix = run("ae", reals, ph.lod, ph.blend, self.gen)
-        (loss_ae + loss_pix).backward()
-        self.opt_enc.step()
-        self.opt_dec.step()
-
+        losses = self.steps_module.update(self.runner, reals, ph.lod, ph.blend, self.gen, self.opt_enc, self.opt_dec,
+                                          self.step)
         if self.ema is not None:
             ema_update(self.ema, self.model, self.cfg.ema_beta(ph.batch))
         self.step += 1
         self.images_seen += ph.batch
-        losses = torch.stack([loss_d.detach(), loss_g.detach(), loss_ae.detach(), loss_pix.detach()])
         if self.ddp.world > 1:
             dist.all_reduce(losses)
             losses /= self.ddp.world
@@ -234,6 +252,10 @@ class Trainer:
 
         if self.ddp.world > 1:
             raise InputError("--refine-encoder runs in one process (not under torchrun)")
+        if self.method.name != "alae":
+            raise InputError(f"--refine-encoder refines ALAE runs; this one is {self.method.name}"
+                             + (" (its own second stage trains the encoder: --lia-gan-steps)"
+                                if self.method.name == "lia" else ""))
         ph = self.phase_of_last_step()
         if ph.lod != self.mcfg.layer_count - 1 or ph.blend < 1.0:
             raise InputError(f"the run is still growing ({ph.resolution}px, blend {ph.blend:.2f}); train it to "
@@ -377,8 +399,10 @@ class Trainer:
         note = "" if ph.lod == self.mcfg.layer_count - 1 and ph.blend >= 1.0 else \
             f"; still growing: trained up to {ph.resolution}px, higher blocks untrained"
         return {
-            "description": f"ALAE-trained {self.mcfg.name} ({res}px) on {Path(self.info.data).name}, "
-                           f"{self.step} steps, {self.images_seen} images, EMA weights{note}",
+            "description": f"{METHOD_LABELS[self.method.name]}-trained {self.mcfg.name} ({res}px) on "
+                           f"{Path(self.info.data).name}, {self.step} steps, {self.images_seen} images, "
+                           f"EMA weights{note}",
+            "method": self.method.name,
             "dataset": self.info.data,
             "train_images": len(self.train_set),
             "holdout_images": len(self.holdout),
@@ -399,7 +423,7 @@ class Trainer:
     def save_checkpoint(self, path: str | Path | None = None, dtype: torch.dtype | None = None) -> Path:
         """The EMA weights in our safetensors format (write, then rename)."""
         return save_checkpoint(path or self.out / CHECKPOINT_FILE, self.inference_state(), self.mcfg,
-                               self.provenance(), dtype=dtype)
+                               self.provenance(), dtype=dtype, method=self.method)
 
     def save_state(self, latent_states: list[Tensor]) -> Path:
         """Everything to resume exactly, in one safetensors file (tensors + JSON metadata; no pickle)."""
@@ -431,6 +455,9 @@ class Trainer:
             "opt_steps": json.dumps({"enc": enc_steps, "dec": dec_steps,
                                      **({"refine": refine_steps} if self.refine_step else {})}),
             "refine": json.dumps({"step": self.refine_step, **self.refine_info}),
+            **self.method.to_metadata(),
+            "stage": json.dumps({"stage": self.stage, **({"lod": self.stage_phase.lod, "blend": self.stage_phase.blend}
+                                                          if self.stage_phase is not None else {})}),
             "run": json.dumps({"data": self.info.data, "command": self.info.command, "holdout": self.info.holdout,
                                "extra": self.info.extra}),
         }
@@ -440,6 +467,10 @@ class Trainer:
     def load_state(self, path: str | Path) -> None:
         """Continue exactly where a run stopped: weights, EMA, optimiser moments, RNG streams, counters."""
         tensors, meta = read_state(path)
+        found = MethodConfig.from_metadata(meta, str(path))
+        if found != self.method:
+            raise InputError(f"{path}: the run trains {found.name} {found.to_dict()}, this trainer {self.method.name} "
+                             f"{self.method.to_dict()}; resume a run with its own method")
         world = int(meta["world_size"])
         if world != self.ddp.world:
             raise InputError(f"{path}: the run used {world} process(es); resume it with the same number "
@@ -462,6 +493,12 @@ class Trainer:
             history = torch.cat([history[:, :7], torch.zeros_like(history[:, :1]), history[:, 7:]], dim=1)
         self.history = history.tolist()
         self.psnr_history = tensors["psnr_history"].tolist()
+        stage = json.loads(meta.get("stage", "{}"))
+        self.stage = int(stage.get("stage", 0))
+        self.stage_phase = None
+        if "lod" in stage:
+            lod = int(stage["lod"])
+            self.stage_phase = Phase(lod, float(stage["blend"]), self.cfg.batch(lod), self.cfg.lr(lod))
         refine = json.loads(meta.get("refine", "{}"))
         self.refine_step = int(refine.pop("step", 0))
         self.refine_info = refine
@@ -500,9 +537,10 @@ class Trainer:
 
         gen = torch.Generator().manual_seed(GRID_SEED)
         z = torch.randn(16, self.mcfg.latent_size, generator=gen).to(self.device)
+        cutoff = self.mcfg.truncation_cutoff if self.method.per_layer_styles else self.mcfg.num_styles
         with torch.no_grad():
             styles = self.ema.mapping(z)[:, None].expand(-1, self.mcfg.num_styles, -1)
-            styles = self.ema.truncate(styles, self.mcfg.truncation_psi, self.mcfg.truncation_cutoff)
+            styles = self.ema.truncate(styles, self.mcfg.truncation_psi, cutoff)
         samples = big(self._decode(styles, ph))
         save_image(make_grid([list(samples[i:i + 8]) for i in (0, 8)]), self.out / "samples.png")
         shown = torch.cat([self.train_set.images[:8], self.holdout.images[:8]])
@@ -524,13 +562,16 @@ class Trainer:
         kimg = h[:, 1] / 1000.0
         fig, axes = plt.subplots(1, 3 if self.psnr_history else 2, figsize=(15, 4), squeeze=False)
         axes = axes[0]
-        axes[0].plot(kimg, h[:, 4], label="loss_d (E, D: logistic + R1)", lw=0.8)
-        axes[0].plot(kimg, h[:, 5], label="loss_g (F, G: non-saturating)", lw=0.8)
+        labels = self.steps_module.loss_labels
+        axes[0].plot(kimg, h[:, 4], label=labels[0], lw=0.8)
+        axes[0].plot(kimg, h[:, 5], label=labels[1], lw=0.8)
         axes[0].legend()
-        axes[1].semilogy(kimg, h[:, 6], label="loss_ae (E, G: latent reconstruction)", color="C2", lw=0.8)
+        if np.any(h[:, 6] > 0):
+            axes[1].semilogy(kimg, h[:, 6], label=labels[2], color="C2", lw=0.8)
         if np.any(h[:, 7] > 0):
-            axes[1].semilogy(kimg, h[:, 7], label="pixel reconstruction (weighted)", color="C4", lw=0.8)
-        axes[1].legend()
+            axes[1].semilogy(kimg, h[:, 7], label=labels[3], color="C4", lw=0.8)
+        if axes[1].lines:
+            axes[1].legend()
         if self.psnr_history:
             p = np.asarray(self.psnr_history)
             images = np.interp(p[:, 0], h[:, 0], h[:, 1]) / 1000.0
