@@ -63,6 +63,8 @@ class CouplingFlow(nn.Module):
 
     def __init__(self, latent_size: int, depth: int, hidden: int):
         super().__init__()
+        if latent_size < 2:
+            raise ValueError(f"a coupling flow needs latents of at least 2 entries, got {latent_size}")
         self.couplings = nn.ModuleList(AffineCoupling(latent_size, hidden, flip=k % 2 == 1) for k in range(depth))
 
     def forward(self, z: Tensor) -> Tensor:

@@ -63,6 +63,8 @@ class MethodConfig:
             if flow_depth is not None or flow_hidden is not None:
                 raise ConfigError(f"--flow-depth and --flow-hidden are LIA's; method {name} has no flow")
             return cls(name)
+        if cfg.latent_size < 2:
+            raise ConfigError(f"LIA's flow needs a latent of at least 2 numbers, got D={cfg.latent_size}")
         return cls(name, LIA_FLOW_DEPTH if flow_depth is None else flow_depth,
                    cfg.latent_size if flow_hidden is None else flow_hidden)
 

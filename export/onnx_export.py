@@ -44,6 +44,7 @@ from alae_rt.exported import (
     io_shapes,
     weights_signature,
 )
+from alae_rt.methods import method_of
 from alae_rt.network import StyleALAE
 
 SUPPORTED_DTYPES = tuple(NUMPY_DTYPES)
@@ -326,6 +327,9 @@ def export_onnx(model: StyleALAE, out_dir: str | Path, *, dtype: str = "fp32", o
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "source": source,
             "config": cfg.to_dict(),
+            # The training method (alae_rt.methods): IntroVAE's encoder.onnx gives the posterior mean and its
+            # mapping.onnx is the identity (G takes z); LIA's mapping.onnx is the flow z -> y.
+            "method": method_of(model).to_dict(),
             "dtype": dtype,
             "opset": opset,
             "batch_axis": BATCH_AXIS,

@@ -229,7 +229,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("config_name", "config_json", "resolution", "channels", "latent_size", "layer_count", "num_styles", "directions", "backend", "device", "dtype", "weights", "truncation_psi", "truncation_cutoff", "max_batch", "max_images", "max_message_bytes", "max_pixels", "max_strength", "max_steps", "version", "direction_info", "style_ranges")
+    __slots__ = ("config_name", "config_json", "resolution", "channels", "latent_size", "layer_count", "num_styles", "directions", "backend", "device", "dtype", "weights", "truncation_psi", "truncation_cutoff", "max_batch", "max_images", "max_message_bytes", "max_pixels", "max_strength", "max_steps", "version", "direction_info", "style_ranges", "method")
     CONFIG_NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     RESOLUTION_FIELD_NUMBER: _ClassVar[int]
@@ -253,6 +253,7 @@ class ModelInfo(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_INFO_FIELD_NUMBER: _ClassVar[int]
     STYLE_RANGES_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
     config_name: str
     config_json: str
     resolution: int
@@ -276,7 +277,8 @@ class ModelInfo(_message.Message):
     version: str
     direction_info: _containers.RepeatedCompositeFieldContainer[DirectionInfo]
     style_ranges: _containers.RepeatedCompositeFieldContainer[StyleRange]
-    def __init__(self, config_name: _Optional[str] = ..., config_json: _Optional[str] = ..., resolution: _Optional[int] = ..., channels: _Optional[int] = ..., latent_size: _Optional[int] = ..., layer_count: _Optional[int] = ..., num_styles: _Optional[int] = ..., directions: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., weights: _Optional[str] = ..., truncation_psi: _Optional[float] = ..., truncation_cutoff: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_images: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_pixels: _Optional[int] = ..., max_strength: _Optional[float] = ..., max_steps: _Optional[int] = ..., version: _Optional[str] = ..., direction_info: _Optional[_Iterable[_Union[DirectionInfo, _Mapping]]] = ..., style_ranges: _Optional[_Iterable[_Union[StyleRange, _Mapping]]] = ...) -> None: ...
+    method: str
+    def __init__(self, config_name: _Optional[str] = ..., config_json: _Optional[str] = ..., resolution: _Optional[int] = ..., channels: _Optional[int] = ..., latent_size: _Optional[int] = ..., layer_count: _Optional[int] = ..., num_styles: _Optional[int] = ..., directions: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., weights: _Optional[str] = ..., truncation_psi: _Optional[float] = ..., truncation_cutoff: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_images: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_pixels: _Optional[int] = ..., max_strength: _Optional[float] = ..., max_steps: _Optional[int] = ..., version: _Optional[str] = ..., direction_info: _Optional[_Iterable[_Union[DirectionInfo, _Mapping]]] = ..., style_ranges: _Optional[_Iterable[_Union[StyleRange, _Mapping]]] = ..., method: _Optional[str] = ...) -> None: ...
 
 class DirectionInfo(_message.Message):
     __slots__ = ("name", "label", "min", "max")

@@ -463,11 +463,13 @@ class AlaeService(pb_grpc.AlaeServicer):
                 directions=sorted(rt.directions), backend=rt.backend.name, device=str(rt.device),
                 dtype=str(rt.dtype).replace("torch.", ""), weights=file_names_only(rt.source),
                 truncation_psi=c.truncation_psi,
-                truncation_cutoff=c.truncation_cutoff, max_batch=rt.max_batch, max_images=self.cfg.max_images,
+                truncation_cutoff=rt.check_cutoff(None), max_batch=rt.max_batch, max_images=self.cfg.max_images,
                 max_message_bytes=self.cfg.max_message_bytes, max_pixels=self.cfg.max_pixels,
                 max_strength=self.cfg.max_strength, max_steps=self.cfg.max_steps, version=__version__,
                 direction_info=self.direction_info(),
-                style_ranges=[pb.StyleRange(name=k, layers=v) for k, v in c.style_ranges.items()]))
+                style_ranges=[pb.StyleRange(name=k, layers=v) for k, v in c.style_ranges.items()
+                              if rt.method.per_layer_styles],
+                method=rt.method.name))
 
 
 def file_names_only(text: str) -> str:
