@@ -40,9 +40,10 @@ class TrainConfig:
     diffaug: tuple[str, ...] = ()  # DiffAugment policies for D's inputs: a subset of DIFF_AUGMENTATIONS
     # IntroVAE (training.introvae): E's loss KL(real) + alpha * hinges at margin m + beta * L_AE, G's alpha * KLs +
     # beta * L_AE; L_AE is half the squared error summed over an image, the KLs are summed over z's D entries.
+    # The defaults suit D = 64 at 64x64 (small-64): m about D nats, where E's KL of real faces settles.
     introvae_alpha: float = 0.25
-    introvae_beta: float = 0.05
-    introvae_margin: float = 32.0
+    introvae_beta: float = 0.5
+    introvae_margin: float = 64.0
     # LIA (training.lia): iterations of stage 1 (the GAN; set by `alae-rt train`), then E's stage-2 loss weights.
     lia_gan_steps: int = 0
     lia_feature_weight: float = 1.0
