@@ -42,6 +42,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     if args.preset and args.checkpoint:
         raise InputError("give either --preset or --checkpoint, not both")
+    method = None
     if args.preset:
         cfg, source = resolve_config(args.preset), f"preset {args.preset} (no weights)"
     else:
@@ -52,10 +53,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         if path is None:
             raise InputError("no --checkpoint or --preset given, and this install has no bundled default model")
         ckpt = load_checkpoint(path, args.config, trust_pickle=args.trust_pickle)
-        cfg, source = ckpt.config, ckpt.source
+        cfg, source, method = ckpt.config, ckpt.source, ckpt.method
     params, flops = count_params(cfg), count_flops(cfg)
     info: dict[str, Any] = {
         "weights": source,
+        **({"method": method.to_dict()} if method is not None else {}),
         "config": cfg.to_dict(),
         "resolution": cfg.resolution,
         "style_inputs": cfg.num_styles,
@@ -69,6 +71,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     c = cfg
     print(f"weights:        {source}")
+    if method is not None:
+        flow = f" (flow: {method.flow_depth} couplings, {method.flow_hidden} hidden)" if method.flow_depth else ""
+        print(f"method:         {method.name}{flow}")
     print(f"config:         {c.name}: L={c.layer_count} startf={c.startf} maxf={c.maxf} D={c.latent_size} "
           f"M={c.mapping_layers} C={c.channels}")
     print(f"resolution:     {c.resolution}x{c.resolution}, {c.num_styles} style inputs")
