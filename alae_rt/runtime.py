@@ -160,7 +160,7 @@ class Runtime:
         torch_state = torch.random.get_rng_state()
         try:
             torch.manual_seed(seed)
-            model = StyleALAE(cfg) if method is None else build_model(cfg, method)
+            model = build_model(cfg, method)
             if model.method != "introvae":  # IntroVAE's latent is z itself: its average stays the prior's mean 0
                 with torch.no_grad():
                     # dlatent_avg as training would track it: the mean of F(z).
