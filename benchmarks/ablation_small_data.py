@@ -32,6 +32,7 @@ from alae_rt.checkpoint import load_checkpoint
 from alae_rt.evaluation import baselines, load_split, model_reconstructions, psnr_db, ssim
 from alae_rt.images import make_grid, save_image
 from alae_rt.runtime import Runtime
+from alae_rt.training.bundle import reproducing_command
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -53,7 +54,8 @@ def score_run(name: str, run: Path, split) -> tuple[dict, np.ndarray]:
     refine = meta.get("encoder_refinement")
     row = {
         "name": name,
-        "command": meta.get("command", ""),
+        # the command with --steps where the run ended (it may have been stopped early or resumed further)
+        "command": reproducing_command(meta.get("command", ""), meta.get("steps", 0)),
         "refinement": refine,
         "images_seen": meta.get("images_seen"),
         "steps": meta.get("steps"),
@@ -73,7 +75,9 @@ def markdown(rows: list[dict], base: list, info: dict) -> str:
         "",
         f"{info['heldout']} held-out faces ({', '.join(info['heldout_files'])}), {info['train']} training faces. "
         f"Machine: {info['machine']}; {info['date']}; commit {info['commit']}. Model reconstructions through the "
-        "Runtime (EMA weights, fp32, constant noise); PSNR is the mean over the faces of each face's PSNR.",
+        "Runtime (EMA weights, fp32, constant noise); PSNR is the mean over the faces of each face's PSNR. Training "
+        "time is the wall clock of the iterations on two cores shared by up to five runs at once: compare images "
+        "seen, not minutes. Refinements ran on copies of the trained run folders (`cp -r RUN RUN-refined`).",
         "",
         "| run | held-out PSNR (dB) | SSIM | training-face PSNR (dB) | images seen | training time (min) |",
         "|---|---|---|---|---|---|",

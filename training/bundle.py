@@ -125,6 +125,12 @@ def heldout_comparison(rt: Runtime, run_meta: dict, cfg, out: Path) -> list[dict
     return [result["model"], result["model_on_training_faces"], *result["baselines"]]
 
 
+def run_folder(command: str) -> str:
+    """The run folder a training command names (-o / --out), for the card's bundling step."""
+    found = re.search(r"(?:^|\s)(?:-o|--out)[ =](\S+)", command)
+    return found.group(1) if found else "RUN_DIR"
+
+
 def reproducing_command(command: str, steps: int) -> str:
     """The run's command with --steps set to where it stopped: the schedule depends only on the images shown,
     so a run stopped early (Ctrl-C, SIGTERM) is reproduced by asking for that many steps."""
@@ -171,9 +177,9 @@ def model_card(f: dict) -> str:
                    "shared with other jobs)"),
         ("hardware", f"{f['hardware']}; torch {f['torch']}, fp32"),
         ("command", f"`{f['command']}`" + ("" if f["command"] == f["started_with"] else
-                                            f" (started as `{f['started_with']}` and stopped at step {f['steps']} "
-                                            "to fit the time budget; the schedule depends only on the images "
-                                            "shown, so the command above reproduces it)") +
+                                            f" (the run was started as `{f['started_with']}` and ended at step "
+                                            f"{f['steps']}, continued with `--resume` or stopped early; the schedule "
+                                            "depends only on the images shown, so the command above reproduces it)") +
                     (f", then `{f['refinement']['command']}`" if f.get("refinement") else "")),
         ("held-out reconstruction PSNR", f"**{psnr}**: mean over the {len(held)} held-out faces at "
                                          f"{f['resolution']}x{f['resolution']} (Runtime, fp16 weights, fp32 "
@@ -220,32 +226,33 @@ what `Runtime.load()`, the CLI without `--checkpoint`, `make demo` and the serve
 
 {EXPECTATIONS}
 
-Reproduce: `make setup`, then the command above from the project root (with `../shared` beside it), then
-`python -m alae_rt.training.bundle out/runs/default-64`.
+Reproduce: `make setup`, then the command{"s" if f.get("refinement") else ""} above from the project root (with
+`../shared` beside it), then `python -m alae_rt.training.bundle {run_folder(f["command"])}`.
 """
 
 
 # Written after looking at the bundled model's grid; keep it true when the model is retrained.
 EXPECTATIONS = """\
-This is a small model (0.64 M parameters) trained for about an hour and a quarter on two CPU cores shared
-with other jobs, from 99 faces. It is the pipeline's working default - real, trained weights that encode,
-reconstruct, edit, mix and generate - and not a model of face quality:
+This is a small model (0.64 M parameters) trained for about an hour and a half on two CPU cores shared with
+other jobs, from 99 faces, with the small-data recipe of `alae-rt train` (pixel reconstruction term,
+augmentation, DiffAugment; see the README's "Small data" section and `benchmarks/results/ablation_small_data.md`).
+It is the pipeline's working default - real, trained weights that encode, reconstruct, edit, mix and generate -
+and not a model of face quality:
 
-- Reconstructions are close to one average face for every input. They keep little of the input beyond the
-  overall brightness and colour, and none of its identity: the held-out PSNR is only about 1 dB above the
-  mean-face score given in the table, and faces from the training set do no better (no memorisation).
-- Generated faces are blurry, face-like 64x64 images with strong artefacts (smeared eyes and mouths,
-  colour noise) and little variety between seeds.
-- Edits and style mixing run and change the images, but with the encoder this weak they do not isolate
-  attributes.
+- Reconstructions are blurry, but they are of the person's colouring and layout: skin tone, hair colour and
+  length, background brightness and head position carry over (the dark-skinned man comes back dark-skinned, the
+  blonde blonde), features and identity do not. Held-out PSNR is 3.7 dB above the mean face and level with PCA
+  of 8 components, 2.5 dB short of PCA with as many components as w has; faces from the training set score
+  about the same (no memorisation).
+- Generated faces vary from seed to seed in colouring, hair and pose, with strong artefacts (checkerboard
+  texture, smeared eyes and mouths).
+- Edits along the bundled principal directions change lighting, colouring and hair smoothly (artefacts grow
+  towards +-3 sd); with a latent space this young they do not isolate named attributes.
 
-ALAE needs millions of images shown to reconstruct well; this run showed 53 thousand. For quality, load
-the official FFHQ / CelebA-HQ checkpoints (`alae-rt convert model_157.pth -o ffhq.safetensors`) or train
-longer (the command above with more `--steps`, or `--resume` in its run folder), or on a GPU.
-
-The trainer that made this file also fed the second w of style-mixed batches into `dlatent_avg`; the
-current one follows the first w only, as the official code does. Both are running means of F(z), so the
-weights are reproduced exactly and `dlatent_avg` up to sampling noise."""
+The previous default (the paper's ALAE with F's step multiplier at 0.01, 53 thousand images) scored 15.6 dB;
+ALAE needs millions of images shown to reconstruct sharply. For quality, load the official FFHQ / CelebA-HQ
+checkpoints (`alae-rt convert model_157.pth -o ffhq.safetensors`) or train longer (the command above with more
+`--steps`, or `--resume` in its run folder), or on a GPU."""
 
 
 def main() -> None:
