@@ -29,8 +29,9 @@ import numpy as np
 
 from alae_rt.bench import cpu_model
 from alae_rt.checkpoint import load_checkpoint
+from alae_rt.cli.grids import Grid, render
 from alae_rt.evaluation import baselines, load_split, model_reconstructions, psnr_db, ssim
-from alae_rt.images import make_grid, save_image
+from alae_rt.images import save_image
 from alae_rt.runtime import Runtime
 from alae_rt.training.bundle import reproducing_command
 
@@ -125,8 +126,14 @@ def main() -> None:
     out.with_suffix(".json").write_text(json.dumps({"info": info, "runs": rows,
                                                     "baselines": [vars(b) for b in base]}, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(rows, base, info))
-    # One column per held-out face: the face, then each run's reconstruction, in table order.
-    save_image(make_grid([list(split.held), *[list(r) for r in recs]]), out.with_suffix(".png"))
+    # One column per held-out face: the face, then each run's reconstruction, in table order (rows numbered, the
+    # caption names them).
+    rows_img = [list(split.held), *[list(r) for r in recs]]
+    labels = [["held-out face"] + [""] * (len(split.held) - 1)]
+    labels += [[f"run {i}"] + [""] * (len(split.held) - 1) for i in range(1, len(recs) + 1)]
+    grid = Grid(rows_img, header=split.held_names, labels=labels,
+                caption=[f"run {i}: {r['name']} - {r['heldout_psnr_db']:.2f} dB" for i, r in enumerate(rows, 1)])
+    save_image(render(grid)[0], out.with_suffix(".png"))
     print(markdown(rows, base, info))
 
 
