@@ -193,6 +193,16 @@ def _ema_step(ema: nn.Module, model: nn.Module, beta: float) -> None:
             p_ema.lerp_(p, 1.0 - beta)
 
 
+def _start(model: nn.Module, cfg: MLPConfig, *groups: tuple[str, ...]
+           ) -> tuple[nn.Module, list[LREQAdam], torch.Generator]:
+    """(EMA copy, one optimiser per group of parameter-name prefixes, the latent generator) of a fresh model."""
+    ema = copy.deepcopy(model).requires_grad_(False)
+    mult = mlp_multipliers(model)
+    named = dict(model.named_parameters())
+    opts = [LREQAdam([(n, p) for n, p in named.items() if n.startswith(g)], mult, cfg.lr) for g in groups]
+    return ema, opts, torch.Generator().manual_seed(cfg.seed + 1)
+
+
 def _check_row(row: list[float]) -> None:
     if not all(math.isfinite(v) for v in row):
         raise FloatingPointError(f"step {row[0]}: non-finite loss {row[1:]}")
@@ -204,12 +214,7 @@ def train_mlp_introvae(x: Tensor, cfg: MLPConfig, progress: bool = False) -> tup
 
     torch.manual_seed(cfg.seed)
     model = MLPIntroVAE(x.shape[1], cfg)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    mult = mlp_multipliers(model)
-    named = dict(model.named_parameters())
-    opt_enc = LREQAdam([(n, p) for n, p in named.items() if n.startswith("encoder.")], mult, cfg.lr)
-    opt_dec = LREQAdam([(n, p) for n, p in named.items() if n.startswith("generator.")], mult, cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    ema, (opt_enc, opt_dec), gen = _start(model, cfg, ("encoder.",), ("generator.",))
     beta = 0.5 ** (cfg.batch / cfg.ema_half_life_images)
     a, b, m = cfg.introvae_alpha, cfg.introvae_beta, cfg.introvae_margin
     history = []
@@ -252,13 +257,8 @@ def train_mlp_lia(x: Tensor, cfg: MLPConfig, progress: bool = False) -> tuple[ML
 
     torch.manual_seed(cfg.seed)
     model = MLPLIA(x.shape[1], cfg)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    mult = mlp_multipliers(model)
-    named = dict(model.named_parameters())
-    opt_d = LREQAdam([(n, p) for n, p in named.items() if n.startswith(("critic.", "head."))], mult, cfg.lr)
-    opt_g = LREQAdam([(n, p) for n, p in named.items() if n.startswith(("generator.", "mapping."))], mult, cfg.lr)
-    opt_e = LREQAdam([(n, p) for n, p in named.items() if n.startswith("encoder.")], mult, cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    ema, (opt_d, opt_g, opt_e), gen = _start(model, cfg, ("critic.", "head."), ("generator.", "mapping."),
+                                             ("encoder.",))
     beta = 0.5 ** (cfg.batch / cfg.ema_half_life_images)
     gan_steps = max(1, int(cfg.steps * cfg.lia_gan_fraction))
 
@@ -314,12 +314,7 @@ def train_mlp_alae(x: Tensor, cfg: MLPConfig, progress: bool = False) -> tuple[M
     """ALAE training of the MLP model on x [N, P]; returns (the EMA model, [step, loss_d, loss_g, loss_ae] rows)."""
     torch.manual_seed(cfg.seed)
     model = MLPALAE(x.shape[1], cfg)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    mult = mlp_multipliers(model)
-    named = dict(model.named_parameters())
-    opt_enc = LREQAdam([(n, p) for n, p in named.items() if n.startswith(("encoder.", "head."))], mult, cfg.lr)
-    opt_dec = LREQAdam([(n, p) for n, p in named.items() if n.startswith(("generator.", "mapping."))], mult, cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    ema, (opt_enc, opt_dec), gen = _start(model, cfg, ("encoder.", "head."), ("generator.", "mapping."))
     beta = 0.5 ** (cfg.batch / cfg.ema_half_life_images)
     history = []
     from tqdm import tqdm
