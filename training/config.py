@@ -14,6 +14,15 @@ from alae_rt.training.augment import AUGMENTATIONS, DIFF_AUGMENTATIONS
 LEGACY_MAPPING_LRMUL = 0.01  # what runs saved without `mapping_lrmul` used
 
 
+def check_method_weights(cfg: Any) -> None:
+    """The IntroVAE and LIA loss weights of a config (TrainConfig or the MLP one): finite, >= 0, beta > 0."""
+    for field in ("introvae_alpha", "introvae_margin", "lia_feature_weight", "lia_adversarial_weight"):
+        if not (getattr(cfg, field) >= 0 and math.isfinite(getattr(cfg, field))):
+            raise ConfigError(f"{field} must be a number >= 0, got {getattr(cfg, field)}")
+    if not (cfg.introvae_beta > 0 and math.isfinite(cfg.introvae_beta)):
+        raise ConfigError(f"introvae_beta must be a positive number, got {cfg.introvae_beta}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """ALAE training as published, with the official code's defaults; per-LOD lists repeat their last entry.
@@ -69,11 +78,7 @@ class TrainConfig:
         for field in ("r1_gamma", "ema_half_life_images", "pixel_recon"):
             if getattr(self, field) < 0:
                 raise ConfigError(f"{field} must be >= 0, got {getattr(self, field)}")
-        for field in ("introvae_alpha", "introvae_margin", "lia_feature_weight", "lia_adversarial_weight"):
-            if not getattr(self, field) >= 0 or not math.isfinite(getattr(self, field)):
-                raise ConfigError(f"{field} must be a number >= 0, got {getattr(self, field)}")
-        if not (self.introvae_beta > 0 and math.isfinite(self.introvae_beta)):
-            raise ConfigError(f"introvae_beta must be a positive number, got {self.introvae_beta}")
+        check_method_weights(self)
         if isinstance(self.lia_gan_steps, bool) or not isinstance(self.lia_gan_steps, int) or self.lia_gan_steps < 0:
             raise ConfigError(f"lia_gan_steps must be an integer >= 0, got {self.lia_gan_steps!r}")
         for field in ("dlatent_avg_beta", "style_mixing_prob"):

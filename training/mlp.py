@@ -32,6 +32,7 @@ from alae_rt.errors import ConfigError, InputError
 from alae_rt.flow import CouplingFlow
 from alae_rt.methods import FLOW_DEPTH_RANGE, METHODS
 from alae_rt.network import LRELU_SLOPE
+from alae_rt.training.config import check_method_weights
 from alae_rt.training.losses import (
     discriminator_loss,
     generator_loss,
@@ -72,11 +73,7 @@ class MLPConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
-        for field in ("introvae_alpha", "introvae_margin", "lia_feature_weight", "lia_adversarial_weight"):
-            if not (getattr(self, field) >= 0 and math.isfinite(getattr(self, field))):
-                raise ConfigError(f"{field} must be a number >= 0, got {getattr(self, field)}")
-        if not (self.introvae_beta > 0 and math.isfinite(self.introvae_beta)):
-            raise ConfigError(f"introvae_beta must be a positive number, got {self.introvae_beta}")
+        check_method_weights(self)
         if not FLOW_DEPTH_RANGE[0] <= self.flow_depth <= FLOW_DEPTH_RANGE[1]:
             raise ConfigError(f"flow depth must lie in [{FLOW_DEPTH_RANGE[0]}, {FLOW_DEPTH_RANGE[1]}], got "
                               f"{self.flow_depth}")

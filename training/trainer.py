@@ -266,10 +266,8 @@ class Trainer:
         model = self.ema
         model.requires_grad_(False)
         model.encoder.requires_grad_(True)
-        named = [(f"encoder.{n}", p) for n, p in model.encoder.named_parameters()]
         if self.opt_refine is None:
-            self.opt_refine = LREQAdam(named, lr_multipliers(model, self.cfg.mapping_lrmul), lr, self.cfg.adam_betas,
-                                       self.cfg.adam_eps)
+            self.opt_refine = self._refine_optimiser(lr)
         self.opt_refine.set_lr(lr)
         self.refine_info = {"lr": lr, "latent_weight": latent_weight, "command": command or
                             self.refine_info.get("command", "")}
@@ -317,6 +315,12 @@ class Trainer:
             bar.close()
             self._restore_signal_handlers(previous)
             model.requires_grad_(False)
+
+    def _refine_optimiser(self, lr: float) -> LREQAdam:
+        """Adam over the EMA model's encoder: what refinement trains."""
+        named = [(f"encoder.{n}", p) for n, p in self.ema.encoder.named_parameters()]
+        return LREQAdam(named, lr_multipliers(self.ema, self.cfg.mapping_lrmul), lr, self.cfg.adam_betas,
+                        self.cfg.adam_eps)
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         previous = {}
@@ -504,9 +508,7 @@ class Trainer:
         self.refine_info = refine
         if self.refine_step:
             self.refine_history = tensors["refine_history"].tolist()
-            named = [(f"encoder.{n}", p) for n, p in self.ema.encoder.named_parameters()]
-            self.opt_refine = LREQAdam(named, lr_multipliers(self.ema, self.cfg.mapping_lrmul), refine["lr"],
-                                       self.cfg.adam_betas, self.cfg.adam_eps)
+            self.opt_refine = self._refine_optimiser(refine["lr"])
             self.opt_refine.load_named_state("opt.refine", tensors, steps["refine"])
 
     # ---- grids, PSNR, curves ---------------------------------------------------------------------------------------
