@@ -50,7 +50,20 @@ from alae_rt.serve.requests import (
     source_kind,
     tolerant_parser,
 )
-from alae_rt.serve.wire import RequestError, array_to_tensor, invalid, over_limit, write_image
+from alae_rt.serve.wire import (
+    RequestError,
+    Serialized,
+    array_to_tensor,
+    encoded_parts,
+    frame_response,
+    image_parts,
+    invalid,
+    serialize,
+)
+
+# Latents of at most this many bytes (32 w of 512) are checked on the event loop: a hop to the worker pool and back
+# costs more than the check (~0.1 ms of CPU against a few microseconds).
+INLINE_BYTES = 64 * 1024
 
 
 @dataclass
@@ -79,9 +92,13 @@ class Call:
     started: float
     deadline: float | None = None  # loop time
     images: int = 0  # images (or latents, or frames) answered
+    wire: bool = True  # responses go out in wire form (gRPC); False: as messages (a CallContext's front end)
 
     def done(self, resp: Any) -> Any:
         """Count the images (or latents) of a unary response, and return it."""
+        if isinstance(resp, Serialized):
+            self.images = resp.images
+            return resp
         latents = getattr(resp, "latents", None)
         self.images = len(getattr(resp, "images", ())) or (
             latents.shape[0] if latents is not None and len(latents.shape) else 0)
@@ -180,6 +197,8 @@ class AlaeService(pb_grpc.AlaeServicer):
         return None if remaining is None else asyncio.get_running_loop().time() + remaining
 
     async def _latents(self, t: pb.Tensor, field: str, allow_styles: bool = True) -> Tensor:
+        if len(t.data) <= INLINE_BYTES:  # checked and moved to the device at once: a hop to the pool costs more
+            return latents_tensor(t, field, self.rt, self.cfg, allow_styles)
         return await self._in_pool(latents_tensor, t, field, self.rt, self.cfg, allow_styles)
 
     async def _encode(self, images: Sequence[pb.Image], field: str, call: Call) -> Tensor:
@@ -233,42 +252,35 @@ class AlaeService(pb_grpc.AlaeServicer):
     async def _decode(self, latents: Tensor, noise: pb.Noise, deadline: float | None,
                       seeds: Sequence[int] | None = None) -> Tensor:
         """w [n, D] or styles [n, 2L, D] -> uint8 images [n, R, R, C] on the model's device."""
-        maps = await self._in_pool(self._noise_maps, latents.shape[0], *noise_args(noise), seeds)
+        mode, seed = noise_args(noise)
+        n = latents.shape[0]
+        # Constant noise and none take no work (no maps travel); random maps are megabytes of draws: the pool's.
+        maps = (self._noise_maps(n, mode, seed, seeds) if mode in ("none", "const")
+                else await self._in_pool(self._noise_maps, n, mode, seed, seeds))
         return await self._decode_maps(self.rt.styles(latents), maps, deadline)  # styles: a view for w
 
-    def _images_into(self, field, images: Tensor, out: pb.OutputOptions) -> int:
-        """uint8 [n, R, R, C] on the model's device -> Image messages added to the repeated `field`; returns their
-        payload bytes. Only the uint8 pixels cross to the host, once; JPEG on a GPU is encoded there (nvJPEG) and
-        only the files cross."""
+    def _image_parts(self, images: Tensor, out: pb.OutputOptions) -> list:
+        """uint8 [n, R, R, C] on the model's device -> n Image messages in wire form (alae_rt.serve.wire). Only the
+        uint8 pixels cross to the host, once; JPEG on a GPU is encoded there (nvJPEG) and only the files cross."""
         if out.format == pb.IMAGE_FORMAT_JPEG and images.shape[3] != 4 and nvjpeg.available(images.device):
-            files = nvjpeg.encode(images, out.jpeg_quality or DEFAULT_JPEG_QUALITY)
-            for data in files:
-                field.add(encoded=data)
-            return sum(map(len, files))
-        return sum(write_image(field.add(), a, out.format, out.jpeg_quality) for a in images.cpu().numpy())
+            return [encoded_parts(data) for data in nvjpeg.encode(images, out.jpeg_quality or DEFAULT_JPEG_QUALITY)]
+        return [image_parts(a, out.format, out.jpeg_quality) for a in images.cpu().numpy()]
 
-    async def _respond(self, images: Tensor | None, latents: Tensor | None, out: pb.OutputOptions,
+    async def _respond(self, call: Call, images: Tensor | None, latents: Tensor | None, out: pb.OutputOptions,
                        message=pb.ImagesResponse, **fields: Any):
         """The response, built in the worker pool: image encoding and megabytes of pixels stay off the event loop."""
-        return await self._in_pool(self._response, images, latents, out, message, fields)
+        return await self._in_pool(self._response, call, images, latents, out, message, fields)
 
-    def _response(self, images: Tensor | None, latents: Tensor | None, out: pb.OutputOptions, message,
+    def _response(self, call: Call, images: Tensor | None, latents: Tensor | None, out: pb.OutputOptions, message,
                   fields: dict[str, Any]):
-        resp = message(**fields)
-        payload = 0
-        if images is not None and not out.skip_images:
-            payload = self._images_into(resp.images, images, out)
+        """The response in wire form for gRPC (its serializer passes it through), as a message for other front
+        ends; written once, as wire bytes, either way."""
+        head = message(**fields)
         if out.return_latents and latents is not None:
-            resp.latents.CopyFrom(array_to_tensor(latents.float().cpu().numpy()))
-        # The images' bytes are counted as they are written: ByteSize() would serialise megabytes once more to count
-        # them. What else the message holds is the latents and a few bytes of framing per image.
-        size = payload + (latents.numel() * 4 if out.return_latents and latents is not None else 0) + \
-            64 * len(resp.images) + 256
-        if size > self.cfg.max_message_bytes:
-            raise over_limit("output", f"the response would be {size / 2**20:.1f} MiB, over this server's "
-                                       f"{self.cfg.max_message_mb:g} MiB (--max-message-mb); ask for fewer "
-                                       "images, or PNG/JPEG instead of RAW")
-        return resp
+            head.latents.CopyFrom(array_to_tensor(latents.float().cpu().numpy()))
+        parts = self._image_parts(images, out) if images is not None and not out.skip_images else []
+        resp = frame_response(head, "images", parts, self.cfg.max_message_bytes)
+        return resp if call.wire else message.FromString(resp.data)
 
     async def _pair(self, req: pb.MixRequest | pb.InterpolateRequest, call: Call) -> tuple[Tensor, Tensor]:
         if not req.a.ByteSize() and not req.b.ByteSize():
@@ -281,7 +293,8 @@ class AlaeService(pb_grpc.AlaeServicer):
         """Around each RPC's body, unary or streaming: refuses corrupt messages and calls while warming up or
         draining, counts calls in flight, turns every failure into a status (never a traceback to the caller),
         records metrics and logs."""
-        call = Call(method, context.peer(), time.perf_counter(), self._deadline(context))
+        call = Call(method, context.peer(), time.perf_counter(), self._deadline(context),
+                    wire=not isinstance(context, CallContext))
         try:
             if isinstance(request, BadMessage):
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, request.message)
@@ -367,7 +380,7 @@ class AlaeService(pb_grpc.AlaeServicer):
                 raise invalid("latents", "missing")
             w = await self._latents(req.latents, "latents")
             images = await self._decode(w, req.noise, call.deadline)
-            return call.done(await self._respond(images, w, req.output))
+            return call.done(await self._respond(call, images, w, req.output))
 
     async def Reconstruct(self, req: pb.ReconstructRequest, context) -> pb.ImagesResponse:
         async with self._call("Reconstruct", context, req) as call:
@@ -377,7 +390,7 @@ class AlaeService(pb_grpc.AlaeServicer):
             w = await self.encode_batcher.run("encode", [x], call.deadline)
             images = await self._decode(w, req.noise, call.deadline)
             quality = await self._in_pool(self._psnr, x, images) if req.return_psnr else []
-            return call.done(await self._respond(images, w, req.output, psnr=quality))
+            return call.done(await self._respond(call, images, w, req.output, psnr=quality))
 
     async def Generate(self, req: pb.GenerateRequest, context) -> pb.ImagesResponse:
         async with self._call("Generate", context, req) as call:
@@ -393,7 +406,7 @@ class AlaeService(pb_grpc.AlaeServicer):
                 z = await self._latents(req.z, "z", allow_styles=False)
                 styles = await self._in_pool(self.rt.z_styles, z, psi, cutoff)
             images = await self._decode(styles, req.noise, call.deadline, seeds=seeds)
-            return call.done(await self._respond(images, styles, req.output))
+            return call.done(await self._respond(call, images, styles, req.output))
 
     async def Edit(self, req: pb.EditRequest, context) -> pb.ImagesResponse:
         async with self._call("Edit", context, req) as call:
@@ -404,7 +417,7 @@ class AlaeService(pb_grpc.AlaeServicer):
             with runtime_fields({"w": "source"}):
                 edited = await self._in_pool(self.rt.edit, w, edits, mode=mode, layers=layers)
             images = await self._decode(edited, req.noise, call.deadline)
-            return call.done(await self._respond(images, edited, req.output))
+            return call.done(await self._respond(call, images, edited, req.output))
 
     async def Mix(self, req: pb.MixRequest, context) -> pb.ImagesResponse:
         async with self._call("Mix", context, req) as call:
@@ -415,7 +428,7 @@ class AlaeService(pb_grpc.AlaeServicer):
             with runtime_fields(PAIR_FIELDS):
                 styles = await self._in_pool(self.rt.mix_styles, a, b, req.cutoff)  # [n, 2L, D]
             images = await self._decode(styles, req.noise, call.deadline)
-            return call.done(await self._respond(images, styles, req.output))
+            return call.done(await self._respond(call, images, styles, req.output))
 
     async def Interpolate(self, req: pb.InterpolateRequest, context) -> AsyncIterator[pb.InterpolateFrame]:
         async with self._call("Interpolate", context, req) as call:
@@ -430,7 +443,7 @@ class AlaeService(pb_grpc.AlaeServicer):
             maps = await self._in_pool(self._noise_maps, path.shape[1], mode, seed)
             for i in range(req.steps):
                 images = await self._decode_maps(self.rt.styles(path[i]), maps, deadline)
-                frame = await self._respond(images, path[i], req.output, message=pb.InterpolateFrame, index=i,
+                frame = await self._respond(call, images, path[i], req.output, message=pb.InterpolateFrame, index=i,
                                             t=i / (req.steps - 1))
                 call.images += 1
                 yield frame
@@ -486,7 +499,7 @@ def add_to_server(service: AlaeService, server: grpc.aio.Server) -> None:
         make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
         handlers[method.name] = make(getattr(service, method.name),
                                      request_deserializer=tolerant_parser(getattr(pb, method.input_type.name)),
-                                     response_serializer=getattr(pb, method.output_type.name).SerializeToString)
+                                     response_serializer=serialize)
     name = pb.DESCRIPTOR.services_by_name["Alae"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
     server.add_registered_method_handlers(name, handlers)

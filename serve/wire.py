@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
@@ -136,17 +138,87 @@ def _checked_raw(raw: pb.RawImage, field: str, max_pixels: int) -> pb.RawImage:
     return raw
 
 
-def write_image(into: pb.Image, arr: np.ndarray, fmt: int, jpeg_quality: int = 0) -> int:
-    """uint8 [H, W, C] -> `into` (e.g. a response's `images.add()`) as PNG, JPEG (alae_rt.codecs) or raw pixels; returns
-    the bytes written. Fields are set in place: a nested message built apart would be copied in (megabytes at 1024)."""
-    if fmt == pb.IMAGE_FORMAT_RAW:
-        into.raw.height, into.raw.width, into.raw.channels = arr.shape
-        into.raw.pixels = data = arr.tobytes()  # a C-order copy
-    else:
+# ---- responses in wire form -----------------------------------------------------------------------------------
+# A 1024x1024 RAW image is 3 MB. Built as a message, its pixels would be copied four times before gRPC sees them
+# (tobytes, the field setter, the serializer's buffer and its bytes object), and serialized on the event loop.
+# Instead the worker pool writes each response's wire bytes itself, the pixels copied once, straight from the array
+# (bytes.join releases the GIL for large copies), and gRPC's serializer passes them through (`serialize`). The
+# framing is the protobuf encoding's own (a length-delimited field is its key, a varint length and the bytes), with
+# the field numbers read from the .proto's descriptors; fields may come in any order and a repeated message field
+# may be written one element at a time, so the small fields are serialized as a message and the images appended.
+
+
+@dataclass(frozen=True)
+class Serialized:
+    """A response in wire form, with the count of images it answers (for the access log)."""
+
+    data: bytes
+    images: int
+
+
+def serialize(resp: Any) -> bytes:
+    """gRPC's response serializer: a Serialized response as it is, any other message serialized."""
+    return resp.data if isinstance(resp, Serialized) else resp.SerializeToString()
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _delimited(number: int, size: int) -> bytes:
+    """The key and length of a length-delimited field (wire type 2) of `size` bytes."""
+    return _varint(number << 3 | 2) + _varint(size)
+
+
+_ENCODED = pb.Image.DESCRIPTOR.fields_by_name["encoded"].number
+_RAW = pb.Image.DESCRIPTOR.fields_by_name["raw"].number
+_PIXELS = pb.RawImage.DESCRIPTOR.fields_by_name["pixels"].number
+
+# An Image message's wire bytes as buffers to join: the pixels or the file are not copied until then.
+ImageParts = list
+
+
+def image_parts(arr: np.ndarray, fmt: int, jpeg_quality: int = 0) -> ImageParts:
+    """uint8 [H, W, C] -> an Image message as PNG, JPEG (alae_rt.codecs) or raw pixels, in wire form (parts)."""
+    if fmt != pb.IMAGE_FORMAT_RAW:
         data = (codecs.encode_jpeg(arr, jpeg_quality or codecs.DEFAULT_JPEG_QUALITY) if fmt == pb.IMAGE_FORMAT_JPEG
                 else codecs.encode_png(arr))
-        into.encoded = data
-    return len(data)
+        return encoded_parts(data)
+    height, width, channels = arr.shape
+    pixels = np.ascontiguousarray(arr).reshape(-1)  # a view of a C-order array: the join copies it
+    head = pb.RawImage(width=width, height=height, channels=channels).SerializeToString()
+    raw = [head, _delimited(_PIXELS, pixels.nbytes), pixels]
+    return [_delimited(_RAW, _size(raw)), *raw]
+
+
+def encoded_parts(data: bytes) -> ImageParts:
+    """An Image message holding an encoded file, in wire form (parts)."""
+    return [_delimited(_ENCODED, len(data)), data]
+
+
+def _size(parts: ImageParts) -> int:
+    return sum(memoryview(p).nbytes for p in parts)
+
+
+def frame_response(head: Any, field: str, images: list[ImageParts], max_bytes: int) -> Serialized:
+    """A response in wire form: the message `head` (every field but the images) followed by `images` as elements of
+    its repeated Image field `field`; refused (RESOURCE_EXHAUSTED) before any pixel is copied when it would be over
+    `max_bytes`."""
+    number = head.DESCRIPTOR.fields_by_name[field].number
+    parts = [head.SerializeToString()]
+    for image in images:
+        parts += [_delimited(number, _size(image)), *image]
+    size = _size(parts)
+    if size > max_bytes:
+        raise over_limit("output", f"the response would be {size / 2**20:.1f} MiB, over this server's "
+                                   f"{max_bytes / 2**20:g} MiB (--max-message-mb); ask for fewer images, or PNG/JPEG "
+                                   "instead of RAW")
+    return Serialized(b"".join(parts), len(images))
 
 
 def decode_image_message(img: pb.Image) -> np.ndarray:
