@@ -74,7 +74,7 @@ def image_to_tensor(image: np.ndarray | Tensor, resolution: int, channels: int, 
     h, w = x.shape[1:]
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    x = x[:, top:top + side, left:left + side] / 127.5 - 1.0
+    x = x[:, top:top + side, left:left + side].div(127.5).sub_(1.0)  # x / 127.5 - 1.0 with one new tensor
     x = x[None]  # [1, C, side, side]
     while x.shape[2] > resolution:
         x = F.avg_pool2d(x, 2, 2)

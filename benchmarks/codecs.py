@@ -3,7 +3,9 @@
 Every candidate encodes and decodes the same real faces (../shared/data/faces1024 by default) on one thread;
 lossless formats must round-trip exactly, JPEG is reported with its PSNR against the source. Then the winners
 run in 1..N threads on a codec-only loop: a codec that releases the GIL scales with the threads (the server's
---workers pool relies on that). Candidates whose package is not installed are listed as missing, not failed.
+--workers pool relies on that). PNG's fast codecs (fpng, pyspng) do not, so the server runs them in processes:
+"fpng+pyspng in processes" is that path (alae_rt.serve.codec_processes, a process per core), called from the same
+threads. Candidates whose package is not installed are listed as missing, not failed.
 
     python benchmarks/codecs.py                       # all candidates, results to benchmarks/results/
     python benchmarks/codecs.py --faces DIR --repeats 5 --threads 1,2
@@ -12,6 +14,8 @@ run in 1..N threads on a codec-only loop: a codec that releases the GIL scales w
 from __future__ import annotations
 
 import argparse
+import atexit
+import functools
 import io
 import json
 import math
@@ -116,6 +120,21 @@ def _pyspng() -> tuple[Encoder, Decoder]:
     return _pillow_png()[0], pyspng.load
 
 
+@functools.cache
+def _png_processes() -> tuple[Encoder, Decoder]:
+    """The server's PNG path: fpng and pyspng in alae_rt.serve.codec_processes, a process per core (the calling
+    threads copy pixels to and from the processes' shared memory and wait, the GIL released)."""
+    from alae_rt.serve.codec_processes import AVAILABLE, CodecProcesses
+
+    if not AVAILABLE:
+        raise ImportError("codec processes need Linux (memfd)")
+    max_pixels = 4096 * 4096  # the server's default --max-pixels
+    codec = CodecProcesses(os.cpu_count() or 1, max_pixels)
+    codec.start()
+    atexit.register(codec.close)
+    return codec.encode_png, lambda data: codec.decode(data, max_pixels)
+
+
 CANDIDATES: dict[str, tuple[str, Callable[[], tuple[Encoder, Decoder]]]] = {
     "pillow-png": ("png", _pillow_png),
     "imagecodecs-png": ("png", _imagecodecs_png),
@@ -123,6 +142,7 @@ CANDIDATES: dict[str, tuple[str, Callable[[], tuple[Encoder, Decoder]]]] = {
     "fpng+pillow-decode": ("png", _fpng),
     "fpng+pyspng": ("png", _fpng_pyspng),
     "pillow-encode+pyspng": ("png", _pyspng),
+    "fpng+pyspng in processes": ("png", _png_processes),
     "pillow-jpeg": ("jpeg", _pillow_jpeg),
     "simplejpeg": ("jpeg", _simplejpeg),
     "pyturbojpeg": ("jpeg", _turbojpeg),

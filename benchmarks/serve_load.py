@@ -85,6 +85,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     sim.add_argument("--image", help="the face the simulated model returns and encode sends (default: "
                                      "../shared/data/faces1024/00000.png when present)")
     sim.add_argument("--workers", type=int, help="the server's --workers (default: its own default)")
+    sim.add_argument("--codec-processes", type=int,
+                     help="the server's --codec-processes (default: its own default); their CPU time is counted")
     p.add_argument("-o", "--out", default=str(RESULTS), help="results folder (default benchmarks/results)")
     p.add_argument("--tag", help="name of the results files (default serve_load_<device>_<date>)")
     args = p.parse_args(argv)
@@ -132,6 +134,8 @@ class LocalServer:
                   "--max-queue", str(args.max_queue), "--max-images", str(max(args.max_batch, 1))]
         if getattr(args, "workers", None):
             limits += ["--workers", str(args.workers)]
+        if getattr(args, "codec_processes", None) is not None:
+            limits += ["--codec-processes", str(args.codec_processes)]
         if getattr(args, "simulate_model", None):
             cmd = [sys.executable, "-m", "alae_rt.serve.simulated", *limits, "--ms-per-image", str(args.ms_per_image),
                    "--ms-per-batch", str(args.ms_per_batch)]
@@ -153,9 +157,9 @@ class LocalServer:
         self.address = f"127.0.0.1:{port_file.read_text().strip()}"
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process so far (Linux /proc)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time so far of the server process and the processes it started (its PNG codec
+        processes), from Linux /proc."""
+        return sum(tree_cpu(self.proc.pid).values())
 
     def close(self) -> None:
         self.proc.terminate()
@@ -165,6 +169,26 @@ class LocalServer:
             self.proc.kill()
         self.log.close()
         self.dir.cleanup()
+
+
+def tree_cpu(root: int) -> dict[int, float]:
+    """CPU seconds (user + system) of process `root` and its descendants, by pid (Linux /proc). A descendant that
+    has ended is left out: start processes before measuring and keep them to the end (the server's do)."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # ended meanwhile
+                continue
+            stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    tree, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats and pid not in tree:
+            tree[pid] = stats[pid][1]
+            todo += [child for child, (parent, _) in stats.items() if parent == pid]
+    return tree
 
 
 def free_port() -> int:
@@ -427,7 +451,8 @@ def simulated_markdown(report: dict) -> str:
     by = {(r["case"], r["concurrency"]): r for r in report["rows"]}
     lines = [f"# Serving with a SIMULATED MODEL ({m['ms_per_image']:g} ms/image + {m['ms_per_batch']:g} ms/batch), "
              f"{m['resolution']}x{m['resolution']}", "",
-             f"{m['machine']} · {m['date']} · commit {m['commit']} · server --workers {m['workers']} · max batch "
+             f"{m['machine']} · {m['date']} · commit {m['commit']} · server --workers {m['workers']} --codec-processes "
+             f"{m.get('codec_processes', 0)} · max batch "
              f"{m['max_batch']} · codecs {m['codecs']}", "",
              "The model is a stand-in (alae_rt.serve.simulated) that returns a fixed face after the set wait, as a "
              "GPU would: these figures are the server's own cost (gRPC, request handling, noise maps, image "
@@ -489,6 +514,7 @@ def main_simulated(args: argparse.Namespace, argv) -> int:
             "resolution": result["info"]["resolution"], "machine": f"{cpu_model()}, {os.cpu_count()} cores",
             "date": now.strftime("%Y-%m-%d %H:%M UTC"), "commit": git_commit(),
             "workers": args.workers or ServeConfig().workers, "max_batch": args.max_batch,
+            "codec_processes": ServeConfig().codec_processes if args.codec_processes is None else args.codec_processes,
             "max_delay_ms": args.max_delay_ms, "image": Path(args.image).name if args.image else "synthetic",
             "codecs": ", ".join(k for k, v in codecs.fast_codecs().items() if v) or "Pillow only",
             "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else " ".join(argv)}

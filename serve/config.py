@@ -38,6 +38,8 @@ class ServeConfig:
     # Codec work scales with cores (the codecs release the GIL: benchmarks/codecs.py), so both pools default to them.
     workers: int = CORES  # threads that prepare latents and noise and encode output images
     image_workers: int = CORES  # threads that decode input images (their own pool: never in latent-only calls' way)
+    # PNG's fast codecs hold the GIL: PNG is encoded and decoded in processes (alae_rt.serve.codec_processes)
+    codec_processes: int = CORES
     warmup: bool = True
 
     @property
@@ -57,6 +59,9 @@ class ServeConfig:
     def check(self, max_batch: int) -> None:
         if min(self.max_images, self.max_queue, self.workers, self.image_workers) < 1 or self.max_steps < 2:
             raise AlaeError("--max-images, --max-queue, --workers and --image-workers must be >= 1, --max-steps >= 2")
+        if self.codec_processes < 0:
+            raise AlaeError(f"--codec-processes must be >= 0 (0: PNG in the worker threads), got "
+                            f"{self.codec_processes}")
         if self.max_queue < self.max_images:
             raise AlaeError(f"--max-queue ({self.max_queue}) must be >= --max-images ({self.max_images}), or a "
                             "full-size request could never be queued")

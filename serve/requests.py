@@ -16,7 +16,7 @@ from torch import Tensor
 
 from alae_rt import nvjpeg
 from alae_rt.errors import InputError
-from alae_rt.images import image_to_tensor
+from alae_rt.images import decode_image_bytes, image_to_tensor
 from alae_rt.runtime import Runtime
 from alae_rt.serve import alae_rt_pb2 as pb
 from alae_rt.serve.config import ServeConfig
@@ -199,15 +199,15 @@ def image_sizes(images: Sequence[pb.Image], field: str, cfg: ServeConfig) -> lis
     return sizes
 
 
-def image_tensor(img: pb.Image, field: str, rt: Runtime, cfg: ServeConfig) -> Tensor:
+def image_tensor(img: pb.Image, field: str, rt: Runtime, cfg: ServeConfig, decode=decode_image_bytes) -> Tensor:
     """One Image message -> the encoder's input float [C, R, R] on the Runtime's device. The uint8 pixels go there
     (a quarter of the float's bytes) and are prepared there; on a GPU a JPEG file is decoded there too (nvJPEG), so
-    its pixels never touch host memory."""
+    its pixels never touch host memory. Other files are read by `decode` (wire.image_to_array)."""
     try:
         if img.WhichOneof("data") == "encoded" and nvjpeg.available(rt.device) and nvjpeg.decodable(img.encoded):
             (arr,) = nvjpeg.decode([img.encoded], rt.device, cfg.max_pixels, [f"{field}.encoded"])  # [H, W, C]
         else:
-            arr = image_to_array(img, field, cfg.max_pixels)  # [H, W, C] on the host
+            arr = image_to_array(img, field, cfg.max_pixels, decode)  # [H, W, C] on the host
         return image_to_tensor(arr, rt.config.resolution, rt.config.channels, field, rt.device)  # [C, R, R]
     except InputError as exc:
         raise request_error(exc) from None
@@ -215,4 +215,5 @@ def image_tensor(img: pb.Image, field: str, rt: Runtime, cfg: ServeConfig) -> Te
 
 def images_tensor(xs: Sequence[Tensor], rt: Runtime) -> Tensor:
     """The prepared images, each [C, R, R] -> the encoder's input [n, C, R, R] on the Runtime's device."""
-    return torch.stack(list(xs)).to(rt.device, rt.dtype)
+    x = xs[0][None] if len(xs) == 1 else torch.stack(list(xs))  # one image: a view, not a copy
+    return x.to(rt.device, rt.dtype)

@@ -23,6 +23,7 @@ from alae_rt.errors import AlaeError
 from alae_rt.runtime import Runtime
 from alae_rt.serve import alae_rt_pb2 as pb
 from alae_rt.serve.auth import BearerAuth
+from alae_rt.serve.codec_processes import CodecProcesses
 from alae_rt.serve.config import ServeConfig
 from alae_rt.serve.http_api import HttpApi, read_samples, tls_context
 from alae_rt.serve.logs import log
@@ -80,6 +81,9 @@ class AlaeServer:
         self.compute = WorkerPool(1, "alae-compute")  # one Runtime, one device
         self.pool = WorkerPool(self.cfg.workers, "alae-prep")  # latents, noise, response images
         self.image_pool = WorkerPool(self.cfg.image_workers, "alae-images")  # request images, through the stage
+        # PNG encode and decode: a slot per process holds the largest request image or response image
+        res = rt.config.resolution
+        self.codec = CodecProcesses(self.cfg.codec_processes, max(self.cfg.max_pixels, res * res))
         self.service: AlaeService | None = None
         self.health: HealthServicer | None = None
         self._server: grpc.aio.Server | None = None
@@ -111,7 +115,7 @@ class AlaeServer:
         """Listen (health says NOT_SERVING), then warm up in the background (health then says SERVING)."""
         cfg = self.cfg
         self._stopped = asyncio.Event()  # made here: it belongs to the loop that runs the server
-        self.service = AlaeService(self.rt, cfg, self.metrics, self.compute, self.pool, self.image_pool)
+        self.service = AlaeService(self.rt, cfg, self.metrics, self.compute, self.pool, self.image_pool, self.codec)
         interceptors = []
         auth = None
         if cfg.auth_tokens:
@@ -177,7 +181,10 @@ class AlaeServer:
     async def _warm_up(self) -> None:
         started = time.perf_counter()
         if self.cfg.warmup:
-            await asyncio.get_running_loop().run_in_executor(self.compute, self.service.warm_up)
+            loop = asyncio.get_running_loop()
+            codec = loop.run_in_executor(self.pool, self.codec.start)  # beside the model's warm-up
+            await loop.run_in_executor(self.compute, self.service.warm_up)
+            await codec
         if self.service.state == "warming":
             self.service.state = "serving"
             await self._set_health(True)
@@ -259,6 +266,7 @@ class AlaeServer:
             self._metrics_server.server_close()
         for pool in (self.compute, self.pool, self.image_pool):
             pool.shutdown(wait=False, cancel_futures=True)
+        await asyncio.get_running_loop().run_in_executor(None, self.codec.close)
         self._stopped.set()
         if self.abandoned:
             log.warning("work abandoned", extra={"fields": {"event": "abandoned", "jobs": self.abandoned}})

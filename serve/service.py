@@ -27,6 +27,7 @@ from alae_rt.runtime import Runtime
 from alae_rt.serve import alae_rt_pb2 as pb
 from alae_rt.serve import alae_rt_pb2_grpc as pb_grpc
 from alae_rt.serve.batcher import BatchStats, Dropped, DynamicBatcher, QueueFull
+from alae_rt.serve.codec_processes import CodecProcesses
 from alae_rt.serve.config import ServeConfig
 from alae_rt.serve.decoding import DecodeStage, StageStats
 from alae_rt.serve.logs import log
@@ -112,12 +113,13 @@ class AlaeService(pb_grpc.AlaeServicer):
     occupies. The event loop only moves messages."""
 
     def __init__(self, rt: Runtime, cfg: ServeConfig, metrics: Metrics, compute: ThreadPoolExecutor,
-                 pool: ThreadPoolExecutor, image_pool: ThreadPoolExecutor):
+                 pool: ThreadPoolExecutor, image_pool: ThreadPoolExecutor, codec: CodecProcesses | None = None):
         self.rt = rt
         self.cfg = cfg
         self.metrics = metrics
         self.compute = compute
         self.pool = pool
+        self.codec = codec or CodecProcesses(0, 1)  # PNG in worker processes, or (0) in the calling thread
         m = metrics
         self.images = DecodeStage(image_pool, workers=cfg.image_workers, max_pixels=cfg.max_decode_pixels,
                                   max_waiting=cfg.max_queue, stats=StageStats(
@@ -212,7 +214,7 @@ class AlaeService(pb_grpc.AlaeServicer):
         images, stage, rt, cfg = list(images), self.images, self.rt, self.cfg
         (sizes,) = await stage.run(call.peer, [(0, functools.partial(image_sizes, images, field, cfg))],
                                    call.deadline, field)
-        jobs = [(pixels, functools.partial(image_tensor, img, f"{field}[{i}]", rt, cfg))
+        jobs = [(pixels, functools.partial(image_tensor, img, f"{field}[{i}]", rt, cfg, self.codec.decode))
                 for i, (img, pixels) in enumerate(zip(images, sizes))]
         xs = await stage.run(call.peer, jobs, call.deadline, field)  # n x [C, R, R]
         (x,) = await stage.run(call.peer, [(0, functools.partial(images_tensor, xs, rt))], call.deadline, field)
@@ -264,7 +266,7 @@ class AlaeService(pb_grpc.AlaeServicer):
         uint8 pixels cross to the host, once; JPEG on a GPU is encoded there (nvJPEG) and only the files cross."""
         if out.format == pb.IMAGE_FORMAT_JPEG and images.shape[3] != 4 and nvjpeg.available(images.device):
             return [encoded_parts(data) for data in nvjpeg.encode(images, out.jpeg_quality or DEFAULT_JPEG_QUALITY)]
-        return [image_parts(a, out.format, out.jpeg_quality) for a in images.cpu().numpy()]
+        return [image_parts(a, out.format, out.jpeg_quality, self.codec.encode_png) for a in images.cpu().numpy()]
 
     async def _respond(self, call: Call, images: Tensor | None, latents: Tensor | None, out: pb.OutputOptions,
                        message=pb.ImagesResponse, **fields: Any):

@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-queue", type=int, default=1024)
     p.add_argument("--max-images", type=int, default=32)
     p.add_argument("--workers", type=int, default=ServeConfig().workers)
+    p.add_argument("--codec-processes", type=int, default=ServeConfig().codec_processes)
     args = p.parse_args(argv)
     setup_logging("text", "warning")
     image = None
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     rt = SimulatedRuntime(args.ms_per_image, args.ms_per_batch, image, max_batch=args.max_batch)
     cfg = ServeConfig(port=args.port, metrics_port=args.metrics_port, max_delay_ms=args.max_delay_ms,
                       max_queue=args.max_queue, max_images=args.max_images, workers=args.workers,
+                      codec_processes=args.codec_processes,
                       max_message_mb=256)
     server = AlaeServer(rt, cfg)
 

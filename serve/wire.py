@@ -89,14 +89,15 @@ def tensor_to_latents(t: pb.Tensor, field: str, latent_size: int, num_styles: in
 # ---- images ---------------------------------------------------------------------------------------------------
 
 
-def image_to_array(img: pb.Image, field: str, max_pixels: int) -> np.ndarray:
-    """An Image message -> uint8 [H, W, C]; refuses corrupt data, odd channel counts and images over max_pixels."""
+def image_to_array(img: pb.Image, field: str, max_pixels: int, decode=decode_image_bytes) -> np.ndarray:
+    """An Image message -> uint8 [H, W, C]; refuses corrupt data, odd channel counts and images over max_pixels.
+    `decode` reads an encoded file (alae_rt.images.decode_image_bytes, or the codec processes')."""
     kind = img.WhichOneof("data")
     if kind == "encoded":
         if not img.encoded:
             raise invalid(f"{field}.encoded", "empty")
         try:
-            return decode_image_bytes(img.encoded, max_pixels=max_pixels, name=f"{field}.encoded")
+            return decode(img.encoded, max_pixels, f"{field}.encoded")
         except InputError as exc:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
     if kind == "raw":
@@ -183,11 +184,12 @@ _PIXELS = pb.RawImage.DESCRIPTOR.fields_by_name["pixels"].number
 ImageParts = list
 
 
-def image_parts(arr: np.ndarray, fmt: int, jpeg_quality: int = 0) -> ImageParts:
-    """uint8 [H, W, C] -> an Image message as PNG, JPEG (alae_rt.codecs) or raw pixels, in wire form (parts)."""
+def image_parts(arr: np.ndarray, fmt: int, jpeg_quality: int = 0, encode_png=codecs.encode_png) -> ImageParts:
+    """uint8 [H, W, C] -> an Image message as PNG (`encode_png`: alae_rt.codecs', or the codec processes'), JPEG
+    (alae_rt.codecs) or raw pixels, in wire form (parts)."""
     if fmt != pb.IMAGE_FORMAT_RAW:
         data = (codecs.encode_jpeg(arr, jpeg_quality or codecs.DEFAULT_JPEG_QUALITY) if fmt == pb.IMAGE_FORMAT_JPEG
-                else codecs.encode_png(arr))
+                else encode_png(arr))
         return encoded_parts(data)
     height, width, channels = arr.shape
     pixels = np.ascontiguousarray(arr).reshape(-1)  # a view of a C-order array: the join copies it

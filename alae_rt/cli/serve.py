@@ -98,6 +98,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     b.add_argument("--image-workers", type=int, default=d.image_workers,
                    help=f"threads that decode request images, apart from --workers (default: the cores, "
                         f"{d.image_workers})")
+    b.add_argument("--codec-processes", type=int, default=d.codec_processes,
+                   help="processes that encode and decode PNG (its fast codecs hold Python's GIL, so threads cannot "
+                        "run them side by side); 0: in the threads above (default: the cores, "
+                        f"{d.codec_processes})")
     o = p.add_argument_group("operation")
     o.add_argument("--grace-s", type=float, default=d.grace_s,
                    help=f"on SIGTERM, how long calls in flight may take to finish (default {d.grace_s:g})")
@@ -122,7 +126,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
         max_images=args.max_images, max_message_mb=args.max_message_mb, max_pixels=args.max_pixels,
         max_request_pixels=args.max_request_pixels, max_decode_pixels=args.max_decode_pixels,
-        image_workers=args.image_workers,
+        image_workers=args.image_workers, codec_processes=args.codec_processes,
         max_strength=args.max_strength, max_steps=args.max_steps, grace_s=args.grace_s,
         metrics_port=args.metrics_port, metrics_host=args.metrics_host,
         tls_cert=Path(args.tls_cert) if args.tls_cert else None, tls_key=Path(args.tls_key) if args.tls_key else None,

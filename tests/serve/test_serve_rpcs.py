@@ -247,3 +247,21 @@ def test_grpc_status_is_ok_for_an_empty_model_info_request(tiny_server):
 
         info = pb_grpc.AlaeStub(ch).GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
     assert info.resolution == 16
+
+
+def test_png_through_codec_processes_matches_the_threads(tiny_rt):
+    """PNG in and out through the codec processes (the default) gives what the threads give (--codec-processes 0)."""
+    x = images(3, seed=21)
+    answers = {}
+    for processes in (2, 0):
+        cfg = ServeConfig(port=0, codec_processes=processes)
+        with ServerThread(tiny_rt, cfg) as s, AlaeClient(s.address) as c:
+            jobs = s.server.codec.jobs
+            w = c.encode([png(a) for a in x])
+            out = c.reconstruct([png(a) for a in x], format="png", noise="const")
+            answers[processes] = (w, out.images)
+            assert s.server.codec.started == processes
+            assert s.server.codec.jobs - jobs == (9 if processes else 0)  # 3 decodes for each call, 3 encodes
+    np.testing.assert_array_equal(answers[2][0], answers[0][0])
+    for a, b in zip(answers[2][1], answers[0][1]):
+        np.testing.assert_array_equal(a, b)
