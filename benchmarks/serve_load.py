@@ -444,6 +444,28 @@ def simulated_sweep(args: argparse.Namespace) -> dict:
     return {"info": {"config": info.config_name, "resolution": info.resolution, "backend": info.backend}, "rows": rows}
 
 
+def prep_ms_per_image(face: np.ndarray, batch: int, repeats: int = 5) -> float:
+    """The server's input preparation of one request image on a CPU device, one thread: uint8 [R, R, C] -> float
+    [C, R, R] in [-1, 1] (alae_rt.images.image_to_tensor) and its share of a batch's concatenation; median ms."""
+    import torch
+
+    from alae_rt.images import image_to_tensor
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        r, c = face.shape[0], face.shape[2]
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            xs = [image_to_tensor(face, r, c)[None] for _ in range(batch)]
+            torch.cat(xs)
+            times.append((time.perf_counter() - t0) / batch)
+        return 1000 * float(np.median(times))
+    finally:
+        torch.set_num_threads(before)
+
+
 def simulated_markdown(report: dict) -> str:
     m = report["meta"]
     levels = sorted({r["concurrency"] for r in report["rows"]})
@@ -466,10 +488,19 @@ def simulated_markdown(report: dict) -> str:
             r = by.get((case, n))
             cells.append("-" if r is None else f"{r['images_per_s']:.0f} ({r['server_cpu_ms_per_image']:.1f} ms)")
         lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    prep = m.get("prep_ms_per_image")
     lines += ["", "Cores per GPU to keep up with 2,500 images/s (server CPU-ms per image x 2.5, at the most callers "
                   "measured): " + ", ".join(f"{case} {by[(case, levels[-1])]['server_cpu_ms_per_image'] * 2.5:.1f}"
-                                            for case in cases if (case, levels[-1]) in by) + ".",
-              "", f"Command: `{m['command']}`"]
+                                            for case in cases if (case, levels[-1]) in by) + "."]
+    if prep is not None:
+        host = {case.split()[-1]: max(by[(case, levels[-1])]["server_cpu_ms_per_image"] - prep, 0) * 2.5
+                for case in cases if case.startswith("encode") and (case, levels[-1]) in by}
+        lines += ["", f"Encode includes the input preparation (uint8 -> float in [-1, 1], batch concatenation), which "
+                      f"runs on the model's device: here the simulated device is this CPU, {prep:.1f} ms per image on "
+                      "one thread (measured in-process with the same face); on a GPU host it is the GPU's work. "
+                      "Without it, encode from " + ", ".join(f"{k} {v:.1f}" for k, v in host.items()) +
+                      " cores per GPU."]
+    lines += ["", f"Command: `{m['command']}`"]
     return "\n".join(lines) + "\n"
 
 
@@ -509,6 +540,7 @@ def main_simulated(args: argparse.Namespace, argv) -> int:
     from alae_rt.serve.config import ServeConfig
 
     result = simulated_sweep(args)
+    prep = prep_ms_per_image(simulated_face(args), args.max_batch)
     now = datetime.datetime.now(datetime.timezone.utc)
     meta = {"simulated_model": True, "ms_per_image": args.ms_per_image, "ms_per_batch": args.ms_per_batch,
             "resolution": result["info"]["resolution"], "machine": f"{cpu_model()}, {os.cpu_count()} cores",
@@ -516,6 +548,7 @@ def main_simulated(args: argparse.Namespace, argv) -> int:
             "workers": args.workers or ServeConfig().workers, "max_batch": args.max_batch,
             "codec_processes": ServeConfig().codec_processes if args.codec_processes is None else args.codec_processes,
             "max_delay_ms": args.max_delay_ms, "image": Path(args.image).name if args.image else "synthetic",
+            "prep_ms_per_image": round(prep, 2),
             "codecs": ", ".join(k for k, v in codecs.fast_codecs().items() if v) or "Pillow only",
             "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else " ".join(argv)}
     report = {"meta": meta, "rows": result["rows"]}

@@ -156,7 +156,7 @@ class AlaeService(pb_grpc.AlaeServicer):
 
     # ---- compute (the compute thread) ------------------------------------------------------------------------
     def _encode_batch(self, key, inputs: list[list[Tensor | None]]) -> Tensor:
-        x = torch.cat(inputs[0])  # [B, C, R, R]
+        x = inputs[0][0] if len(inputs[0]) == 1 else torch.cat(inputs[0])  # [B, C, R, R]; one request: no copy
         return self.rt.encode(x)  # [B, D], on the model's device: w goes on to the decoder from there
 
     def _decode_batch(self, key, inputs: list[list[Tensor | None]]) -> Tensor:

@@ -94,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-images", type=int, default=32)
     p.add_argument("--workers", type=int, default=ServeConfig().workers)
     p.add_argument("--codec-processes", type=int, default=ServeConfig().codec_processes)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads for the host-side tensor work (default 1: what runs on the GPU in the "
+                        "regime simulated is not the server's to spread over its cores)")
     args = p.parse_args(argv)
     setup_logging("text", "warning")
+    torch.set_num_threads(args.threads)
     image = None
     if args.image is not None:
         from alae_rt.images import read_image

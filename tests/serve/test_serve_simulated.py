@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -53,3 +56,27 @@ def test_serve_load_simulated_sweep_reports_every_case(tmp_path):
         assert r["images_per_s"] == pytest.approx(r["requests"] / r["seconds"])
     text = (tmp_path / "sim.md").read_text()
     assert text.startswith("# Serving with a SIMULATED MODEL") and "| encode from jpeg |" in text
+    assert report["meta"]["prep_ms_per_image"] > 0
+    assert "input preparation" in text and "Without it, encode from jpeg" in text
+
+
+def test_tree_cpu_counts_the_children():
+    """The server's CPU time includes its codec processes': tree_cpu follows the process tree."""
+    spec = importlib.util.spec_from_file_location("serve_load", ROOT / "benchmarks" / "serve_load.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    busy = "import time\nt = time.time()\nwhile time.time() - t < 4: pass"
+    parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', "
+                               f"{busy!r}]); sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        deadline, child = time.monotonic() + 30, None
+        while time.monotonic() < deadline:
+            tree = bench.tree_cpu(parent.pid)
+            child = next((pid for pid in tree if pid != parent.pid), None)
+            if child is not None and tree[child] >= 0.2:
+                break
+            time.sleep(0.05)
+        assert parent.pid in tree and len(tree) == 2
+        assert tree[child] >= 0.2  # the busy child's time, counted under the parent's tree
+    finally:
+        parent.communicate(b"", timeout=30)
