@@ -84,14 +84,18 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 def git_commit() -> str:
-    """The checkout's commit, with "-dirty" when tracked files have changed; "unknown" outside git."""
-    root = Path(__file__).resolve().parents[1]
+    """The checkout's commit, with "-dirty" when tracked files other than recorded results (benchmarks/results,
+    which a run of several benchmarks writes as it goes) have changed; "unknown" outside git."""
+    root = str(Path(__file__).resolve().parents[1])
     try:
-        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
-                             capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)benchmarks/results"], capture_output=True, text=True, timeout=10,
+                               check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+    return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
 
 
 def _track_cpu_memory() -> None:

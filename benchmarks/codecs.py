@@ -21,7 +21,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import threading
 import time
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from alae_rt.bench import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FACES = ROOT.parent / "shared" / "data" / "faces1024"
@@ -274,17 +275,6 @@ def _after(seconds: float) -> threading.Event:
     return event
 
 
-def _git_commit() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _versions() -> dict[str, str]:
     from importlib import metadata
 
@@ -348,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:24s} {row.error or f'enc {row.encode_ms} ms  dec {row.decode_ms} ms  {row.bytes} B'}",
               file=sys.stderr)
     report = {"meta": {"machine": f"{platform.machine()} {os.cpu_count()} cores ({platform.processor() or 'cpu'})",
-                       "date": time.strftime("%Y-%m-%d"), "commit": _git_commit(), "faces": len(faces),
+                       "date": time.strftime("%Y-%m-%d"), "commit": git_commit(), "faces": len(faces),
                        "size": list(faces[0].shape), "repeats": args.repeats, "threads": threads,
                        "versions": _versions()},
               "rows": [asdict(r) for r in rows]}

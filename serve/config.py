@@ -38,8 +38,9 @@ class ServeConfig:
     # Codec work scales with cores (the codecs release the GIL: benchmarks/codecs.py), so both pools default to them.
     workers: int = CORES  # threads that prepare latents and noise and encode output images
     image_workers: int = CORES  # threads that decode input images (their own pool: never in latent-only calls' way)
-    # PNG's fast codecs hold the GIL: PNG is encoded and decoded in processes (alae_rt.serve.codec_processes)
-    codec_processes: int = CORES
+    # PNG's fast codecs hold the GIL: PNG is encoded and decoded in processes (alae_rt.serve.codec_processes), one
+    # per core; on one core a process only adds the hand-off
+    codec_processes: int = CORES if CORES > 1 else 0
     warmup: bool = True
 
     @property

@@ -35,3 +35,28 @@ def test_kernel_benchmark_times_no_triton_on_cpu(tmp_path, monkeypatch, capsys):
     assert bench_kernels.main(["--device", "cpu", "--impls", "torch,triton", "-o", str(tmp_path)]) == 2
     assert "speed needs a CUDA GPU" in capsys.readouterr().err and not list(tmp_path.iterdir())
     sys.modules.pop("bench_kernels", None)
+
+
+def test_codec_benchmark_smoke(tmp_path, monkeypatch):
+    """benchmarks/codecs.py on one real face: the server's PNG path (processes) beside the thread's, exact, with its
+    scaling and GIL columns. Loaded by path: on sys.path its name would shadow the standard library's codecs."""
+    import importlib.util
+
+    from helpers import FACES1024, require
+
+    require(FACES1024)
+    spec = importlib.util.spec_from_file_location("codec_bench", ROOT / "benchmarks" / "codecs.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "codec_bench", bench)  # its dataclasses look their module up
+    spec.loader.exec_module(bench)
+    argv = ["--faces", str(FACES1024), "--count", "1", "--repeats", "1", "--threads", "1,2", "--scaling-s", "0.3",
+            "--only", "fpng+pyspng,fpng+pyspng in processes,simplejpeg", "-o", str(tmp_path)]
+    assert bench.main(argv) == 0
+    report = json.loads(next(tmp_path.glob("codecs_1024_*.json")).read_text())
+    rows = {r["name"]: r for r in report["rows"]}
+    assert set(rows) == {"fpng+pyspng", "fpng+pyspng in processes", "simplejpeg"}
+    assert rows["fpng+pyspng in processes"]["exact"] is True and not rows["fpng+pyspng in processes"]["error"]
+    assert rows["fpng+pyspng in processes"]["bytes"] == rows["fpng+pyspng"]["bytes"]  # the same PNG files
+    assert set(rows["simplejpeg"]["scaling"]) == {"1", "2"} and set(rows["simplejpeg"]["gil_free"]) == {"encode",
+                                                                                                         "decode"}
+    assert "| fpng+pyspng in processes | png |" in next(tmp_path.glob("codecs_1024_*.md")).read_text()
