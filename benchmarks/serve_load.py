@@ -161,6 +161,11 @@ class LocalServer:
         processes), from Linux /proc."""
         return sum(tree_cpu(self.proc.pid).values())
 
+    def loop_seconds(self) -> float:
+        """CPU time so far of the server's main thread: its event loop, which every call passes through."""
+        fields = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def close(self) -> None:
         self.proc.terminate()
         try:
@@ -425,14 +430,15 @@ def simulated_sweep(args: argparse.Namespace) -> dict:
         for op, fmt in cases:
             args.op = op
             for n in args.levels:
-                before, cpu0 = scrape(server.metrics_port), server.cpu_seconds()
+                before, cpu0, loop0 = scrape(server.metrics_port), server.cpu_seconds(), server.loop_seconds()
                 r = asyncio.run(run_level(server.address, info, args, n, fmt=fmt if op == "decode" else "raw",
                                           image_file=files[fmt] if op == "encode" else None))
-                cpu = server.cpu_seconds() - cpu0
+                cpu, loop = server.cpu_seconds() - cpu0, server.loop_seconds() - loop0
                 after = scrape(server.metrics_port)
                 r.update(case=f"{op} {'to' if op == 'decode' else 'from'} {fmt}", op=op, format=fmt,
                          mean_batch=mean_batch(before, after, op),
-                         server_cpu_ms_per_image=1000 * cpu / max(r["requests"], 1))
+                         server_cpu_ms_per_image=1000 * cpu / max(r["requests"], 1),
+                         loop_cpu_ms_per_image=1000 * loop / max(r["requests"], 1))
                 b = r["mean_batch"] or 1
                 r["model_capacity_images_per_s"] = 1000 * b / (args.ms_per_batch + b * args.ms_per_image)
                 rows.append(r)
@@ -488,6 +494,17 @@ def simulated_markdown(report: dict) -> str:
             r = by.get((case, n))
             cells.append("-" if r is None else f"{r['images_per_s']:.0f} ({r['server_cpu_ms_per_image']:.1f} ms)")
         lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    if all("loop_cpu_ms_per_image" in r for r in report["rows"]):
+        lines += ["", "Event-loop CPU-ms per image: the server's one thread that every call passes through (gRPC's "
+                      "transport, the calls' coroutines). A server process cannot serve more than 1000 / this "
+                      "images/s, however many cores it has.", "",
+                  "| case | " + " | ".join(f"{n} callers" for n in levels) + " | ceiling at the most callers |",
+                  "|---|" + "---:|" * (len(levels) + 1)]
+        for case in cases:
+            cells = [f"{by[(case, n)]['loop_cpu_ms_per_image']:.2f}" if (case, n) in by else "-" for n in levels]
+            last = by.get((case, levels[-1]))
+            ceiling = f"{1000 / last['loop_cpu_ms_per_image']:.0f}/s" if last and last["loop_cpu_ms_per_image"] else "-"
+            lines.append(f"| {case} | " + " | ".join(cells) + f" | {ceiling} |")
     prep = m.get("prep_ms_per_image")
     lines += ["", "Cores per GPU to keep up with 2,500 images/s (server CPU-ms per image x 2.5, at the most callers "
                   "measured): " + ", ".join(f"{case} {by[(case, levels[-1])]['server_cpu_ms_per_image'] * 2.5:.1f}"

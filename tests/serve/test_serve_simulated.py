@@ -53,11 +53,12 @@ def test_serve_load_simulated_sweep_reports_every_case(tmp_path):
     for r in report["rows"]:
         assert r["requests"] == 4 and not r["errors"]
         assert 0 <= r["server_cpu_ms_per_image"] < 60_000  # /proc counts in 10 ms ticks: a short level may read 0
+        assert 0 <= r["loop_cpu_ms_per_image"] <= r["server_cpu_ms_per_image"] + 10
         assert r["images_per_s"] == pytest.approx(r["requests"] / r["seconds"])
     text = (tmp_path / "sim.md").read_text()
     assert text.startswith("# Serving with a SIMULATED MODEL") and "| encode from jpeg |" in text
     assert report["meta"]["prep_ms_per_image"] > 0
-    assert "input preparation" in text and "Without it, encode from jpeg" in text
+    assert "input preparation" in text and "Without it, encode from jpeg" in text and "Event-loop CPU-ms" in text
 
 
 def test_tree_cpu_counts_the_children():
