@@ -84,6 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     sim.add_argument("--encode-from", default="png,jpeg", help="input file formats of encode with --simulate-model")
     sim.add_argument("--image", help="the face the simulated model returns and encode sends (default: "
                                      "../shared/data/faces1024/00000.png when present)")
+    sim.add_argument("--images-per-request", type=int, default=1,
+                     help="images (latents, files) in each request (default 1): the per-call costs are shared")
     sim.add_argument("--workers", type=int, help="the server's --workers (default: its own default)")
     sim.add_argument("--codec-processes", type=int,
                      help="the server's --codec-processes (default: its own default); their CPU time is counted")
@@ -102,6 +104,10 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error("--simulate-model starts its own server: no --server, --preset or --checkpoint")
         if args.max_batch == 8:
             args.max_batch = 32
+        if not 1 <= args.images_per_request <= args.max_batch:
+            p.error(f"--images-per-request must be in 1..--max-batch ({args.max_batch})")
+    elif args.images_per_request != 1:
+        p.error("--images-per-request is for --simulate-model (the real model's baseline is per request)")
     elif not args.preset and not args.checkpoint and not args.server:
         args.preset = "small-64"
     args.levels = [int(c) for c in args.concurrency.split(",")]
@@ -238,8 +244,8 @@ def wait_serving(address: str, timeout: float):
 # ---- load ---------------------------------------------------------------------------------------------------------
 
 
-def make_request(op: str, info, rng: np.random.Generator, fmt: str, image_file: bytes | None = None):
-    """One request of `op` with one image (distinct inputs per request; `image_file`: the same encoded file)."""
+def make_request(op: str, info, rng: np.random.Generator, fmt: str, image_file: bytes | None = None, k: int = 1):
+    """One request of `op` with `k` images (distinct inputs per request; `image_file`: the same encoded file)."""
     from alae_rt.serve import alae_rt_pb2 as pb
     from alae_rt.serve.client import FORMATS, image_message
     from alae_rt.serve.wire import array_to_tensor
@@ -249,9 +255,9 @@ def make_request(op: str, info, rng: np.random.Generator, fmt: str, image_file: 
     else:
         out = pb.OutputOptions(format=FORMATS[fmt])
     if image_file is not None:
-        return "Encode", pb.EncodeRequest(images=[pb.Image(encoded=image_file)])
+        return "Encode", pb.EncodeRequest(images=[pb.Image(encoded=image_file)] * k)
     if op == "decode":
-        w = rng.standard_normal((1, info.latent_size)).astype(np.float32)
+        w = rng.standard_normal((k, info.latent_size)).astype(np.float32)
         return "Decode", pb.DecodeRequest(latents=array_to_tensor(w), output=out)
     if op == "generate":
         return "Generate", pb.GenerateRequest(seeds=[int(rng.integers(2**31))], output=out)
@@ -273,7 +279,8 @@ async def run_level(address: str, info, args: argparse.Namespace, concurrency: i
     stubs = [pb_grpc.AlaeStub(ch) for ch in channels]
     rng = np.random.default_rng(concurrency)
     # Requests are built before the clock starts, so that the load generator measures the server.
-    pool = [make_request(args.op, info, rng, fmt or args.format, image_file) for _ in range(min(args.requests, 256))]
+    k = getattr(args, "images_per_request", 1)
+    pool = [make_request(args.op, info, rng, fmt or args.format, image_file, k) for _ in range(min(args.requests, 256))]
     latencies: list[float] = []
     errors: dict[str, int] = {}
     issued = 0
@@ -302,8 +309,8 @@ async def run_level(address: str, info, args: argparse.Namespace, concurrency: i
     for ch in channels:
         await ch.close()
     lat = np.array(latencies) * 1000
-    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors, "seconds": wall,
-            "images_per_s": len(latencies) / wall,
+    return {"concurrency": concurrency, "requests": len(latencies), "images": k * len(latencies), "errors": errors,
+            "seconds": wall, "images_per_s": k * len(latencies) / wall,
             **{f"p{q}_ms": float(np.percentile(lat, q)) if len(lat) else None for q in (50, 90, 99)}}
 
 
@@ -437,8 +444,8 @@ def simulated_sweep(args: argparse.Namespace) -> dict:
                 after = scrape(server.metrics_port)
                 r.update(case=f"{op} {'to' if op == 'decode' else 'from'} {fmt}", op=op, format=fmt,
                          mean_batch=mean_batch(before, after, op),
-                         server_cpu_ms_per_image=1000 * cpu / max(r["requests"], 1),
-                         loop_cpu_ms_per_image=1000 * loop / max(r["requests"], 1))
+                         server_cpu_ms_per_image=1000 * cpu / max(r["images"], 1),
+                         loop_cpu_ms_per_image=1000 * loop / max(r["images"], 1))
                 b = r["mean_batch"] or 1
                 r["model_capacity_images_per_s"] = 1000 * b / (args.ms_per_batch + b * args.ms_per_image)
                 rows.append(r)
@@ -481,7 +488,7 @@ def simulated_markdown(report: dict) -> str:
              f"{m['resolution']}x{m['resolution']}", "",
              f"{m['machine']} · {m['date']} · commit {m['commit']} · server --workers {m['workers']} --codec-processes "
              f"{m.get('codec_processes', 0)} · max batch "
-             f"{m['max_batch']} · codecs {m['codecs']}", "",
+             f"{m['max_batch']} · {m.get('images_per_request', 1)} image(s) per request · codecs {m['codecs']}", "",
              "The model is a stand-in (alae_rt.serve.simulated) that returns a fixed face after the set wait, as a "
              "GPU would: these figures are the server's own cost (gRPC, request handling, noise maps, image "
              "decode/encode), not a model's. The load generator runs on the same cores.", "",
@@ -563,6 +570,7 @@ def main_simulated(args: argparse.Namespace, argv) -> int:
             "resolution": result["info"]["resolution"], "machine": f"{cpu_model()}, {os.cpu_count()} cores",
             "date": now.strftime("%Y-%m-%d %H:%M UTC"), "commit": git_commit(),
             "workers": args.workers or ServeConfig().workers, "max_batch": args.max_batch,
+            "images_per_request": args.images_per_request,
             "codec_processes": ServeConfig().codec_processes if args.codec_processes is None else args.codec_processes,
             "max_delay_ms": args.max_delay_ms, "image": Path(args.image).name if args.image else "synthetic",
             "prep_ms_per_image": round(prep, 2),

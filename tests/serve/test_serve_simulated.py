@@ -43,7 +43,7 @@ def test_serve_load_simulated_sweep_reports_every_case(tmp_path):
     spec.loader.exec_module(bench)
     argv = ["--simulate-model", "0.2,1", "--concurrency", "1,2", "--requests", "4", "--duration", "20",
             "--formats", "raw,jpeg,latents", "--encode-from", "jpeg", "--warmup", "1", "-o", str(tmp_path),
-            "--tag", "sim"]
+            "--tag", "sim", "--images-per-request", "2"]
     assert bench.main(argv) == 0
     report = json.loads((tmp_path / "sim.json").read_text())
     assert report["meta"]["simulated_model"] is True
@@ -51,13 +51,13 @@ def test_serve_load_simulated_sweep_reports_every_case(tmp_path):
     assert cases == [(c, n) for c in ("decode to raw", "decode to jpeg", "decode to latents", "encode from jpeg")
                      for n in (1, 2)]
     for r in report["rows"]:
-        assert r["requests"] == 4 and not r["errors"]
+        assert r["requests"] == 4 and r["images"] == 8 and not r["errors"]
         assert 0 <= r["server_cpu_ms_per_image"] < 60_000  # /proc counts in 10 ms ticks: a short level may read 0
         assert 0 <= r["loop_cpu_ms_per_image"] <= r["server_cpu_ms_per_image"] + 10
-        assert r["images_per_s"] == pytest.approx(r["requests"] / r["seconds"])
+        assert r["images_per_s"] == pytest.approx(r["images"] / r["seconds"])
     text = (tmp_path / "sim.md").read_text()
     assert text.startswith("# Serving with a SIMULATED MODEL") and "| encode from jpeg |" in text
-    assert report["meta"]["prep_ms_per_image"] > 0
+    assert report["meta"]["prep_ms_per_image"] > 0 and report["meta"]["images_per_request"] == 2
     assert "input preparation" in text and "Without it, encode from jpeg" in text and "Event-loop CPU-ms" in text
 
 
