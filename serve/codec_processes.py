@@ -74,30 +74,36 @@ def _serve(requests: int, replies: int, slot_fd: int, slot_bytes: int) -> None:
     pixels, files = _regions(np.frombuffer(mmap.mmap(slot_fd, slot_bytes), dtype=np.uint8))
     while True:
         try:
-            head = _read_exact(requests, REQUEST.size)
-        except EOFError:
-            return  # the server closed the pipe: stop
-        op, h, w, c, max_pixels, name_len, data_len = REQUEST.unpack(head)
-        name = _read_exact(requests, name_len).decode("utf-8", "replace")
-        try:
-            if op == ENCODE:
-                png = codecs.encode_png(pixels[:h * w * c].reshape(h, w, c))
-                if len(png) > files.size:
-                    raise RuntimeError(f"a {len(png)}-byte PNG is larger than the slot's {files.size}")
-                files[:len(png)] = np.frombuffer(png, dtype=np.uint8)
-                _write_all(replies, REPLY.pack(OK, h, w, c, len(png)))
-                continue
-            arr = codecs.decode_image(files[:data_len].tobytes(), max_pixels, name)
-            if arr.size > pixels.size:  # cannot happen within max_pixels (the region holds 4 channels of it)
-                raise InputError(f"{name}: {arr.shape[0]}x{arr.shape[1]} pixels is over the limit of {max_pixels}")
-            pixels[:arr.size] = arr.reshape(-1)
-            _write_all(replies, REPLY.pack(OK, *arr.shape, 0))
-        except InputError as exc:
-            message = str(exc).encode()
-            _write_all(replies, REPLY.pack(INPUT_ERROR, 0, 0, 0, len(message)), message)
-        except Exception as exc:  # noqa: BLE001 - reported to the server, which raises it there
-            message = f"{type(exc).__name__}: {exc}".encode()
-            _write_all(replies, REPLY.pack(FAILED, 0, 0, 0, len(message)), message)
+            op, h, w, c, max_pixels, name_len, data_len = REQUEST.unpack(_read_exact(requests, REQUEST.size))
+            name = _read_exact(requests, name_len).decode("utf-8", "replace")
+            reply = _job(pixels, files, op, (h, w, c), max_pixels, name, data_len)
+            _write_all(replies, *reply)
+        except (EOFError, OSError):
+            return  # the server closed its ends of the pipes (it is stopping, or gone): stop
+
+
+def _job(pixels: np.ndarray, files: np.ndarray, op: int, shape: tuple[int, int, int], max_pixels: int, name: str,
+         data_len: int) -> tuple[bytes, ...]:
+    """One job on the slot -> the reply's parts."""
+    try:
+        if op == ENCODE:
+            h, w, c = shape
+            png = codecs.encode_png(pixels[:h * w * c].reshape(h, w, c))
+            if len(png) > files.size:
+                raise RuntimeError(f"a {len(png)}-byte PNG is larger than the slot's {files.size}")
+            files[:len(png)] = np.frombuffer(png, dtype=np.uint8)
+            return (REPLY.pack(OK, *shape, len(png)),)
+        arr = codecs.decode_image(files[:data_len].tobytes(), max_pixels, name)
+        if arr.size > pixels.size:  # cannot happen within max_pixels (the region holds 4 channels of it)
+            raise InputError(f"{name}: {arr.shape[0]}x{arr.shape[1]} pixels is over the limit of {max_pixels}")
+        pixels[:arr.size] = arr.reshape(-1)
+        return (REPLY.pack(OK, *arr.shape, 0),)
+    except InputError as exc:
+        message = str(exc).encode()
+        return REPLY.pack(INPUT_ERROR, 0, 0, 0, len(message)), message
+    except Exception as exc:  # noqa: BLE001 - reported to the server, which raises it there
+        message = f"{type(exc).__name__}: {exc}".encode()
+        return REPLY.pack(FAILED, 0, 0, 0, len(message)), message
 
 
 # ---- the server's side -----------------------------------------------------------------------------------------

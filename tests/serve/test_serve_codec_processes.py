@@ -144,3 +144,17 @@ def test_no_processes_means_the_thread():
     assert pool.encode_png(image) == codecs.encode_png(image)
     assert np.array_equal(pool.decode(pool.encode_png(image), MAX_PIXELS), image)
     assert pool.started == 0
+
+
+def test_a_worker_stopped_mid_job_exits_quietly(capfd):
+    """The server stops while a worker encodes: the worker finds its reply pipe closed and exits, no traceback."""
+    pool = CodecProcesses(1, MAX_PIXELS)
+    pool.start()
+    worker = pool._take()
+    image = _image(512, 512, 3)
+    worker.pixels[:image.size] = image.reshape(-1)
+    cp._write_all(worker.requests, cp.REQUEST.pack(cp.ENCODE, *image.shape, 0, 0, 0))  # no wait for the reply
+    worker.close()  # our ends of its pipes, while it works
+    assert worker.proc.returncode == 0
+    pool.close()
+    assert "Traceback" not in capfd.readouterr().err
