@@ -73,12 +73,17 @@ bench-gpu:
 
 # The GPU proof (benchmarks/gpu_check.py, issue 14). `make gpu-kit` here copies what it reads from $(SHARED) into
 # $(KIT)/shared (git-ignored; name it in a remote run's carried paths); SERVE_WHEELS=1 also fetches the serving
-# packages a bare GPU image lacks, as pure-Python wheels. On the GPU machine, after
-# `pip install --no-deps --no-build-isolation -e .`: `make gpu-check PY=python3` (8 minutes at most, installs
-# nothing); `make gpu-check DRY=1` runs the kit's own code on the CPU with tiny models.
+# packages a bare GPU image lacks, as pure-Python wheels, and the fast image codecs, as compiled wheels for its
+# Python (GPU_PYTHON, GPU_PLATFORMS). On the GPU machine, after
+# `pip install --no-deps --no-build-isolation -e .`: `make gpu-check PY=python3` (8 minutes at most; it installs
+# nothing into that Python, the kit's codec wheels go to $(KIT)/site); `make gpu-check DRY=1` runs the kit's own
+# code on the CPU with tiny models.
 KIT ?= .gpu-kit
 DRY ?=
 SERVE_WHEELS ?=
+# The GPU machine's Python and platforms, for the compiled codec wheels SERVE_WHEELS=1 carries
+GPU_PYTHON ?= 3.12
+GPU_PLATFORMS ?= manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64
 GPU_CHECK_ARGS ?=
 
 gpu-kit:
@@ -91,7 +96,9 @@ gpu-kit:
 	for f in $$(ls "$(SHARED)/data/faces128" | head -n 8); do cp "$(SHARED)/data/faces128/$$f" "$(KIT)/shared/data/faces128/"; done
 	chmod -R u+w "$(KIT)"
 	$(if $(SERVE_WHEELS),rm -rf "$(KIT)/wheels" && $(PY) -m pip download --quiet --no-deps --only-binary=:all: -d "$(KIT)/wheels" \
-		grpcio-health-checking grpcio-reflection)
+		grpcio-health-checking grpcio-reflection && $(PY) -m pip download --quiet --no-deps --only-binary=:all: \
+		--python-version $(GPU_PYTHON) --implementation cp $(foreach p,$(GPU_PLATFORMS),--platform $(p)) \
+		-d "$(KIT)/wheels/binary" fpng pyspng simplejpeg)
 	@du -sh "$(KIT)" | sed 's/\t/ /; s/$$/ (a remote run carries it: under 64 MiB)/'
 
 gpu-check:

@@ -16,11 +16,15 @@ whose package or data is missing is skipped with a note, not failed.
      ms per batch, peak GPU memory, max error against eager fp32 (alae_rt.bench.run_bench);
   4. kernels: benchmarks/bench_kernels.py, its GB/s and TFLOP/s as fractions of step 1's limits;
   5. serve: benchmarks/serve_load.py on the device with the ffhq-1024 model, 32 callers, JPEG and RAW out;
+     serve_sim: the same server over a simulated model that is not the limit, on this host's cores (JPEG,
+     PNG, RAW out; one and eight images per call): CPU-ms and event-loop ms per image, images/s;
   6. the report: JSON + markdown + one plot in benchmarks/results/, tagged with device, date and commit, and
      a copy (with the steps' logs) in the folder named by ALAE_RT_RESULTS_DIR when it is set.
 Fixtures are read from ../shared, or where that is missing from the kit's copy in .gpu-kit/shared
 (`make gpu-kit`), through ALAE_RT_SHARED. Serving needs grpcio-health-checking and grpcio-reflection: where
-they are not installed, pure-Python wheels in .gpu-kit/wheels are put on the path of that step.
+they are not installed, pure-Python wheels in .gpu-kit/wheels are put on the path of that step; the fast codecs
+(fpng, pyspng, simplejpeg), compiled wheels in .gpu-kit/wheels/binary, are installed into .gpu-kit/site (both:
+`make gpu-kit SERVE_WHEELS=1`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import statistics
@@ -67,10 +72,11 @@ STEPS = (
     Step("device", "device, versions, bandwidth and bf16 limits", 25, 60),
     Step("tests", "the gpu-marked tests", 75, 90),
     Step("parity", "official fixtures on the device: eager, triton, compile", 50, 60),
-    Step("bench", "encode/decode timing: official order, eager, triton with and without CUDA graphs", 110, 90),
+    Step("bench", "encode/decode timing: official order, eager, triton with and without CUDA graphs", 100, 90),
     Step("bench_compile", "encode/decode timing: compile with and without CUDA graphs", 45, 30),
     Step("kernels", "kernel benchmark (benchmarks/bench_kernels.py) against the limits", 40, 60),
-    Step("serve", "serving load (benchmarks/serve_load.py): 32 callers, JPEG and RAW out", 90, 90),
+    Step("serve", "serving load (benchmarks/serve_load.py): 32 callers, JPEG and RAW out", 80, 90),
+    Step("serve_sim", "the server on this host's cores over a simulated model: JPEG, PNG, RAW out", 40, 45),
 )
 
 # Datasheet figures (dense, no sparsity): memory bandwidth TB/s and TFLOP/s. Leads, not ceilings: the device
@@ -98,8 +104,12 @@ def datasheet_card(device_name: str) -> str | None:
 LOW_PRECISION_TOL = {"eager": {"fp16": 0.05, "bf16": 0.1}, "compile": {"fp16": 0.05, "bf16": 0.1},
                      "triton": {"fp16": 3e-2, "bf16": 1.5e-1}}
 FP32_TOL = 1e-4
-GOAL_IMAGES_PER_S = 2500  # bf16, batch 32, encode and decode
+GOAL_IMAGES_PER_S = 2500  # bf16, batch 32, encode and decode; and served JPEG in the GPU regime
 SERVE_FORMATS = ("jpeg", "raw")
+# The simulated model of step serve_sim: fast enough not to be the limit (32 images in 4.2 ms: 7,600 images/s), so
+# that what is measured is the server and this host's cores.
+SIM_MODEL = "0.1,1"
+SIM_RUNS = (("jpeg,png,raw", 1), ("jpeg", 8))  # response formats, images per request
 
 
 # ---- the steps (each runs in a worker process: `gpu_check.py --worker NAME`) -------------------------------------
@@ -584,18 +594,70 @@ def step_serve(ctx: Ctx) -> dict[str, Any]:
     return out
 
 
+def step_serve_sim(ctx: Ctx) -> dict[str, Any]:
+    """benchmarks/serve_load.py --simulate-model on this host: the server's own CPU cost per image and its ceiling,
+    with a model that is not the limit - what this many cores serve beside a GPU."""
+    script = ROOT / "benchmarks" / "serve_load.py"
+    env = _serve_env()
+    if subprocess.run([sys.executable, "-c", "import grpc_health.v1.health_pb2_grpc, grpc_reflection.v1alpha"],
+                      cwd=ROOT, env=env, capture_output=True, timeout=120).returncode != 0:
+        raise Skip("the serving packages do not import here (make gpu-kit SERVE_WHEELS=1 carries them)")
+    runs, skipped = [], []
+    for i, (formats, per_request) in enumerate(SIM_RUNS):
+        share = ctx.left() / (len(SIM_RUNS) - i)
+        if share < (5 if ctx.dry_run else 15):
+            skipped.append(f"{formats}, {per_request} per request: time budget spent")
+            continue
+        levels = "2" if ctx.dry_run else "32,128"
+        cases = len(formats.split(",")) * len(levels.split(","))
+        tag = f"serve_sim_{i}"
+        args = ["--simulate-model", SIM_MODEL, "--formats", formats, "--encode-from", "",
+                "--images-per-request", str(per_request), "--concurrency", levels,
+                "--requests", "4" if ctx.dry_run else "100000", "--warmup", "1" if ctx.dry_run else "4",
+                # the server's start and warm-up take a few seconds of the share
+                "--duration", f"{max(1.0, (share - 8) / cases):.1f}", "--out", str(ctx.state / "serve_sim"),
+                "--tag", tag]
+        cmd = [sys.executable, str(script.relative_to(ROOT)), *args]
+        rc, text = _run_streaming(cmd, share, env)
+        path = ctx.state / "serve_sim" / f"{tag}.json"
+        if rc == 0 and path.exists():
+            data = json.loads(path.read_text())
+            runs.append({"images_per_request": per_request, "meta": data["meta"], "rows": data["rows"],
+                         "command": shlex.join(["python", *cmd[1:]]).replace(str(ctx.state), "<state>")})
+            ctx.keep(runs[-1])
+        elif rc is None:
+            skipped.append(f"{formats}, {per_request} per request: cut off at the step's budget")
+        else:
+            raise RuntimeError(f"serve_load exited {rc}: {' | '.join(text.strip().splitlines()[-3:])}")
+    return {"runs": runs, "skipped": skipped, "cores": os.cpu_count()}
+
+
 def _serve_env() -> dict[str, str]:
-    """The environment for serving: pure-Python wheels from the kit on the path, where the kit has them."""
+    """The environment for serving: pure-Python wheels from the kit on the path, and the kit's compiled codec
+    wheels (fpng, pyspng, simplejpeg: a bare GPU image lacks them) installed once into .gpu-kit/site."""
     env = dict(os.environ)
-    wheels = sorted(str(p) for p in (KIT / "wheels").glob("*.whl"))
-    if wheels:
-        env["PYTHONPATH"] = os.pathsep.join([*wheels, *filter(None, [env.get("PYTHONPATH")])])
+    paths = sorted(str(p) for p in (KIT / "wheels").glob("*.whl"))
+    binary = sorted(str(p) for p in (KIT / "wheels" / "binary").glob("*.whl"))
+    site = KIT / "site"
+    if binary and not (site / ".installed").exists():
+        res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                              "--no-cache-dir", "--upgrade", "--target", str(site), *binary],
+                             capture_output=True, text=True, timeout=300)
+        if res.returncode == 0:
+            (site / ".installed").write_text("\n".join(Path(b).name for b in binary) + "\n")
+        else:
+            print(f"the kit's codec wheels did not install ({res.stderr.strip()[-300:]}): Pillow does their work",
+                  flush=True)
+    if (site / ".installed").exists():
+        paths.append(str(site))
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join([*paths, *filter(None, [env.get("PYTHONPATH")])])
     return env
 
 
 WORKERS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "device": step_device, "tests": step_tests, "parity": step_parity, "bench": step_bench,
-    "bench_compile": step_bench, "kernels": step_kernels, "serve": step_serve,
+    "bench_compile": step_bench, "kernels": step_kernels, "serve": step_serve, "serve_sim": step_serve_sim,
 }
 
 
@@ -801,6 +863,21 @@ def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
                     "measured": (f"{ratio:.0%} ({level['images_per_s']:.0f} vs {base['images_per_s']:.0f} images/s)"
                                  if ratio else "not measured"),
                     "met": None if ratio is None else ratio >= 0.9})
+    sim = _step(report, "serve_sim")["result"]
+    jpeg = [(run["images_per_request"], r) for run in sim.get("runs", []) for r in run["rows"]
+            if r["case"] == "decode to jpeg"]
+    best_rate = max(jpeg, key=lambda pr: pr[1]["images_per_s"], default=None)
+    out.append({"goal": f"serving JPEG out on this host, simulated model ({SIM_MODEL} ms): >= {GOAL_IMAGES_PER_S} "
+                        "images/s",
+                "measured": (f"{best_rate[1]['images_per_s']:.0f} images/s ({best_rate[1]['concurrency']} callers, "
+                             f"{best_rate[0]} per request, {sim.get('cores')} cores)" if best_rate else "not measured"),
+                "met": None if best_rate is None else best_rate[1]["images_per_s"] >= GOAL_IMAGES_PER_S})
+    single = [r for k, r in jpeg if k == 1]
+    cpu = max(single, key=lambda r: r["concurrency"], default=None)
+    out.append({"goal": "server CPU per JPEG image, simulated model, one image per call: <= 6 ms",
+                "measured": f"{cpu['server_cpu_ms_per_image']:.2f} ms ({cpu['concurrency']} callers)" if cpu
+                else "not measured",
+                "met": None if cpu is None else cpu["server_cpu_ms_per_image"] <= 6})
     return out
 
 
@@ -827,7 +904,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Goals", "", "| goal | measured | met |", "|---|---|---|"]
     for g in report["goals"]:
         lines.append(f"| {g['goal']} | {g['measured']} | {_fmt({True: 'yes', False: 'NO'}.get(g['met']))} |")
-    lines += _md_device(dev) + _md_checks(report) + _md_bench(report) + _md_kernels(report) + _md_serve(report)
+    lines += (_md_device(dev) + _md_checks(report) + _md_bench(report) + _md_kernels(report) + _md_serve(report)
+              + _md_serve_sim(report))
     return "\n".join(lines) + "\n"
 
 
@@ -938,6 +1016,26 @@ def _md_serve(report: dict[str, Any]) -> list[str]:
     meta = runs[0].get("meta") or {}
     lines += ["", f"{meta.get('model', '')}, {meta.get('dtype', '')}, backend {meta.get('backend', '')}, max batch "
                   f"{meta.get('max_batch', '')}: `{runs[0]['command']}`"]
+    return lines
+
+
+def _md_serve_sim(report: dict[str, Any]) -> list[str]:
+    sim = _step(report, "serve_sim")["result"]
+    if not sim.get("runs"):
+        return []
+    lines = ["", "## 6. The server on this host's cores (simulated model)", "",
+             f"benchmarks/serve_load.py --simulate-model {SIM_MODEL} on {sim.get('cores')} cores: the real request "
+             "path over a stand-in model that is not the limit. CPU-ms: the server and its codec processes; loop: "
+             "its event-loop thread (a process serves at most 1000 / loop images/s).", "",
+             "| images per call | case | callers | images/s | CPU-ms per image | loop ms per image | mean batch |",
+             "|---:|---|---:|---:|---:|---:|---:|"]
+    for run in sim["runs"]:
+        for r in run["rows"]:
+            lines.append(f"| {run['images_per_request']} | {r['case']} | {r['concurrency']} | "
+                         f"{r['images_per_s']:.0f} | {r['server_cpu_ms_per_image']:.2f} | "
+                         f"{_fmt(r.get('loop_cpu_ms_per_image'), '{:.2f}')} | {_fmt(r.get('mean_batch'), '{:.1f}')} |")
+    lines += [f"- codecs: {sim['runs'][0]['meta'].get('codecs')}; `{sim['runs'][0]['command']}`"]
+    lines += [f"- skipped: {s}" for s in sim.get("skipped", [])]
     return lines
 
 

@@ -84,7 +84,7 @@ def test_every_step_has_a_status_and_skips_say_why(dry_run, gpu_check):
 def test_dry_run_steps_recorded_their_results(dry_run):
     _, _, report, _ = dry_run
     steps = {s["name"]: s for s in report["steps"]}
-    for name in ("device", "tests", "parity", "bench", "kernels", "serve"):
+    for name in ("device", "tests", "parity", "bench", "kernels", "serve", "serve_sim"):
         assert steps[name]["status"] == "ran", steps[name]
     device = steps["device"]["result"]
     assert device["machine"]["device"] == "cpu" and device["datasheet"] is None  # no datasheet row for a CPU
@@ -113,6 +113,15 @@ def test_dry_run_steps_recorded_their_results(dry_run):
                                                           abs=0.06) for r in kernels["rows"])
     runs = steps["serve"]["result"]["runs"]
     assert [r["format"] for r in runs] == ["jpeg"] and runs[0]["levels"][0]["requests"] > 0
+    # serve_sim: the simulated model on this host, one and eight images per call, each row with its CPU figures
+    sim = steps["serve_sim"]["result"]
+    assert [r["images_per_request"] for r in sim["runs"]] == [1, 8] and sim["cores"] == os.cpu_count()
+    cases = [(r["case"], r["concurrency"]) for r in sim["runs"][0]["rows"]]
+    assert cases == [("decode to jpeg", 2), ("decode to png", 2), ("decode to raw", 2)]
+    assert all(r["images"] == 8 * r["requests"] > 0 and r["loop_cpu_ms_per_image"] >= 0
+               for r in sim["runs"][1]["rows"])
+    served = next(g for g in report["goals"] if g["goal"].startswith("serving JPEG out on this host"))
+    assert served["met"] is not None and "per request" in served["measured"]
     latency = next(g for g in report["goals"] if g["goal"].startswith("decode latency"))
     assert latency["met"] is False and "triton-nograph" in latency["measured"]  # the interpreter is not fast
 
