@@ -8,8 +8,9 @@ one job at a time for the thread that holds it:
 - pixels and files travel through the worker's slot, a shared-memory file (memfd) both sides map, never through a
   pipe or a pickle: the server copies an image's pixels once, into the slot (encode) or out of it (decode), and the
   file once, the other way; the worker's pipes carry only a few bytes a job;
-- a worker that dies (a codec crashing on a hostile file) is replaced; the job is tried once more in the new one,
-  and a decode that kills two workers is that file's fault: InputError, the request's INVALID_ARGUMENT;
+- a worker that dies (a codec crashing on a hostile file), or takes more than `job_timeout_s` over a job (it is
+  killed: nothing hangs), is replaced; the job is tried once more in the new one, and a decode that kills two
+  workers is that file's fault: InputError, the request's INVALID_ARGUMENT;
 - workers start when first needed (or all at once through `start`, the server's warm-up) and stop with `close`.
 
 Linux only (memfd); elsewhere, or with 0 processes, the same calls run in the calling thread.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import os
 import queue
+import select
 import struct
 import subprocess
 import sys
@@ -35,6 +37,8 @@ from alae_rt.errors import InputError
 # height, width, channels (decode: the pixels in the pixel region), a length: of the PNG in the file region
 # (encode), or of an error's message that follows on the pipe.
 REQUEST = struct.Struct("<B3IQIQ")
+# A job that takes longer has its worker killed: a 64-megapixel PNG decodes in about a second.
+JOB_TIMEOUT_S = 60.0
 REPLY = struct.Struct("<B3IQ")
 ENCODE, DECODE = 1, 2
 OK, INPUT_ERROR, FAILED = 0, 1, 2
@@ -146,10 +150,14 @@ class _Worker:
         return cls(proc, req_w, rep_r, pixels, files)
 
     def call(self, op: int, shape: tuple[int, int, int] = (0, 0, 0), max_pixels: int = 0, name: bytes = b"",
-             data_len: int = 0) -> tuple[int, tuple[int, int, int], bytes]:
-        """One job (its pixels or file already in the slot) -> (status, shape, the PNG or the error message)."""
+             data_len: int = 0, timeout_s: float = JOB_TIMEOUT_S) -> tuple[int, tuple[int, int, int], bytes]:
+        """One job (its pixels or file already in the slot) -> (status, shape, the PNG or the error message). A job
+        that takes more than `timeout_s` has the worker killed (WorkerDied)."""
         try:
             _write_all(self.requests, REQUEST.pack(op, *shape, max_pixels, len(name), data_len), name)
+            if not select.select([self.replies], [], [], timeout_s)[0]:
+                self.proc.kill()
+                raise WorkerDied(f"no answer within {timeout_s:g} s")
             status, h, w, c, n = REPLY.unpack(_read_exact(self.replies, REPLY.size))
             if status == OK:
                 return status, (h, w, c), self.files[:n].tobytes()
@@ -179,8 +187,9 @@ class CodecProcesses:
     worker, waiting for one when all are busy.
     """
 
-    def __init__(self, processes: int, max_pixels: int):
+    def __init__(self, processes: int, max_pixels: int, job_timeout_s: float = JOB_TIMEOUT_S):
         self.processes = processes if AVAILABLE else 0
+        self.job_timeout_s = job_timeout_s
         self.region_bytes = 4 * max_pixels
         self.slot_bytes = 2 * self.region_bytes
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
@@ -211,9 +220,12 @@ class CodecProcesses:
 
         def job(worker: _Worker):
             worker.pixels[:image.size].reshape(image.shape)[...] = image  # the one copy of the pixels
-            return worker.call(ENCODE, image.shape)
+            return worker.call(ENCODE, image.shape, timeout_s=self.job_timeout_s)
 
-        status, _, payload = self._run(job)
+        try:
+            status, _, payload = self._run(job)
+        except WorkerDied as exc:
+            raise RuntimeError(f"PNG encoding failed: the codec process died twice ({exc})") from None
         if status == OK:
             return payload
         if status == INPUT_ERROR:
@@ -230,7 +242,8 @@ class CodecProcesses:
 
         def job(worker: _Worker):
             worker.files[:len(data)] = np.frombuffer(data, dtype=np.uint8)
-            status, shape, payload = worker.call(DECODE, max_pixels=max_pixels, name=tag, data_len=len(data))
+            status, shape, payload = worker.call(DECODE, max_pixels=max_pixels, name=tag, data_len=len(data),
+                                                 timeout_s=self.job_timeout_s)
             if status == OK:  # the one copy of the pixels, out of the slot before the worker takes its next job
                 return status, worker.pixels[:shape[0] * shape[1] * shape[2]].reshape(shape).copy()
             return status, payload
@@ -238,7 +251,8 @@ class CodecProcesses:
         try:
             status, result = self._run(job)
         except WorkerDied:
-            raise InputError(f"{name}: corrupt image (the PNG decoder crashed on it)") from None
+            raise InputError(f"{name}: corrupt image (the PNG decoder crashed on it, or did not finish within "
+                             f"{self.job_timeout_s:g} s)") from None
         if status == OK:
             return result
         if status == INPUT_ERROR:

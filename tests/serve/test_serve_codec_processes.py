@@ -102,7 +102,7 @@ def test_a_killed_worker_is_replaced():
 
         cp._Worker.call = dying
         try:
-            with pytest.raises(InputError, match=r"^f: corrupt image \(the PNG decoder crashed on it\)"):
+            with pytest.raises(InputError, match=r"^f: corrupt image \(the PNG decoder crashed on it, or did not"):
                 pool.decode(png, MAX_PIXELS, "f")
         finally:
             cp._Worker.call = original
@@ -158,3 +158,20 @@ def test_a_worker_stopped_mid_job_exits_quietly(capfd):
     assert worker.proc.returncode == 0
     pool.close()
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_job_past_its_time_has_its_worker_killed():
+    """Nothing hangs: a worker that does not answer within job_timeout_s is killed and replaced; two in a row fail
+    the call (a decode: the file's fault)."""
+    pool = CodecProcesses(1, MAX_PIXELS, job_timeout_s=0.0)  # no job answers within no time
+    try:
+        image = _image(200, 200, 3)
+        with pytest.raises(RuntimeError, match="died twice"):
+            pool.encode_png(image)
+        with pytest.raises(InputError, match=r"^f: corrupt image \(.*did not finish within 0 s\)"):
+            pool.decode(codecs.encode_png(image), MAX_PIXELS, "f")
+        assert pool.started == 1 and pool._workers[0].proc.poll() is None  # a fresh one waits
+        pool.job_timeout_s = 30.0
+        assert np.array_equal(pool.decode(codecs.encode_png(image), MAX_PIXELS, "x"), image)
+    finally:
+        pool.close()
