@@ -136,8 +136,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"model:       {info.config_name}: {info.resolution}x{info.resolution}x{info.channels}, "
           f"D={info.latent_size}, L={info.layer_count} ({info.num_styles} style inputs)")
     print(f"weights:     {info.weights}")
-    print(f"runs on:     backend {info.backend}, device {info.device}, dtype {info.dtype}")
-    print(f"directions:  {', '.join(info.directions) or 'none (pass a .npy to edit --direction)'}")
+    print(f"runs on:     backend {info.backend}, device {info.device}, dtype {info.dtype}"
+          + (f", method {info.method}" if info.method else ""))
+    if not info.directions:
+        print("directions:  none (pass a .npy to edit --direction)")
+    else:
+        print(f"directions:  {len(info.directions)}, for edit --direction NAME=STRENGTH (label, strength range):")
+        described = {d.name: d for d in info.direction_info}
+        width = max(map(len, info.directions))
+        for name in info.directions:
+            d = described.get(name)
+            about = f"{d.label if d.label != name else ''}  [{d.min:g}, {d.max:g}]".strip() if d else ""
+            print(f"  {name:<{width}}  {about}".rstrip())
     print(f"limits:      {info.max_images} images per request, batches of up to {info.max_batch}, "
           f"{info.max_message_bytes / 2**20:g} MiB per message, {info.max_pixels} pixels per image")
     return 0

@@ -160,6 +160,25 @@ def test_model_info(tiny_server, tiny_rt):
     assert "random weights" in info.weights and '"latent_size": 32' in info.config_json
 
 
+def test_client_info_lists_directions_with_labels_and_ranges(tiny_server, tiny_rt, capsys):
+    """`alae-rt client info` names each direction with its label and strength range, as the editor's sliders do."""
+    from alae_rt.cli import main
+
+    before = dict(tiny_rt.direction_info)
+    tiny_rt.direction_info["up"] = {"label": "Looking up", "range": [-2.5, 4.0]}
+    try:
+        assert main(["client", "info", "--server", tiny_server.address]) == 0
+    finally:
+        tiny_rt.direction_info.clear()
+        tiny_rt.direction_info.update(before)
+    out = capsys.readouterr().out
+    assert "directions:  2, for edit --direction NAME=STRENGTH" in out
+    lines = out.splitlines()
+    assert "  up       Looking up  [-2.5, 4]" in lines
+    assert any(line.startswith("  layered  [") for line in lines)  # no label of its own: the default range
+    assert "method alae" in out
+
+
 def test_health_reflection_and_metrics_endpoint(tiny_server):
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
