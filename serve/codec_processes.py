@@ -13,7 +13,8 @@ one job at a time for the thread that holds it:
   workers is that file's fault: InputError, the request's INVALID_ARGUMENT;
 - workers start when first needed (or all at once through `start`, the server's warm-up) and stop with `close`.
 
-Linux only (memfd); elsewhere, or with 0 processes, the same calls run in the calling thread.
+Linux only (memfd); elsewhere, with 0 processes, or where no process can be started (logged), the same calls run
+in the calling thread.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 
 from alae_rt import codecs
 from alae_rt.errors import InputError
+from alae_rt.serve.logs import log
 
 # A request: op, height, width, channels (encode: the pixels in the slot's pixel region), max pixels, the length of
 # the name that follows on the pipe, the length of the file in the slot's file region (decode). A reply: status,
@@ -117,6 +119,13 @@ class WorkerDied(Exception):
     """The worker process ended during a job."""
 
 
+class _Unavailable(Exception):
+    """No worker process can run here (none could be started): the call runs in its thread."""
+
+
+_NO_WORKERS = object()  # in the idle queue: none is left, nor can one start
+
+
 @dataclass(eq=False)
 class _Worker:
     proc: subprocess.Popen
@@ -192,7 +201,7 @@ class CodecProcesses:
         self.job_timeout_s = job_timeout_s
         self.region_bytes = 4 * max_pixels
         self.slot_bytes = 2 * self.region_bytes
-        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()  # idle workers; None: closed; _NO_WORKERS
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -208,9 +217,24 @@ class CodecProcesses:
             with self._lock:
                 if self._closed or len(self._workers) >= self.processes:
                     return
-                worker = _Worker.start(self.slot_bytes)
-                self._workers.append(worker)
+                worker = self._spawn()
+            if worker is None:
+                return
             self._idle.put(worker)
+
+    def _spawn(self) -> _Worker | None:
+        """A new worker (the lock held); None where this system cannot start one (no memfd, no subprocesses): the
+        pool then keeps the workers it has, and with none the calls run in their threads."""
+        try:
+            worker = _Worker.start(self.slot_bytes)
+        except OSError as exc:
+            self.processes = len(self._workers)
+            log.warning("codec processes unavailable", extra={"fields": {
+                "event": "codec_processes_unavailable", "error": f"{type(exc).__name__}: {exc}",
+                "processes": self.processes}})
+            return None
+        self._workers.append(worker)
+        return worker
 
     def encode_png(self, image: np.ndarray) -> bytes:
         """uint8 [H, W, C] -> PNG bytes, as alae_rt.codecs.encode_png writes them."""
@@ -224,6 +248,8 @@ class CodecProcesses:
 
         try:
             status, _, payload = self._run(job)
+        except _Unavailable:
+            return codecs.encode_png(image)
         except WorkerDied as exc:
             raise RuntimeError(f"PNG encoding failed: the codec process died twice ({exc})") from None
         if status == OK:
@@ -250,6 +276,8 @@ class CodecProcesses:
 
         try:
             status, result = self._run(job)
+        except _Unavailable:
+            return codecs.decode_image(data, max_pixels, name)
         except WorkerDied:
             raise InputError(f"{name}: corrupt image (the PNG decoder crashed on it, or did not finish within "
                              f"{self.job_timeout_s:g} s)") from None
@@ -282,13 +310,18 @@ class CodecProcesses:
         except queue.Empty:
             with self._lock:
                 if not self._closed and len(self._workers) < self.processes:
-                    worker = _Worker.start(self.slot_bytes)
-                    self._workers.append(worker)
-                    return worker
+                    worker = self._spawn()
+                    if worker is not None:
+                        return worker
+                if not self._workers and not self._closed:
+                    raise _Unavailable from None
             worker = self._idle.get()
         if worker is None:  # closed: pass the word on to the next waiting thread
             self._idle.put(None)
             raise RuntimeError("the codec processes are closed (the server is stopping)")
+        if worker is _NO_WORKERS:
+            self._idle.put(_NO_WORKERS)
+            raise _Unavailable
         return worker
 
     def _replace(self, dead: _Worker) -> None:
@@ -298,9 +331,11 @@ class CodecProcesses:
                 self._workers.remove(dead)
             if self._closed:
                 return
-            worker = _Worker.start(self.slot_bytes)
-            self._workers.append(worker)
-        self._idle.put(worker)
+            worker = self._spawn()
+            if worker is None and not self._workers:
+                worker = _NO_WORKERS  # wakes the threads waiting for a worker: their calls run in their threads
+        if worker is not None:
+            self._idle.put(worker)
 
     def close(self) -> None:
         """Stop the workers (a job still running in one fails: the server is stopping)."""

@@ -175,3 +175,33 @@ def test_a_job_past_its_time_has_its_worker_killed():
         assert np.array_equal(pool.decode(codecs.encode_png(image), MAX_PIXELS, "x"), image)
     finally:
         pool.close()
+
+
+def test_where_no_process_can_start_the_calls_run_in_their_threads(monkeypatch):
+    """A system that refuses subprocesses or memfd: the pool says so in the log and codes in the calling thread; a
+    pool whose last worker dies and cannot be replaced does the same, and no waiting thread hangs."""
+    image = _image(60, 60, 3)
+    png = codecs.encode_png(image)
+
+    def refuse(slot_bytes):
+        raise PermissionError("operation not permitted")
+
+    pool = CodecProcesses(2, MAX_PIXELS)
+    monkeypatch.setattr(cp._Worker, "start", staticmethod(refuse))
+    pool.start()
+    assert pool.processes == 0 and pool.started == 0
+    assert pool.encode_png(image) == png and np.array_equal(pool.decode(png, MAX_PIXELS), image)
+    monkeypatch.undo()
+
+    pool = CodecProcesses(1, MAX_PIXELS)
+    try:
+        pool.start()
+        (worker,) = pool._workers
+        monkeypatch.setattr(cp._Worker, "start", staticmethod(refuse))
+        os.kill(worker.proc.pid, signal.SIGKILL)
+        worker.proc.wait()
+        assert np.array_equal(pool.decode(png, MAX_PIXELS, "x"), image)  # in this thread, after the retry failed
+        assert pool.processes == 0 and pool.started == 0
+        assert pool.encode_png(image) == png
+    finally:
+        pool.close()
