@@ -160,8 +160,11 @@ class AlaeService(pb_grpc.AlaeServicer):
         return self.rt.encode(x)  # [B, D], on the model's device: w goes on to the decoder from there
 
     def _decode_batch(self, key, inputs: list[list[Tensor | None]]) -> Tensor:
-        styles = torch.cat(inputs[0])  # [B, 2L, D]
-        _, kind = key  # "maps": every row brings its own; "const" and "none" are the Runtime's, shared by all rows
+        latents = torch.cat(inputs[0])  # [B, D] (key: 2) or [B, 2L, D] (3): the batcher keeps the two apart
+        # w is broadcast to the 2L style inputs here, once a batch, not on the event loop once a call; contiguous,
+        # as a concatenation of styles is, so that compiled code sees one kind of input
+        styles = self.rt.styles(latents).contiguous() if latents.ndim == 2 else latents
+        _, kind, _ = key  # "maps": every row brings its own; "const" and "none" are the Runtime's, shared by all rows
         noise = [torch.cat(parts) for parts in inputs[1:]] if kind == "maps" else kind  # 2L x [B, 1, h, w]
         return self.rt.decode_uint8(styles, noise=noise)  # uint8 [B, R, R, C] on the model's device
 
@@ -176,10 +179,9 @@ class AlaeService(pb_grpc.AlaeServicer):
         for n in sizes:
             x = torch.zeros(n, c, r, r, device=self.rt.device, dtype=self.rt.dtype)  # as images_tensor makes
             w = self._encode_batch("encode", [[x]])  # [n, D]
-            styles = self.rt.styles(w)  # [n, 2L, D], from the encoder's rows on the device, as a request's are
-            self._decode_batch(("decode", "const"), [[styles]])
+            self._decode_batch(("decode", "const", 2), [[w]])  # w from the encoder's rows, as a request's is
             maps = [m.expand(n, -1, -1, -1) for m in self.rt.noise(n, "const")]  # 2L x [n, 1, h, w], as random
-            self._decode_batch(("decode", "maps"), [[styles], *[[m] for m in maps]])
+            self._decode_batch(("decode", "maps", 3), [[self.rt.styles(w)], *[[m] for m in maps]])
 
     async def start(self) -> None:
         self.encode_batcher.start()
@@ -244,12 +246,12 @@ class AlaeService(pb_grpc.AlaeServicer):
         # Block 0's first map has batch 1 (shared by the request's images): give every row its copy (a view).
         return "maps", [m.expand(n, -1, -1, -1) for m in maps]
 
-    async def _decode_maps(self, styles: Tensor, noise: tuple[str, list[Tensor] | None],
+    async def _decode_maps(self, latents: Tensor, noise: tuple[str, list[Tensor] | None],
                            deadline: float | None) -> Tensor:
-        """Styles [n, 2L, D] and (kind, maps) -> uint8 images [n, R, R, C] on the model's device, through the
-        decode batcher."""
+        """w [n, D] or styles [n, 2L, D] (valid: checked where they came in or made by the Runtime) and (kind, maps)
+        -> uint8 images [n, R, R, C] on the model's device, through the decode batcher."""
         kind, maps = noise
-        return await self.decode_batcher.run(("decode", kind), [styles, *(maps or [])], deadline)
+        return await self.decode_batcher.run(("decode", kind, latents.ndim), [latents, *(maps or [])], deadline)
 
     async def _decode(self, latents: Tensor, noise: pb.Noise, deadline: float | None,
                       seeds: Sequence[int] | None = None) -> Tensor:
@@ -259,7 +261,7 @@ class AlaeService(pb_grpc.AlaeServicer):
         # Constant noise and none take no work (no maps travel); random maps are megabytes of draws: the pool's.
         maps = (self._noise_maps(n, mode, seed, seeds) if mode in ("none", "const")
                 else await self._in_pool(self._noise_maps, n, mode, seed, seeds))
-        return await self._decode_maps(self.rt.styles(latents), maps, deadline)  # styles: a view for w
+        return await self._decode_maps(latents, maps, deadline)
 
     def _image_parts(self, images: Tensor, out: pb.OutputOptions) -> list:
         """uint8 [n, R, R, C] on the model's device -> n Image messages in wire form (alae_rt.serve.wire). Only the
@@ -444,7 +446,7 @@ class AlaeService(pb_grpc.AlaeServicer):
             # One set of noise maps for every frame, so that only the latent moves.
             maps = await self._in_pool(self._noise_maps, path.shape[1], mode, seed)
             for i in range(req.steps):
-                images = await self._decode_maps(self.rt.styles(path[i]), maps, deadline)
+                images = await self._decode_maps(path[i], maps, deadline)
                 frame = await self._respond(call, images, path[i], req.output, message=pb.InterpolateFrame, index=i,
                                             t=i / (req.steps - 1))
                 call.images += 1

@@ -50,8 +50,9 @@ def over_limit(field: str, problem: str) -> RequestError:
 # ---- tensors ------------------------------------------------------------------------------------------------
 
 
-def tensor_to_array(t: pb.Tensor, field: str) -> np.ndarray:
-    """A Tensor message -> float32 array of its shape, finite; errors name `field`."""
+def tensor_to_array(t: pb.Tensor, field: str, finite: bool = True) -> np.ndarray:
+    """A Tensor message -> float32 array of its shape, finite (unless the caller checks the values itself);
+    errors name `field`."""
     shape = tuple(int(s) for s in t.shape)
     if not shape:
         raise invalid(f"{field}.shape", "missing (give e.g. [N, D])")
@@ -64,7 +65,7 @@ def tensor_to_array(t: pb.Tensor, field: str) -> np.ndarray:
         raise invalid(f"{field}.data", f"{len(t.data)} bytes, but shape {list(shape)} needs {4 * count} "
                                        "(packed little-endian float32)")
     arr = np.frombuffer(t.data, dtype="<f4").reshape(shape)
-    if not np.isfinite(arr).all():
+    if finite and not np.isfinite(arr).all():
         raise invalid(f"{field}.data", "holds NaN or Inf")
     return arr.astype(np.float32)  # a writable native-order copy: torch.from_numpy needs one
 
@@ -78,7 +79,7 @@ def tensor_to_latents(t: pb.Tensor, field: str, latent_size: int, num_styles: in
                       allow_styles: bool = True) -> np.ndarray:
     """A Tensor message of latents -> float32 w [N, D] (or, when allowed, styles [N, 2L, D]), checked by the
     Runtime's own rule (alae_rt.latents); errors name `field`."""
-    arr = tensor_to_array(t, field)
+    arr = tensor_to_array(t, field, finite=False)  # check_latents checks the values (finite, bounded)
     try:
         check_latents(arr, latent_size, num_styles, f"{field}.shape", allow_styles, values_name=f"{field}.data")
     except InputError as exc:
