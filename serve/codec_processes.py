@@ -39,11 +39,11 @@ from alae_rt.serve.logs import log
 # height, width, channels (decode: the pixels in the pixel region), a length: of the PNG in the file region
 # (encode), or of an error's message that follows on the pipe.
 REQUEST = struct.Struct("<B3IQIQ")
-# A job that takes longer has its worker killed: a 64-megapixel PNG decodes in about a second.
-JOB_TIMEOUT_S = 60.0
 REPLY = struct.Struct("<B3IQ")
 ENCODE, DECODE = 1, 2
 OK, INPUT_ERROR, FAILED = 0, 1, 2
+# A job that takes longer has its worker killed: a 64-megapixel PNG decodes in about a second.
+JOB_TIMEOUT_S = 60.0
 AVAILABLE = hasattr(os, "memfd_create")
 
 
@@ -56,6 +56,14 @@ def _read_exact(fd: int, n: int) -> bytearray:
             raise EOFError("the other side closed the pipe")
         got += k
     return buf
+
+
+def _readable(fd: int, timeout_s: float) -> bool:
+    """Whether `fd` has data (or its end) within `timeout_s`; poll, not select: a busy server's descriptors pass
+    select's limit of 1024."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(0, int(timeout_s * 1000))))
 
 
 def _write_all(fd: int, *parts) -> None:
@@ -164,7 +172,7 @@ class _Worker:
         that takes more than `timeout_s` has the worker killed (WorkerDied)."""
         try:
             _write_all(self.requests, REQUEST.pack(op, *shape, max_pixels, len(name), data_len), name)
-            if not select.select([self.replies], [], [], timeout_s)[0]:
+            if not _readable(self.replies, timeout_s):
                 self.proc.kill()
                 raise WorkerDied(f"no answer within {timeout_s:g} s")
             status, h, w, c, n = REPLY.unpack(_read_exact(self.replies, REPLY.size))

@@ -144,7 +144,7 @@ def _checked_raw(raw: pb.RawImage, field: str, max_pixels: int) -> pb.RawImage:
 # A 1024x1024 RAW image is 3 MB. Built as a message, its pixels would be copied four times before gRPC sees them
 # (tobytes, the field setter, the serializer's buffer and its bytes object), and serialized on the event loop.
 # Instead the worker pool writes each response's wire bytes itself, the pixels copied once, straight from the array
-# (bytes.join releases the GIL for large copies), and gRPC's serializer passes them through (`serialize`). The
+# (one bytes.join), and gRPC's serializer passes them through (`serialize`). The
 # framing is the protobuf encoding's own (a length-delimited field is its key, a varint length and the bytes), with
 # the field numbers read from the .proto's descriptors; fields may come in any order and a repeated message field
 # may be written one element at a time, so the small fields are serialized as a message and the images appended.
@@ -181,8 +181,9 @@ _ENCODED = pb.Image.DESCRIPTOR.fields_by_name["encoded"].number
 _RAW = pb.Image.DESCRIPTOR.fields_by_name["raw"].number
 _PIXELS = pb.RawImage.DESCRIPTOR.fields_by_name["pixels"].number
 
-# An Image message's wire bytes as buffers to join: the pixels or the file are not copied until then.
-ImageParts = list
+# An Image message's wire bytes as buffers to join (framing bytes, then the file or the pixels' 1-D view): nothing
+# large is copied until the response is joined.
+ImageParts = list[bytes | np.ndarray]
 
 
 def image_parts(arr: np.ndarray, fmt: int, jpeg_quality: int = 0, encode_png=codecs.encode_png) -> ImageParts:

@@ -205,3 +205,26 @@ def test_where_no_process_can_start_the_calls_run_in_their_threads(monkeypatch):
         assert pool.encode_png(image) == png
     finally:
         pool.close()
+
+
+def test_descriptors_past_1024_work():
+    """A busy server holds many sockets: the pool's pipes may be numbered past select()'s limit of 1024."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        pytest.skip(f"the open-file limit ({soft}) is too low to test")
+    held = []
+    try:
+        while len(held) < 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        pool = CodecProcesses(1, MAX_PIXELS)
+        try:
+            image = _image(40, 40, 3)
+            assert pool.encode_png(image) == codecs.encode_png(image)
+            assert pool._workers[0].replies > 1024
+        finally:
+            pool.close()
+    finally:
+        for fd in held:
+            os.close(fd)
