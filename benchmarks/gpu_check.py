@@ -545,14 +545,6 @@ def step_serve(ctx: Ctx) -> dict[str, Any]:
     if not script.exists():
         raise Skip(f"{script.relative_to(ROOT)} is not there")
     env = _serve_env()
-    # What the server imports beyond the model's packages (a bare GPU image lacks the first two).
-    probe = subprocess.run([sys.executable, "-c", "import grpc_health.v1.health_pb2_grpc, "
-                            "grpc_reflection.v1alpha.reflection, grpc, prometheus_client"], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=120)
-    if probe.returncode != 0:
-        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
-        raise Skip(f"the serving packages do not import here ({last}); grpcio-health-checking and "
-                   "grpcio-reflection can travel as wheels in .gpu-kit/wheels (make gpu-kit SERVE_WHEELS=1)")
     flags = _script_flags(script, env)
     if ctx.dry_run:
         model = {"--preset": "tiny", "--device": "cpu", "--dtype": "fp32", "--backend": "eager",
@@ -599,9 +591,6 @@ def step_serve_sim(ctx: Ctx) -> dict[str, Any]:
     with a model that is not the limit - what this many cores serve beside a GPU."""
     script = ROOT / "benchmarks" / "serve_load.py"
     env = _serve_env()
-    if subprocess.run([sys.executable, "-c", "import grpc_health.v1.health_pb2_grpc, grpc_reflection.v1alpha"],
-                      cwd=ROOT, env=env, capture_output=True, timeout=120).returncode != 0:
-        raise Skip("the serving packages do not import here (make gpu-kit SERVE_WHEELS=1 carries them)")
     runs, skipped = [], []
     for i, (formats, per_request) in enumerate(SIM_RUNS):
         share = ctx.left() / (len(SIM_RUNS) - i)
@@ -634,7 +623,8 @@ def step_serve_sim(ctx: Ctx) -> dict[str, Any]:
 
 def _serve_env() -> dict[str, str]:
     """The environment for serving: pure-Python wheels from the kit on the path, and the kit's compiled codec
-    wheels (fpng, pyspng, simplejpeg: a bare GPU image lacks them) installed once into .gpu-kit/site."""
+    wheels (fpng, pyspng, simplejpeg: a bare GPU image lacks them) installed once into .gpu-kit/site. Skip where
+    the serving packages still do not import."""
     env = dict(os.environ)
     paths = sorted(str(p) for p in (KIT / "wheels").glob("*.whl"))
     binary = sorted(str(p) for p in (KIT / "wheels" / "binary").glob("*.whl"))
@@ -652,6 +642,14 @@ def _serve_env() -> dict[str, str]:
         paths.append(str(site))
     if paths:
         env["PYTHONPATH"] = os.pathsep.join([*paths, *filter(None, [env.get("PYTHONPATH")])])
+    # What the server imports beyond the model's packages (a bare GPU image lacks the first two).
+    probe = subprocess.run([sys.executable, "-c", "import grpc_health.v1.health_pb2_grpc, "
+                            "grpc_reflection.v1alpha.reflection, grpc, prometheus_client"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        raise Skip(f"the serving packages do not import here ({last}); grpcio-health-checking and "
+                   "grpcio-reflection can travel as wheels in .gpu-kit/wheels (make gpu-kit SERVE_WHEELS=1)")
     return env
 
 

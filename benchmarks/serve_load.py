@@ -169,8 +169,7 @@ class LocalServer:
 
     def loop_seconds(self) -> float:
         """CPU time so far of the server's main thread: its event loop, which every call passes through."""
-        fields = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return proc_stat(Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/stat"))[1]
 
     def close(self) -> None:
         self.proc.terminate()
@@ -182,6 +181,12 @@ class LocalServer:
         self.dir.cleanup()
 
 
+def proc_stat(path: Path) -> tuple[int, float]:
+    """(parent pid, user + system CPU seconds) from a Linux /proc/.../stat file."""
+    fields = path.read_text().rsplit(")", 1)[1].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def tree_cpu(root: int) -> dict[int, float]:
     """CPU seconds (user + system) of process `root` and its descendants, by pid (Linux /proc). A descendant that
     has ended is left out: start processes before measuring and keep them to the end (the server's do)."""
@@ -189,10 +194,9 @@ def tree_cpu(root: int) -> dict[int, float]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                stats[int(entry.name)] = proc_stat(entry / "stat")
             except OSError:  # ended meanwhile
                 continue
-            stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
     tree, todo = {}, [root]
     while todo:
         pid = todo.pop()
@@ -551,7 +555,8 @@ def simulated_plot(report: dict, path: Path) -> Path | None:
     ax2.set_yscale("log")
     ax1.legend(fontsize=8)
     fig.suptitle(f"SIMULATED MODEL ({m['ms_per_image']:g} ms/image + {m['ms_per_batch']:g} ms/batch), "
-                 f"{m['resolution']}x{m['resolution']} · {m['machine']} · {m['date']} · {m['commit']}", fontsize=9)
+                 f"{m['resolution']}x{m['resolution']}, {m.get('images_per_request', 1)} image(s) per request · "
+                 f"{m['machine']} · {m['date']} · {m['commit']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
