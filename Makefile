@@ -84,6 +84,8 @@ SERVE_WHEELS ?=
 # The GPU machine's Python and platforms, for the compiled codec wheels SERVE_WHEELS=1 carries
 GPU_PYTHON ?= 3.12
 GPU_PLATFORMS ?= manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64
+# The GPU image's grpcio: grpc's health and reflection packages refuse a grpcio older than their own version
+GPU_GRPC ?= 1.84.0
 GPU_CHECK_ARGS ?=
 
 gpu-kit:
@@ -96,7 +98,7 @@ gpu-kit:
 	for f in $$(ls "$(SHARED)/data/faces128" | head -n 8); do cp "$(SHARED)/data/faces128/$$f" "$(KIT)/shared/data/faces128/"; done
 	chmod -R u+w "$(KIT)"
 	$(if $(SERVE_WHEELS),rm -rf "$(KIT)/wheels" && $(PY) -m pip download --quiet --no-deps --only-binary=:all: -d "$(KIT)/wheels" \
-		grpcio-health-checking grpcio-reflection && $(PY) -m pip download --quiet --no-deps --only-binary=:all: \
+		grpcio-health-checking==$(GPU_GRPC) grpcio-reflection==$(GPU_GRPC) && $(PY) -m pip download --quiet --no-deps --only-binary=:all: \
 		--python-version $(GPU_PYTHON) --implementation cp $(foreach p,$(GPU_PLATFORMS),--platform $(p)) \
 		-d "$(KIT)/wheels/binary" fpng pyspng simplejpeg)
 	@du -sh "$(KIT)" | sed 's/\t/ /; s/$$/ (a remote run carries it: under 64 MiB)/'

@@ -221,10 +221,14 @@ def step_tests(ctx: Ctx) -> dict[str, Any]:
     if not files:
         raise Skip("no gpu-marked tests found under tests/")
     xml = ctx.state / "tests.xml"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-m", "gpu",
+    # -v: a line per test as it ends, so a run cut off at the budget still says which failed
+    cmd = [sys.executable, "-m", "pytest", "-v", "-rA", "-p", "no:cacheprovider", "-m", "gpu",
            f"--junitxml={xml}", *files]
     if importlib.util.find_spec("pytest_timeout") is not None:
         cmd.append(f"--timeout={max(30, int(ctx.left()))}")
+    if not ctx.dry_run and importlib.util.find_spec("xdist") is not None:
+        # Triton's and torch.compile's builds are host work: four at once on the host's cores, one GPU between them
+        cmd += ["-n", "4"]
     rc, text = _run_streaming(cmd, ctx.left() + 5)
     tests = _junit(xml) if xml.exists() else []
     counts = {k: sum(t["outcome"] == k for t in tests) for k in ("passed", "failed", "error", "skipped")}

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from alae_rt.kernels._dispatch import broadcast_stride, interpreting, use_triton
+from alae_rt.kernels._dispatch import broadcast_stride, interpreting, launch_fitting, use_triton
 from alae_rt.kernels.act_stats import act_stats_ref, merge_stats
 from alae_rt.kernels.common import LRELU_SLOPE
 from alae_rt.kernels.modulate import modulate_ref
@@ -74,17 +74,25 @@ def _modulated_conv3x3_triton(t: Tensor, mean: Tensor, scale: Tensor, shift: Ten
     out = torch.empty(n, cout, h, w, device=t.device, dtype=t.dtype)
     partials = torch.empty(n, cout, tiles_m, 3, device=t.device, dtype=torch.float32)
     dummy = t  # stands in for absent pointers; never read
-    modulated_conv3x3_kernel[(tiles_m, -(-cout // block_n), n)](
-        t, broadcast_stride(t),
-        mean.float().contiguous(), scale.float().contiguous(), shift.float().contiguous(), packed,
-        noise.contiguous() if noise is not None else dummy, hw if noise is not None and noise.shape[0] > 1 else 0,
-        noise_weight if noise is not None else dummy, bias if bias is not None else dummy,
-        out, partials, cin, cout, h, w, tiles_m,
-        HAS_NOISE=noise is not None, HAS_BIAS=bias is not None, SLOPE=LRELU_SLOPE,
-        INPUT_PRECISION="tf32" if allow_tf32 or t.dtype != torch.float32 else "ieee",
-        # Triton's interpreter has no bf16 matmul: there the (exact) products are taken in fp32.
-        DOT_FP32=interpreting() and packed.dtype == torch.bfloat16,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-    )
+
+    def launch(config: dict) -> None:
+        modulated_conv3x3_kernel[(tiles_m, -(-cout // block_n), n)](
+            t, broadcast_stride(t),
+            mean.float().contiguous(), scale.float().contiguous(), shift.float().contiguous(), packed,
+            noise.contiguous() if noise is not None else dummy, hw if noise is not None and noise.shape[0] > 1 else 0,
+            noise_weight if noise is not None else dummy, bias if bias is not None else dummy,
+            out, partials, cin, cout, h, w, tiles_m,
+            HAS_NOISE=noise is not None, HAS_BIAS=bias is not None, SLOPE=LRELU_SLOPE,
+            INPUT_PRECISION="tf32" if allow_tf32 or t.dtype != torch.float32 else "ieee",
+            # Triton's interpreter has no bf16 matmul: there the (exact) products are taken in fp32.
+            DOT_FP32=interpreting() and packed.dtype == torch.bfloat16,
+            BLOCK_M=block_m, BLOCK_N=block_n, **config,
+        )
+
+    # Fastest first; fp32 tiles at Triton's default 3 stages need 377 KiB of shared memory, over an H200's 227.
+    configs = [{"BLOCK_K": block_k}, {"BLOCK_K": block_k, "num_stages": 2}, {"BLOCK_K": block_k, "num_stages": 1},
+               {"BLOCK_K": 16, "num_stages": 1}]
+    launch_fitting(launch, ("modulated_conv3x3", t.device, t.dtype, packed.dtype, allow_tf32, block_m, block_n,
+                            block_k), configs)
     m, v = merge_stats(partials)
     return out, m, v

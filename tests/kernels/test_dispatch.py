@@ -43,3 +43,28 @@ def test_the_references_import_without_triton():
             "assert 'triton' not in sys.modules, sorted(m for m in sys.modules if 'triton' in m)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_launch_fitting_takes_the_first_setting_that_fits_and_keeps_it():
+    """Triton refuses a kernel whose shared memory overflows the device at launch (OutOfResources): the
+    launcher tries the next, leaner setting and remembers the one that launched for that key."""
+    pytest.importorskip("triton")
+    from triton.runtime.errors import OutOfResources
+
+    from alae_rt.kernels._dispatch import launch_fitting
+
+    tried = []
+
+    def launch(config):
+        tried.append(config["stages"])
+        if config["stages"] > 1:
+            raise OutOfResources(385792, 232448, "shared memory")
+        return "launched"
+
+    configs = [{"stages": 3}, {"stages": 2}, {"stages": 1}]
+    key = ("test_launch_fitting", object())
+    assert launch_fitting(launch, key, configs) == "launched" and tried == [3, 2, 1]
+    tried.clear()
+    assert launch_fitting(launch, key, configs) == "launched" and tried == [1]  # the fitting one, at once
+    with pytest.raises(OutOfResources):  # none fits: the device's own error, not a silent skip
+        launch_fitting(launch, ("test_launch_fitting", object()), configs[:2])
