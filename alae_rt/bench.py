@@ -282,7 +282,7 @@ def run_bench(config: ModelConfig | str | None = None, checkpoint: str | Path | 
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(base_n, cfg.latent_size, generator=gen)
     noise = ref.noise(base_n, "const")
-    with _reference_precision(dev):
+    with exact_fp32(dev):
         styles_all = ref.truncate(ref.map(z.to(dev)))
         x_all = ref.decode(styles_all, noise=noise).clamp(-1, 1)
     rows: list[Row] = []
@@ -325,7 +325,7 @@ def run_bench(config: ModelConfig | str | None = None, checkpoint: str | Path | 
                         bar.update(1)
                     continue
                 if key not in reference:
-                    with _reference_precision(dev), torch.inference_mode():
+                    with exact_fp32(dev), torch.inference_mode():
                         reference[key] = _case_calls(ref, ref.backend, inputs, maps)[op]().float()
                 try:
                     with _PeakMemory(dev) as mem:
@@ -370,8 +370,8 @@ def run_bench(config: ModelConfig | str | None = None, checkpoint: str | Path | 
 
 
 @contextlib.contextmanager
-def _reference_precision(device: torch.device) -> Iterator[None]:
-    """True fp32 for the reference on GPUs (no TF32 in convolutions or matmuls)."""
+def exact_fp32(device: torch.device) -> Iterator[None]:
+    """True fp32 on GPUs for the block (no TF32 in convolutions or matmuls): references to measure against."""
     if device.type != "cuda":
         yield
         return

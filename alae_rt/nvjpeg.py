@@ -45,7 +45,13 @@ def decodable(data: bytes) -> bool:
     """Whether nvJPEG decodes this file as alae_rt.codecs would: a JPEG with a readable frame header, grey or colour,
     stored upright (an EXIF-rotated photo is turned by the CPU codec)."""
     header = codecs.jpeg_header(data)
-    return header is not None and header[3] in (1, 3) and header[4] == 1
+    return header is not None and header[3] in (1, 3) and header[4] == 1 and _complete(data)
+
+
+def _complete(data: bytes) -> bool:
+    """The file ends with JPEG's end-of-image marker (zero padding after it allowed). nvJPEG may decode a file cut
+    short into grey rows without an error; the CPU codec refuses it, naming the file."""
+    return data.rstrip(b"\0").endswith(b"\xff\xd9")
 
 
 def decode(files: Sequence[bytes], device: torch.device, max_pixels: int, names: Sequence[str]) -> list[Tensor]:
@@ -53,17 +59,21 @@ def decode(files: Sequence[bytes], device: torch.device, max_pixels: int, names:
     as one batch. Sizes are checked from the headers first, as alae_rt.codecs checks them."""
     tio = _torchvision_io()
     modes = []
-    for data, name in zip(files, names):
+    out = []
+    for i, (data, name) in enumerate(zip(files, names)):
         header = codecs.jpeg_header(data)
         if header is None:
             raise InputError(f"{name}: corrupt or truncated image (no JPEG frame header)")
         sof, width, height, components, _ = header
         codecs.check_pixels(width, height, max_pixels, name)
         codecs.check_jpeg_length(sof, width, height, len(data), name)
-        modes.append(tio.ImageReadMode.GRAY if components == 1 else tio.ImageReadMode.RGB)
+        if _complete(data):
+            modes.append(tio.ImageReadMode.GRAY if components == 1 else tio.ImageReadMode.RGB)
+        else:  # the CPU codec decodes it (data after the last marker) or names it (cut short)
+            modes.append(None)
+            out.append((i, torch.from_numpy(codecs.decode_image(data, max_pixels, name)).to(device).permute(2, 0, 1)))
     try:
-        out = []
-        for mode in set(modes):  # decode_jpeg takes one mode per call: grey and colour files go separately
+        for mode in set(modes) - {None}:  # decode_jpeg takes one mode per call: grey and colour files go separately
             idx = [i for i, m in enumerate(modes) if m == mode]
             data = [torch.frombuffer(bytearray(files[i]), dtype=torch.uint8) for i in idx]
             out += zip(idx, tio.decode_jpeg(data, mode=mode, device=device))

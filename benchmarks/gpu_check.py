@@ -9,15 +9,17 @@ is cut off at it, keeping what it measured; time a step leaves unused passes to 
 whose package or data is missing is skipped with a note, not failed.
   1. device: the card, driver, torch/triton versions; the card's datasheet limits (memory bandwidth, dense
      bf16) beside measured ones (a device-to-device copy, a bf16 matrix product);
-  2. tests: the gpu-marked tests; parity: the official fixtures on the device for eager, triton and compile
-     (fp32 within 1e-4, fp16/bf16 within the tolerances the tests state);
-  3. bench, bench_compile: ffhq-1024 encode and decode (random weights) at batch 1, 8 and 32, the official
-     order (the baseline), eager, triton and compile, fp32/bf16/fp16, with and without CUDA graphs: images/s,
-     ms per batch, peak GPU memory, max error against eager fp32 (alae_rt.bench.run_bench);
-  4. kernels: benchmarks/bench_kernels.py, its GB/s and TFLOP/s as fractions of step 1's limits;
+  2. serve_sim: the server over a simulated model that is not the limit, on this host's cores (JPEG, PNG, RAW
+     out; one and eight images per call): CPU-ms and event-loop ms per image, images/s;
+  3. tests: the gpu-marked tests, four at once, each failure's traceback kept as it happens; parity: the
+     official fixtures on the device for eager, triton and compile (fp32 within 1e-4, fp16/bf16 within the
+     tolerances the tests state);
+  4. bench: ffhq-1024 encode and decode (random weights) at batch 1 and 32, the official order (the
+     baseline), eager and triton, fp32/bf16/fp16, with and without CUDA graphs: images/s, ms per batch, peak
+     GPU memory, max error against eager fp32 (alae_rt.bench.run_bench);
   5. serve: benchmarks/serve_load.py on the device with the ffhq-1024 model, 32 callers, JPEG and RAW out;
-     serve_sim: the same server over a simulated model that is not the limit, on this host's cores (JPEG,
-     PNG, RAW out; one and eight images per call): CPU-ms and event-loop ms per image, images/s;
+     kernels: benchmarks/bench_kernels.py, its GB/s and TFLOP/s as fractions of step 1's limits;
+     bench_compile: step 4 for torch.compile (last: the slowest to build);
   6. the report: JSON + markdown + one plot in benchmarks/results/, tagged with device, date and commit, and
      a copy (with the steps' logs) in the folder named by ALAE_RT_RESULTS_DIR when it is set.
 Fixtures are read from ../shared, or where that is missing from the kit's copy in .gpu-kit/shared
@@ -68,15 +70,18 @@ class Step:
     dry_budget_s: float  # in the CPU dry run: a cap, not a target
 
 
+# In the order they run. What the first GPU runs taught (H200, 2026-11-27): Triton's and torch.compile's builds
+# take most of a step's time, so the steps that build nothing (serve_sim) or little go first and torch.compile's
+# timing, the slowest to build and the least asked for, last.
 STEPS = (
-    Step("device", "device, versions, bandwidth and bf16 limits", 25, 60),
-    Step("tests", "the gpu-marked tests", 75, 90),
-    Step("parity", "official fixtures on the device: eager, triton, compile", 50, 60),
-    Step("bench", "encode/decode timing: official order, eager, triton with and without CUDA graphs", 100, 90),
-    Step("bench_compile", "encode/decode timing: compile with and without CUDA graphs", 45, 30),
-    Step("kernels", "kernel benchmark (benchmarks/bench_kernels.py) against the limits", 40, 60),
-    Step("serve", "serving load (benchmarks/serve_load.py): 32 callers, JPEG and RAW out", 80, 90),
+    Step("device", "device, versions, bandwidth and bf16 limits", 15, 60),
     Step("serve_sim", "the server on this host's cores over a simulated model: JPEG, PNG, RAW out", 40, 45),
+    Step("tests", "the gpu-marked tests", 90, 90),
+    Step("parity", "official fixtures on the device: eager, triton, compile", 60, 60),
+    Step("bench", "encode/decode timing: official order, eager, triton with and without CUDA graphs", 110, 90),
+    Step("serve", "serving load (benchmarks/serve_load.py): 32 callers, JPEG and RAW out", 80, 90),
+    Step("kernels", "kernel benchmark (benchmarks/bench_kernels.py) against the limits", 40, 60),
+    Step("bench_compile", "encode/decode timing: compile with and without CUDA graphs", 35, 30),
 )
 
 # Datasheet figures (dense, no sparsity): memory bandwidth TB/s and TFLOP/s. Leads, not ceilings: the device
@@ -229,16 +234,27 @@ def step_tests(ctx: Ctx) -> dict[str, Any]:
     if not ctx.dry_run and importlib.util.find_spec("xdist") is not None:
         # Triton's and torch.compile's builds are host work: four at once on the host's cores, one GPU between them
         cmd += ["-n", "4"]
-    rc, text = _run_streaming(cmd, ctx.left() + 5)
+    # tests/conftest.py prints each failure's traceback as it happens: kept even when the budget cuts the run off
+    rc, text = _run_streaming(cmd + ["--tb=short"], ctx.left() + 5, {**os.environ, "ALAE_RT_FAILURES_AT_ONCE": "1"})
     tests = _junit(xml) if xml.exists() else []
     counts = {k: sum(t["outcome"] == k for t in tests) for k in ("passed", "failed", "error", "skipped")}
     out = {"command": " ".join(["python"] + cmd[1:]).replace(str(ctx.state), "<state>"), "files": files,
            "exit_status": rc, "counts": counts, "tests": tests}
+    if failures := printed_failures(text):
+        out["failures"] = failures
     if rc is None:
         out["stopped"] = "cut off at the step's budget: " + " | ".join(text.strip().splitlines()[-2:])
     elif rc not in (0, 5) or counts["failed"] or counts["error"]:  # 5: nothing collected
         out["failed"] = f"{counts['failed']} failed, {counts['error']} errors (pytest exit status {rc})"
     return out
+
+
+def printed_failures(text: str) -> list[dict[str, str]]:
+    """The failures tests/conftest.py printed (ALAE_RT_FAILURES_AT_ONCE=1), each with its traceback's last lines:
+    the assertion or the exception and the code that raised it."""
+    seen = re.findall(r"^--- FAILURE (\S+) \((\w+)\):\n(.*?)^--- END$", text, flags=re.MULTILINE | re.DOTALL)
+    return [{"id": nodeid, "when": when, "tail": "\n".join(body.strip().splitlines()[-12:])}
+            for nodeid, when, body in seen]
 
 
 def _junit(path: Path) -> list[dict[str, Any]]:
@@ -367,7 +383,8 @@ def step_bench(ctx: Ctx) -> dict[str, Any]:
         settings = {"config": "tiny", "batches": [1], "dtypes": ["fp32"], "min_reps": 1, "min_time_s": 0.0,
                     "max_reps": 1}
     else:
-        settings = {"config": "ffhq-1024", "batches": [1, 8, 32], "dtypes": ["fp32", "bf16", "fp16"],
+        # batch 1 and 32: the goals' (a third less build and timing than with 8 between)
+        settings = {"config": "ffhq-1024", "batches": [1, 32], "dtypes": ["fp32", "bf16", "fp16"],
                     "min_reps": 5, "min_time_s": 0.3, "max_reps": 20}
     labels = [BASELINE, *backends, *variants]
     per_dtype = len(settings["batches"]) * 2  # cases per (label, dtype): batches x (encode, decode)
@@ -939,6 +956,8 @@ def _md_checks(report: dict[str, Any]) -> list[str]:
                       f"{c['skipped']} skipped", "", "| test | outcome | s | message |", "|---|---|---:|---|"]
         lines += [f"| {t['id']} | {t['outcome']} | {t['seconds']} | {t['message'].replace('|', '/')} |"
                   for t in tests["tests"]]
+    for f in tests.get("failures", []):
+        lines += ["", f"Failed: `{f['id']}` ({f['when']}):", "", "```", f["tail"], "```"]
     parity = _step(report, "parity")["result"]
     cases = parity.get("cases") or parity.get("partial") or []
     if cases:
@@ -1072,8 +1091,9 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
         ax.grid(True, alpha=0.3)
     axes[0][1].legend(fontsize=7, loc="best")
     m = report["machine"]
-    model = (_step(report, "bench")["result"].get("model") or {}).get("name", "")
-    fig.suptitle(f"alae-rt {model}{' (dry run)' if report['kit']['dry_run'] else ''} encode/decode on "
+    models = [_step(report, name)["result"].get("model") for name in ("bench", "bench_compile")]
+    model = next((f"{md['name']} " for md in models if md), "")
+    fig.suptitle(f"alae-rt {model}{'(dry run) ' if report['kit']['dry_run'] else ''}encode/decode on "
                  f"{m['device_name']} ({m['date'][:10]}, {m['commit']})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -1091,8 +1111,8 @@ def write(report: dict[str, Any], out_dir: Path, extra_dir: Path | None) -> list
     logs = {s["name"]: s.pop("log", "") for s in report["steps"]}
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md"]
-    paths[0].write_text(json.dumps(report, indent=1, default=str) + "\n")
-    paths[1].write_text(markdown(report))
+    paths[0].write_text(_in_checkout(json.dumps(report, indent=1, default=str) + "\n"))
+    paths[1].write_text(_in_checkout(markdown(report)))
     png = plot(report, out_dir / f"{stem}.png")
     if png:
         paths.append(png)
@@ -1100,8 +1120,15 @@ def write(report: dict[str, Any], out_dir: Path, extra_dir: Path | None) -> list
         extra_dir.mkdir(parents=True, exist_ok=True)
         for p in paths:
             shutil.copyfile(p, extra_dir / p.name)
-        (extra_dir / f"{stem}.log").write_text("".join(f"== {name}\n{text}\n" for name, text in logs.items()))
+        (extra_dir / f"{stem}.log").write_text(_in_checkout("".join(f"== {name}\n{text}\n"
+                                                                  for name, text in logs.items())))
     return paths
+
+
+def _in_checkout(text: str) -> str:
+    """Paths inside the checkout as the checkout names them (tracebacks, commands): a report kept in the
+    repository says nothing of the machine it ran on but what it measured there."""
+    return text.replace(str(ROOT) + "/", "").replace(str(ROOT), ".")
 
 
 def summary(report: dict[str, Any]) -> str:

@@ -67,7 +67,9 @@ def _modulated_conv3x3_triton(t: Tensor, mean: Tensor, scale: Tensor, shift: Ten
     h, w = t.shape[2], t.shape[3]
     hw = h * w
     packed = pack_conv3x3(weight, t.dtype) if packed is None else packed
-    block_m = max(16, min(128, _pow2(hw)))  # a 4x4 map fills a 16-row tile, not a quarter of a 64 one
+    exact_fp32 = t.dtype == torch.float32 and not allow_tf32
+    # a 4x4 map fills a 16-row tile, not a quarter of a 64 one
+    block_m = max(16, min(64 if exact_fp32 else 128, _pow2(hw)))
     block_n = min(64, max(16, _pow2(cout)))
     block_k = min(32, max(16, _pow2(cin)))
     tiles_m = -(-hw // block_m)
@@ -83,15 +85,20 @@ def _modulated_conv3x3_triton(t: Tensor, mean: Tensor, scale: Tensor, shift: Ten
             noise_weight if noise is not None else dummy, bias if bias is not None else dummy,
             out, partials, cin, cout, h, w, tiles_m,
             HAS_NOISE=noise is not None, HAS_BIAS=bias is not None, SLOPE=LRELU_SLOPE,
-            INPUT_PRECISION="tf32" if allow_tf32 or t.dtype != torch.float32 else "ieee",
+            INPUT_PRECISION="ieee" if exact_fp32 else "tf32",
             # Triton's interpreter has no bf16 matmul: there the (exact) products are taken in fp32.
             DOT_FP32=interpreting() and packed.dtype == torch.bfloat16,
             BLOCK_M=block_m, BLOCK_N=block_n, **config,
         )
 
-    # Fastest first; fp32 tiles at Triton's default 3 stages need 377 KiB of shared memory, over an H200's 227.
-    configs = [{"BLOCK_K": block_k}, {"BLOCK_K": block_k, "num_stages": 2}, {"BLOCK_K": block_k, "num_stages": 1},
-               {"BLOCK_K": 16, "num_stages": 1}]
+    if exact_fp32:
+        # Exact fp32 products are FMA instructions, not matrix ones: Triton unrolls the tile's products (9 taps
+        # of them) into the kernel. At the fp16 path's tiles, an H200 refused the build's 377 KiB of shared memory
+        # (3 stages; the block's limit is 227) and each build took ~10 s (the runs' timings): tiles of a quarter.
+        configs = [{"BLOCK_K": 16, "num_stages": 2}, {"BLOCK_K": 16, "num_stages": 1}]
+    else:  # fastest first, then leaner (fewer pipeline stages, a narrower reduction tile) for smaller devices
+        configs = [{"BLOCK_K": block_k}, {"BLOCK_K": block_k, "num_stages": 2},
+                   {"BLOCK_K": block_k, "num_stages": 1}, {"BLOCK_K": 16, "num_stages": 1}]
     launch_fitting(launch, ("modulated_conv3x3", t.device, t.dtype, packed.dtype, allow_tf32, block_m, block_n,
                             block_k), configs)
     m, v = merge_stats(partials)

@@ -5,7 +5,7 @@ import warnings
 
 from alae_rt.serve import alae_rt_pb2 as alae__rt_dot_v1_dot_alae__rt__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.84.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,27 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_slow)
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+
+
+def pytest_runtest_logreport(report):
+    """ALAE_RT_FAILURES_AT_ONCE=1 (the GPU proof's tests step): a failure's traceback is printed when it happens,
+    not in the summary at the end, so a run cut off at its time budget still says what failed and why."""
+    if report.failed and os.environ.get("ALAE_RT_FAILURES_AT_ONCE", "0") not in ("", "0"):
+        sys.stderr.write(f"\n--- FAILURE {report.nodeid} ({report.when}):\n{report.longreprtext[-3000:]}\n--- END\n")
+        sys.stderr.flush()
+
+
+@pytest.fixture(autouse=True)
+def _exact_fp32_on_cuda(request):
+    """A gpu test's reference computed on the GPU is fp32, not TF32 (cuDNN's convolutions take TF32 by default,
+    a 1e-3 error that an fp32 tolerance would count against the code under test)."""
+    if request.node.get_closest_marker("gpu") is None:
+        yield
+        return
+    from alae_rt.bench import exact_fp32
+
+    with exact_fp32(torch.device("cuda")):
+        yield
 
 
 @pytest.fixture(scope="session", params=FIXTURE_NAMES)

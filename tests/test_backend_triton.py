@@ -68,8 +68,7 @@ def test_refused_without_cuda_or_the_interpreter(gray32, monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_ffhq1024_on_cuda_matches_eager(dtype):
-    """Full size, compiled: the backend with CUDA graphs against eager fp32 (no TF32) at batch 2."""
-    torch.backends.cudnn.allow_tf32 = False
+    """Full size, compiled: the backend with CUDA graphs against eager fp32 (no TF32: conftest) at batch 2."""
     eager = Runtime.from_config("ffhq-1024", seed=0, device="cuda")
     fast = Runtime(eager.model.float(), device="cuda", dtype=dtype, backend="triton")
     eager = Runtime.from_config("ffhq-1024", seed=0, device="cuda")  # the copy above was cast in place

@@ -64,6 +64,8 @@ def test_dry_run_writes_json_markdown_plot_and_the_collected_copy(dry_run):
     md = (tmp / "results" / f"{stem}.md").read_text()
     assert md.startswith("# GPU proof (CPU dry run)")
     assert all(f"| {s['name']} | {s['status']} |" in md for s in report["steps"])
+    for text in (md, log, (tmp / "results" / f"{stem}.json").read_text()):  # paths as the checkout names them
+        assert str(ROOT) not in text
 
 
 def test_every_step_has_a_status_and_skips_say_why(dry_run, gpu_check):
@@ -218,3 +220,23 @@ def test_a_backend_that_breaks_does_not_stop_the_others(gpu_check, tmp_path, mon
         (b, op) for b in ("official", "eager", "eager-after") for op in ("encode", "decode"))
     kept = [json.loads(line) for line in (tmp_path / "bench.partial.jsonl").read_text().splitlines()]
     assert kept == result["rows"]
+
+
+def test_a_failure_is_printed_when_it_happens_and_read_back(gpu_check, tmp_path):
+    """The tests step's pytest prints each failure's traceback at once (tests/conftest.py's hook, switched on by
+    ALAE_RT_FAILURES_AT_ONCE): the kit reads the test, the phase and the assertion back from that output, so a
+    run cut off at its budget, with no summary and no junit file, still says what failed and why."""
+    (tmp_path / "test_sample.py").write_text(
+        "def test_passes():\n    assert True\n\n\ndef test_fails():\n    limit = 1e-5\n    assert 3e-3 <= limit\n")
+    env = dict(os.environ, ALAE_RT_FAILURES_AT_ONCE="1", PYTHONPATH=str(ROOT / "tests"))
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "no:cacheprovider",
+                          "--tb=short", "test_sample.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-2000:]
+    failures = gpu_check.printed_failures(res.stdout + res.stderr)
+    assert [(f["id"], f["when"]) for f in failures] == [("test_sample.py::test_fails", "call")]
+    assert "assert 3e-3 <= limit" in failures[0]["tail"]
+    quiet = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "no:cacheprovider",
+                            "test_sample.py"], cwd=tmp_path, env={**env, "ALAE_RT_FAILURES_AT_ONCE": "0"},
+                           capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 1 and gpu_check.printed_failures(quiet.stdout + quiet.stderr) == []

@@ -9,7 +9,8 @@ from helpers import FACES128, require
 
 from alae_rt import InputError, codecs, nvjpeg
 
-MIN_PSNR_DB = 40.0  # the two codecs' files, decoded, agree at least this well
+MIN_PSNR_DB = 40.0  # one file decoded by the two codecs agrees at least this well
+MAX_QUALITY_GAP_DB = 2.0  # the GPU's JPEG of a picture is at most this much less faithful than the CPU's
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -29,6 +30,9 @@ def test_decodable_takes_upright_grey_and_colour_jpegs(faces):
     assert not nvjpeg.decodable(codecs.encode_png(faces[0]))
     assert not nvjpeg.decodable(codecs.JPEG_SIGNATURE + b"\x00" * 10)
     assert not nvjpeg.decodable(codecs.encode_jpeg(faces[0])[:20])  # cut before the frame header
+    whole = codecs.encode_jpeg(faces[0])
+    assert not nvjpeg.decodable(whole[: len(whole) // 2])  # cut short: the CPU codec names it, nvJPEG might not
+    assert nvjpeg.decodable(whole + b"\0" * 7)  # zero padding after the end-of-image marker
     rotated = _with_orientation(codecs.encode_jpeg(faces[0]), 6)
     assert codecs.jpeg_header(rotated)[4] == 6 and not nvjpeg.decodable(rotated)
 
@@ -55,7 +59,10 @@ def test_gpu_encode_agrees_with_the_cpu_codec(faces):
     for data, face in zip(gpu, faces):
         decoded = codecs.decode_image(data)
         assert decoded.shape == face.shape
-        assert _psnr(decoded, codecs.decode_image(codecs.encode_jpeg(face, 90))) >= MIN_PSNR_DB
+        # As faithful to the picture as the CPU codec's file at the same quality (two encoders' files differ:
+        # chroma subsampling, rounding), within MAX_QUALITY_GAP_DB; q90 gives these faces 35-38 dB on the CPU.
+        cpu = codecs.decode_image(codecs.encode_jpeg(face, 90))
+        assert _psnr(decoded, face) >= _psnr(cpu, face) - MAX_QUALITY_GAP_DB
 
 
 @pytest.mark.gpu
