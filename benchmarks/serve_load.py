@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -63,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     s.add_argument("--max-batch", type=int, default=8)
     s.add_argument("--max-delay-ms", type=float, default=5.0)
     s.add_argument("--max-queue", type=int, default=1024)
+    s.add_argument("--server-processes", type=int, default=1, metavar="N",
+                   help="the server started here runs as N processes on its port (alae-rt serve --processes); the "
+                        "load's connections spread over them (default 1)")
     lg = p.add_argument_group("load")
     lg.add_argument("--op", choices=OPS, default="decode", help="the call made (default decode)")
     lg.add_argument("--format", choices=["raw", "png", "jpeg"], default="raw",
@@ -94,6 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.preset and args.checkpoint:
         p.error("give --preset or --checkpoint, not both")
+    if args.server_processes < 1 or (args.server and args.server_processes != 1):
+        p.error("--server-processes is a positive count, for the server started here (not with --server)")
     if args.simulate_model:
         try:
             ms = [float(v) for v in args.simulate_model.split(",")]
@@ -134,7 +140,8 @@ class LocalServer:
         self.dir = tempfile.TemporaryDirectory()
         port_file = Path(self.dir.name) / "port"
         self.log_path = Path(self.dir.name) / "server.log"
-        self.metrics_port = free_port()
+        self.processes = getattr(args, "server_processes", 1)
+        self.metrics_port = free_port(self.processes)  # process i serves its metrics on this + i - 1
         limits = ["--port", "0", "--port-file", str(port_file), "--metrics-port", str(self.metrics_port),
                   "--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms),
                   "--max-queue", str(args.max_queue), "--max-images", str(max(args.max_batch, 1))]
@@ -142,6 +149,8 @@ class LocalServer:
             limits += ["--workers", str(args.workers)]
         if getattr(args, "codec_processes", None) is not None:
             limits += ["--codec-processes", str(args.codec_processes)]
+        if self.processes > 1:
+            limits += ["--processes", str(self.processes)]
         if getattr(args, "simulate_model", None):
             cmd = [sys.executable, "-m", "alae_rt.serve.simulated", *limits, "--ms-per-image", str(args.ms_per_image),
                    "--ms-per-batch", str(args.ms_per_batch)]
@@ -167,9 +176,16 @@ class LocalServer:
         processes), from Linux /proc."""
         return sum(tree_cpu(self.proc.pid).values())
 
+    @property
+    def metrics_ports(self) -> list[int]:
+        return [self.metrics_port + i for i in range(self.processes)]
+
     def loop_seconds(self) -> float:
-        """CPU time so far of the server's main thread: its event loop, which every call passes through."""
-        return proc_stat(Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/stat"))[1]
+        """CPU time so far of the server's main thread, its event loop, which every call passes through; with
+        --server-processes, of the server processes' main threads together."""
+        if self.processes == 1:
+            return proc_stat(Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/stat"))[1]
+        return sum(proc_stat(Path(f"/proc/{pid}/task/{pid}/stat"))[1] for pid in children(self.proc.pid))
 
     def close(self) -> None:
         self.proc.terminate()
@@ -187,9 +203,8 @@ def proc_stat(path: Path) -> tuple[int, float]:
     return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu(root: int) -> dict[int, float]:
-    """CPU seconds (user + system) of process `root` and its descendants, by pid (Linux /proc). A descendant that
-    has ended is left out: start processes before measuring and keep them to the end (the server's do)."""
+def all_proc_stats() -> dict[int, tuple[int, float]]:
+    """{pid: (parent pid, CPU seconds)} of every process (Linux /proc)."""
     stats = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -197,6 +212,17 @@ def tree_cpu(root: int) -> dict[int, float]:
                 stats[int(entry.name)] = proc_stat(entry / "stat")
             except OSError:  # ended meanwhile
                 continue
+    return stats
+
+
+def children(parent: int) -> list[int]:
+    return [pid for pid, (ppid, _) in all_proc_stats().items() if ppid == parent]
+
+
+def tree_cpu(root: int) -> dict[int, float]:
+    """CPU seconds (user + system) of process `root` and its descendants, by pid (Linux /proc). A descendant that
+    has ended is left out: start processes before measuring and keep them to the end (the server's do)."""
+    stats = all_proc_stats()
     tree, todo = {}, [root]
     while todo:
         pid = todo.pop()
@@ -206,22 +232,37 @@ def tree_cpu(root: int) -> dict[int, float]:
     return tree
 
 
-def free_port() -> int:
+def free_port(n: int = 1) -> int:
+    """A free port on 127.0.0.1, the first of n free in a row."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            first = sock.getsockname()[1]
+        if first + n <= 65536 and all(_free(port) for port in range(first + 1, first + n)):
+            return first
+    raise RuntimeError(f"no {n} free ports in a row on 127.0.0.1")
+
+
+def _free(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
-def scrape(port: int | None) -> dict[str, float]:
-    """Batch-size sums and counts per batcher from /metrics (empty without a metrics port)."""
-    if port is None:
-        return {}
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    out = {}
-    for line in text.splitlines():
-        m = re.match(r'alae_rt_batch_size_(sum|count)\{op="(\w+)"\} (\S+)', line)
-        if m:
-            out[f"{m.group(2)}_{m.group(1)}"] = float(m.group(3))
+def scrape(ports: Sequence[int]) -> dict[str, float]:
+    """Batch-size sums and counts per batcher from /metrics, summed over the server processes' ports (empty
+    without one)."""
+    out: dict[str, float] = {}
+    for port in ports:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        for line in text.splitlines():
+            m = re.match(r'alae_rt_batch_size_(sum|count)\{op="(\w+)"\} (\S+)', line)
+            if m:
+                key = f"{m.group(2)}_{m.group(1)}"
+                out[key] = out.get(key, 0.0) + float(m.group(3))
     return out
 
 
@@ -232,16 +273,31 @@ def mean_batch(before: dict[str, float], after: dict[str, float], op: str) -> fl
     return images / count if count else None
 
 
-def wait_serving(address: str, timeout: float):
-    """Wait for the server's health to say SERVING (its warm-up done) -> its GetModelInfo."""
+def wait_serving(address: str, timeout: float, processes: int = 1):
+    """Wait for the server's health to say SERVING (its warm-up done) -> its GetModelInfo. With several server
+    processes on the port, each warms up on its own and a connection reaches one of them: wait until 8 x N fresh
+    connections in a row find SERVING (a process still warming up is missed by all with odds (1 - 1/N)^(8N),
+    under e^-8)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     from alae_rt.serve.client import AlaeClient
 
-    with AlaeClient(address, timeout=timeout) as c:
-        t0 = time.monotonic()
-        while c.health() != "SERVING":
+    t0 = time.monotonic()
+    in_a_row = 0
+    while in_a_row < (1 if processes == 1 else 8 * processes):
+        with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            try:
+                status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+            except grpc.RpcError:
+                status = None
+        serving = status == health_pb2.HealthCheckResponse.SERVING
+        in_a_row = in_a_row + 1 if serving else 0
+        if not serving:
             if time.monotonic() - t0 > 600:
                 sys.exit(f"serve_load: the server at {address} did not become SERVING")
             time.sleep(0.1)
+    with AlaeClient(address, timeout=timeout) as c:
         return c.info()
 
 
@@ -278,7 +334,10 @@ async def run_level(address: str, info, args: argparse.Namespace, concurrency: i
     from alae_rt.serve import alae_rt_pb2_grpc as pb_grpc
 
     limit = 256 * 1024 * 1024
-    options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+    # A connection each (gRPC shares one between channels otherwise), as separate clients would have: with
+    # --server-processes they spread over the processes.
+    options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+               ("grpc.use_local_subchannel_pool", 1)]
     channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(min(concurrency, 8))]
     stubs = [pb_grpc.AlaeStub(ch) for ch in channels]
     rng = np.random.default_rng(concurrency)
@@ -437,15 +496,15 @@ def simulated_sweep(args: argparse.Namespace) -> dict:
     server = LocalServer(args)
     rows = []
     try:
-        info = wait_serving(server.address, args.timeout)
+        info = wait_serving(server.address, args.timeout, server.processes)
         for op, fmt in cases:
             args.op = op
             for n in args.levels:
-                before, cpu0, loop0 = scrape(server.metrics_port), server.cpu_seconds(), server.loop_seconds()
+                before, cpu0, loop0 = scrape(server.metrics_ports), server.cpu_seconds(), server.loop_seconds()
                 r = asyncio.run(run_level(server.address, info, args, n, fmt=fmt if op == "decode" else "raw",
                                           image_file=files[fmt] if op == "encode" else None))
                 cpu, loop = server.cpu_seconds() - cpu0, server.loop_seconds() - loop0
-                after = scrape(server.metrics_port)
+                after = scrape(server.metrics_ports)
                 r.update(case=f"{op} {'to' if op == 'decode' else 'from'} {fmt}", op=op, format=fmt,
                          mean_batch=mean_batch(before, after, op),
                          server_cpu_ms_per_image=1000 * cpu / max(r["images"], 1),
@@ -490,8 +549,9 @@ def simulated_markdown(report: dict) -> str:
     by = {(r["case"], r["concurrency"]): r for r in report["rows"]}
     lines = [f"# Serving with a SIMULATED MODEL ({m['ms_per_image']:g} ms/image + {m['ms_per_batch']:g} ms/batch), "
              f"{m['resolution']}x{m['resolution']}", "",
-             f"{m['machine']} · {m['date']} · commit {m['commit']} · server --workers {m['workers']} --codec-processes "
-             f"{m.get('codec_processes', 0)} · max batch "
+             f"{m['machine']} · {m['date']} · commit {m['commit']} · server "
+             f"{'--processes ' + str(m['server_processes']) + ' ' if m.get('server_processes', 1) > 1 else ''}"
+             f"--workers {m['workers']} --codec-processes {m.get('codec_processes', 0)} · max batch "
              f"{m['max_batch']} · {m.get('images_per_request', 1)} image(s) per request · codecs {m['codecs']}", "",
              "The model is a stand-in (alae_rt.serve.simulated) that returns a fixed face after the set wait, as a "
              "GPU would: these figures are the server's own cost (gRPC, request handling, noise maps, image "
@@ -506,21 +566,25 @@ def simulated_markdown(report: dict) -> str:
             cells.append("-" if r is None else f"{r['images_per_s']:.0f} ({r['server_cpu_ms_per_image']:.1f} ms)")
         lines.append(f"| {case} | " + " | ".join(cells) + " |")
     if all("loop_cpu_ms_per_image" in r for r in report["rows"]):
+        k = m.get("server_processes", 1)
         lines += ["", "Event-loop CPU-ms per image: the server's one thread that every call passes through (gRPC's "
                       "transport, the calls' coroutines). A server process cannot serve more than 1000 / this "
-                      "images/s, however many cores it has.", "",
+                      "images/s, however many cores it has" +
+                      (f"; the {k} processes' loops together, so the server's ceiling is {k} x 1000 / this." if k > 1
+                       else "."), "",
                   "| case | " + " | ".join(f"{n} callers" for n in levels) + " | ceiling at the most callers |",
                   "|---|" + "---:|" * (len(levels) + 1)]
         for case in cases:
             cells = [f"{by[(case, n)]['loop_cpu_ms_per_image']:.2f}" if (case, n) in by else "-" for n in levels]
             last = by.get((case, levels[-1]))
-            ceiling = f"{1000 / last['loop_cpu_ms_per_image']:.0f}/s" if last and last["loop_cpu_ms_per_image"] else "-"
+            ceiling = (f"{k * 1000 / last['loop_cpu_ms_per_image']:.0f}/s" if last and last["loop_cpu_ms_per_image"]
+                       else "-")
             lines.append(f"| {case} | " + " | ".join(cells) + f" | {ceiling} |")
     prep = m.get("prep_ms_per_image")
     lines += ["", "Cores per GPU to keep up with 2,500 images/s (server CPU-ms per image x 2.5, at the most callers "
                   "measured): " + ", ".join(f"{case} {by[(case, levels[-1])]['server_cpu_ms_per_image'] * 2.5:.1f}"
                                             for case in cases if (case, levels[-1]) in by) + "."]
-    if prep is not None:
+    if prep is not None and any(case.startswith("encode") for case in cases):
         host = {case.split()[-1]: max(by[(case, levels[-1])]["server_cpu_ms_per_image"] - prep, 0) * 2.5
                 for case in cases if case.startswith("encode") and (case, levels[-1]) in by}
         lines += ["", f"Encode includes the input preparation (uint8 -> float in [-1, 1], batch concatenation), which "
@@ -575,7 +639,7 @@ def main_simulated(args: argparse.Namespace, argv) -> int:
             "resolution": result["info"]["resolution"], "machine": f"{cpu_model()}, {os.cpu_count()} cores",
             "date": now.strftime("%Y-%m-%d %H:%M UTC"), "commit": git_commit(),
             "workers": args.workers or ServeConfig().workers, "max_batch": args.max_batch,
-            "images_per_request": args.images_per_request,
+            "images_per_request": args.images_per_request, "server_processes": args.server_processes,
             "codec_processes": ServeConfig().codec_processes if args.codec_processes is None else args.codec_processes,
             "max_delay_ms": args.max_delay_ms, "image": Path(args.image).name if args.image else "synthetic",
             "prep_ms_per_image": round(prep, 2),
@@ -603,14 +667,14 @@ def main(argv=None) -> int:
     server = None
     if args.server:
         check_loopback(args.server)
-        address, metrics_port = args.server, None
+        address, metrics_ports = args.server, []
     else:
         server = LocalServer(args)
         address = server.address
     try:
-        info = wait_serving(address, args.timeout)
+        info = wait_serving(address, args.timeout, server.processes if server is not None else 1)
         if server is not None:
-            metrics_port = server.metrics_port
+            metrics_ports = server.metrics_ports
         # Each level's in-process baseline runs right after the level, with the server idle: the speed of a
         # shared machine drifts over minutes, and figures taken far apart would measure the drift. The Runtime
         # runs in one worker thread, as the server runs its model (CPU thread pools behave differently off the
@@ -619,9 +683,9 @@ def main(argv=None) -> int:
             rt = worker.submit(load_runtime, args, info).result()
             levels = []
             for n in args.levels:
-                before = scrape(metrics_port)
+                before = scrape(metrics_ports)
                 result = asyncio.run(run_level(address, info, args, n))
-                after = scrape(metrics_port)
+                after = scrape(metrics_ports)
                 op = BATCHERS[args.op][-1]
                 result["mean_batch"] = mean_batch(before, after, op)
                 batch = max(1, min(args.max_batch, round(result["mean_batch"] or 1)))

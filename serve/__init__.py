@@ -2,9 +2,10 @@
 
 config (ServeConfig, its checks, the token file), requests (request messages -> Runtime arguments), service (the
 RPCs and the one wrapper around each), auth (bearer tokens), server (lifecycle), logs, wire (messages <-> arrays,
-responses in wire form), decoding (the request-image stage), codec_processes (PNG in worker processes), batcher,
-metrics, client, http_api (the HTTP API and the editor), simulated (a stand-in model for benchmarks). Every rule
-about a request's values is the Runtime's; these modules add transport.
+responses in wire form), decoding (the request-image stage), codec_processes (PNG in worker processes), processes
+(several server processes on one port), batcher, metrics, client, http_api (the HTTP API and the editor),
+simulated (a stand-in model for benchmarks). Every rule about a request's values is the Runtime's; these modules
+add transport.
 
 Installed as `alae_rt.serve`: alae_rt/serve is a link to this folder (pyproject.toml lists the package).
 """

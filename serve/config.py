@@ -42,6 +42,9 @@ class ServeConfig:
     # per core; on one core a process only adds the hand-off
     codec_processes: int = CORES if CORES > 1 else 0
     warmup: bool = True
+    # One of several server processes on one port (alae-rt serve --processes): SO_REUSEPORT on the gRPC and HTTP
+    # sockets. Off otherwise, so that a second server on a port in use fails instead of sharing it.
+    reuse_port: bool = False
 
     @property
     def max_message_bytes(self) -> int:

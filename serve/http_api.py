@@ -110,14 +110,16 @@ class HttpApi:
         r.add_route("OPTIONS", "/api/{tail:.*}", self._preflight)
         return app
 
-    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
-        """Listen on host:port (0: any free port); returns the port."""
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
+                    reuse_port: bool = False) -> int:
+        """Listen on host:port (0: any free port; reuse_port: shared with other server processes); returns the
+        port."""
         # handler_cancellation: a caller who hangs up (the page cancels a stale slider request) cancels its call,
         # and the batchers drop its work, as gRPC's cancellation does.
         self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None,
                                      shutdown_timeout=SHUTDOWN_S)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port or None)
         try:
             await site.start()
         except OSError as exc:

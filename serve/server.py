@@ -126,7 +126,7 @@ class AlaeServer:
         samples = read_samples(cfg.sample_faces, cfg.max_message_bytes) if cfg.sample_faces else None
         limit = cfg.max_message_bytes
         options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
-                   ("grpc.so_reuseport", 0)]
+                   ("grpc.so_reuseport", int(cfg.reuse_port))]
         self._server = server = grpc.aio.server(interceptors=interceptors, options=options)
         add_to_server(self.service, server)
         self.health = HealthServicer()
@@ -156,7 +156,8 @@ class AlaeServer:
                                  cfg.http_cors_origins, samples)
             try:
                 self.listening.http_port = await self._http.start(
-                    cfg.host, cfg.http_port, tls_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None)
+                    cfg.host, cfg.http_port, tls_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None,
+                    reuse_port=cfg.reuse_port)
             except AlaeError:
                 await self.stop()
                 raise

@@ -94,11 +94,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-images", type=int, default=32)
     p.add_argument("--workers", type=int, default=ServeConfig().workers)
     p.add_argument("--codec-processes", type=int, default=ServeConfig().codec_processes)
+    p.add_argument("--processes", type=int, default=1,
+                   help="server processes on the port, as alae-rt serve --processes (metrics: --metrics-port + i - 1)")
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--process-label", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads for the host-side tensor work (default 1: what runs on the GPU in the "
                         "regime simulated is not the server's to spread over its cores)")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
-    setup_logging("text", "warning")
+    setup_logging("text", "warning", args.process_label)
+    if args.processes > 1:
+        from alae_rt.serve.processes import serve_processes
+
+        return serve_processes(argv, args.processes, "127.0.0.1", args.port, None, args.metrics_port, args.port_file,
+                               None, 30.0, module="alae_rt.serve.simulated")
+    if args.process_label:
+        from alae_rt.serve.processes import exit_with_parent
+
+        exit_with_parent()
     torch.set_num_threads(args.threads)
     image = None
     if args.image is not None:
@@ -108,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     rt = SimulatedRuntime(args.ms_per_image, args.ms_per_batch, image, max_batch=args.max_batch)
     cfg = ServeConfig(port=args.port, metrics_port=args.metrics_port, max_delay_ms=args.max_delay_ms,
                       max_queue=args.max_queue, max_images=args.max_images, workers=args.workers,
-                      codec_processes=args.codec_processes,
+                      codec_processes=args.codec_processes, reuse_port=args.reuse_port,
                       max_message_mb=256)
     server = AlaeServer(rt, cfg)
 

@@ -115,9 +115,11 @@ def test_dry_run_steps_recorded_their_results(dry_run):
                                                           abs=0.06) for r in kernels["rows"])
     runs = steps["serve"]["result"]["runs"]
     assert [r["format"] for r in runs] == ["jpeg"] and runs[0]["levels"][0]["requests"] > 0
-    # serve_sim: the simulated model on this host, one and eight images per call, each row with its CPU figures
+    # serve_sim: the simulated model on this host, one and eight images per call, then one a call over several
+    # server processes, each row with its CPU figures
     sim = steps["serve_sim"]["result"]
-    assert [r["images_per_request"] for r in sim["runs"]] == [1, 8] and sim["cores"] == os.cpu_count()
+    assert [r["images_per_request"] for r in sim["runs"]] == [1, 8, 1] and sim["cores"] == os.cpu_count()
+    assert [r["processes"] for r in sim["runs"]] == [1, 1, 2] and sim["runs"][2]["rows"][0]["requests"] > 0
     cases = [(r["case"], r["concurrency"]) for r in sim["runs"][0]["rows"]]
     assert cases == [("decode to jpeg", 2), ("decode to png", 2), ("decode to raw", 2)]
     assert all(r["images"] == 8 * r["requests"] > 0 and r["loop_cpu_ms_per_image"] >= 0

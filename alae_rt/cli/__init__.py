@@ -92,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
+    args.command_line = argv  # what `serve --processes` starts each process with
     mark = made_dirs_mark()
     code = EXIT_USAGE
     try:

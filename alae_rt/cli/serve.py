@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 from pathlib import Path
 
 from alae_rt.cli.options import add_model_args, add_threads_arg, backend_options, positive_int, set_threads
@@ -103,6 +104,14 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                         "run them side by side); 0: in the threads above (default: the cores, "
                         f"{d.codec_processes})")
     o = p.add_argument_group("operation")
+    o.add_argument("--processes", type=positive_int, default=1, metavar="N",
+                   help="server processes on the port (SO_REUSEPORT; Linux): each loads the model and batches its own "
+                        "connections, for when one process's event loop is the limit (about 1,500 JPEG images/s at "
+                        "one image a call on a 2-core Xeon); a connection stays with one process, so a client needs "
+                        "several channels to use several; metrics: process i on --metrics-port + i - 1 (default 1)")
+    # set by --processes for the processes it starts
+    o.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    o.add_argument("--process-label", help=argparse.SUPPRESS)
     o.add_argument("--grace-s", type=float, default=d.grace_s,
                    help=f"on SIGTERM, how long calls in flight may take to finish (default {d.grace_s:g})")
     o.add_argument("--no-warmup", action="store_true", help="skip the warm-up forward passes at start")
@@ -118,10 +127,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from alae_rt.serve.logs import setup_logging
     from alae_rt.serve.server import AlaeServer
 
-    setup_logging(args.log_format, args.log_level)
+    setup_logging(args.log_format, args.log_level, args.process_label)
     set_threads(args.threads)
     if args.preset and args.checkpoint:
         raise InputError("give --checkpoint or --preset, not both")
+    if args.processes > 1 and not hasattr(socket, "SO_REUSEPORT"):
+        raise InputError("--processes needs SO_REUSEPORT, which this system does not have")
     cfg = ServeConfig(
         host=args.host, port=args.port, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
         max_images=args.max_images, max_message_mb=args.max_message_mb, max_pixels=args.max_pixels,
@@ -132,8 +143,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_cert=Path(args.tls_cert) if args.tls_cert else None, tls_key=Path(args.tls_key) if args.tls_key else None,
         auth_tokens=read_tokens(args.auth_token_file) if args.auth_token_file else (), workers=args.workers,
         warmup=not args.no_warmup, http_port=args.http_port, http_cors_origins=tuple(args.http_cors_origin),
-        sample_faces=Path(args.sample_faces) if args.sample_faces else None)
+        sample_faces=Path(args.sample_faces) if args.sample_faces else None, reuse_port=args.reuse_port)
     cfg.check(args.batch_size)
+    if args.processes > 1:
+        from alae_rt.serve.processes import serve_processes
+
+        if args.checkpoint and not Path(args.checkpoint).exists():  # once here, not once a process
+            raise InputError(f"{args.checkpoint}: no such file")
+        return serve_processes(args.command_line, args.processes, cfg.host, cfg.port, cfg.http_port,
+                               cfg.metrics_port, Path(args.port_file) if args.port_file else None,
+                               Path(args.http_port_file) if args.http_port_file else None, cfg.grace_s)
+    if args.process_label:
+        from alae_rt.serve.processes import exit_with_parent
+
+        exit_with_parent()
     common = {"device": args.device, "dtype": args.dtype, "backend": args.backend, "max_batch": args.batch_size,
               "backend_options": backend_options(args)}
     if args.preset:

@@ -81,3 +81,22 @@ def test_tree_cpu_counts_the_children():
         assert tree[child] >= 0.2  # the busy child's time, counted under the parent's tree
     finally:
         parent.communicate(b"", timeout=30)
+
+
+def test_serve_load_with_server_processes_counts_every_process(tmp_path):
+    """--server-processes 2: the sweep runs against two server processes on one port; the load's connections
+    (one each, not one shared) spread over them, the batch sizes are scraped from both processes' metrics ports
+    and the event-loop time is both processes' main threads."""
+    spec = importlib.util.spec_from_file_location("serve_load", ROOT / "benchmarks" / "serve_load.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--simulate-model", "0.2,1", "--concurrency", "8", "--requests", "48", "--duration", "20",
+            "--formats", "jpeg", "--encode-from", "", "--warmup", "1", "-o", str(tmp_path), "--tag", "sim2",
+            "--server-processes", "2", "--workers", "1", "--codec-processes", "0"]
+    assert bench.main(argv) == 0
+    report = json.loads((tmp_path / "sim2.json").read_text())
+    assert report["meta"]["server_processes"] == 2
+    [row] = report["rows"]
+    assert row["requests"] == 48 and not row["errors"] and row["mean_batch"] >= 1  # scraped from both ports
+    text = (tmp_path / "sim2.md").read_text()
+    assert "--processes 2" in text and "2 x 1000 / this" in text and "Without it" not in text
