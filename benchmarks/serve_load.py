@@ -618,8 +618,10 @@ def simulated_plot(report: dict, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     ax2.set_yscale("log")
     ax1.legend(fontsize=8)
+    processes = m.get("server_processes", 1)
     fig.suptitle(f"SIMULATED MODEL ({m['ms_per_image']:g} ms/image + {m['ms_per_batch']:g} ms/batch), "
-                 f"{m['resolution']}x{m['resolution']}, {m.get('images_per_request', 1)} image(s) per request · "
+                 f"{m['resolution']}x{m['resolution']}, {m.get('images_per_request', 1)} image(s) per request"
+                 f"{f', {processes} server processes' if processes > 1 else ''} · "
                  f"{m['machine']} · {m['date']} · {m['commit']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
