@@ -39,15 +39,23 @@ LISTEN_TIMEOUT_S = 600.0  # a process that has not listened by then (model loadi
 
 @contextlib.contextmanager
 def reserved_port(host: str, port: int) -> Iterator[int]:
-    """`port`, or for 0 a free port, held by a bound socket with SO_REUSEPORT (no other program takes it while
-    the server processes start; they can bind beside it) until the block ends."""
-    if port != 0:
-        yield port
-        return
+    """`port`, or for 0 a free port, held by a bound socket with SO_REUSEPORT until the block ends: no other
+    program takes it while the server processes start, and they can bind beside it. A port something already
+    listens on is refused, even when that is another server's processes (SO_REUSEPORT would let these join
+    them)."""
     name = host.strip("[]") or "0.0.0.0"
-    family, kind, proto, _, address = socket.getaddrinfo(name, 0, type=socket.SOCK_STREAM,
+    family, kind, proto, _, address = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM,
                                                          flags=socket.AI_PASSIVE)[0]
+    if port:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed server's TIME_WAIT is no owner
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise AlaeError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (is the port in use?)") \
+                    from None
     with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         yield sock.getsockname()[1]

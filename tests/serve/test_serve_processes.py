@@ -1,6 +1,6 @@
 """`alae-rt serve --processes N`: real server processes sharing one port on 127.0.0.1, real gRPC clients - both
 processes serve, one that dies is started again while the other serves, SIGTERM stops them all, a process that
-cannot start ends the server with its error; without --processes a port in use is refused, not shared."""
+cannot start ends the server with its error; a port in use is refused, not shared."""
 
 from __future__ import annotations
 
@@ -124,9 +124,12 @@ def test_a_process_that_cannot_start_ends_the_server_with_its_error(tmp_path):
     assert missing.returncode == 2 and missing.stderr.count("no such file") == 1  # said once, not per process
 
 
-def test_without_processes_a_port_in_use_is_refused_not_shared(tmp_path):
+def test_a_port_in_use_is_refused_not_shared(tmp_path):
+    """Neither a single server nor another --processes server joins processes already on the port."""
     with processes_server(tmp_path) as (proc, address, log_path):
         port = address.rsplit(":", 1)[1]
-        res = subprocess.run([*ALAE_RT, "serve", "--preset", "tiny", "--port", port, "--no-warmup"],
-                             capture_output=True, text=True, timeout=120)
-        assert res.returncode == 2 and "port in use" in res.stderr
+        for processes in ("1", "2"):
+            res = subprocess.run([*ALAE_RT, "serve", "--preset", "tiny", "--port", port, "--no-warmup",
+                                  "--processes", processes], capture_output=True, text=True, timeout=120)
+            assert res.returncode == 2 and "port in use" in res.stderr and "Traceback" not in res.stderr
+        assert sum(line.get("event") == "listening" for line in log_lines(log_path)) == 3  # its own, still alone
