@@ -194,7 +194,10 @@ class _Base:
         # Over TLS the token rides in the call credentials; in plaintext (e.g. loopback) as metadata.
         self._metadata = (("authorization", f"Bearer {token}"),) if token is not None and not self._tls else None
         limit = int(max_message_mb * 1024 * 1024)
-        self._options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+        # A connection of its own (gRPC shares one between channels with the same settings otherwise): clients
+        # spread over a server's --processes, and one client's large transfers do not queue behind another's.
+        self._options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+                         ("grpc.use_local_subchannel_pool", 1)]
         if server_name:
             self._options.append(("grpc.ssl_target_name_override", server_name))
         self.retry_s = float(retry_s)

@@ -107,8 +107,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     o.add_argument("--processes", type=positive_int, default=1, metavar="N",
                    help="server processes on the port (SO_REUSEPORT; Linux): each loads the model and batches its own "
                         "connections, for when one process's event loop is the limit (about 1,500 JPEG images/s at "
-                        "one image a call on a 2-core Xeon); a connection stays with one process, so a client needs "
-                        "several channels to use several; metrics: process i on --metrics-port + i - 1 (default 1)")
+                        "one image a call on a 2-core Xeon); a connection stays with one process, so a program "
+                        "needs several connections (AlaeClient objects have one each) to use several; metrics: "
+                        "process i on --metrics-port + i - 1 (default 1)")
     # set by --processes for the processes it starts
     o.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     o.add_argument("--process-label", help=argparse.SUPPRESS)

@@ -18,6 +18,7 @@ import pytest
 
 from alae_rt.serve import alae_rt_pb2 as pb
 from alae_rt.serve import alae_rt_pb2_grpc as pb_grpc
+from alae_rt.serve.client import AlaeClient
 
 ALAE_RT = [sys.executable, "-m", "alae_rt.cli"]
 
@@ -81,6 +82,22 @@ def test_two_processes_share_the_port_and_both_serve(tmp_path):
         with grpc.insecure_channel(address) as channel:  # the model answers, not only the info
             images = pb_grpc.AlaeStub(channel).Generate(pb.GenerateRequest(seeds=[0, 1]), timeout=60)
             assert len(images.images) == 2
+
+
+def test_alae_clients_each_have_a_connection_and_so_reach_both_processes(tmp_path):
+    """AlaeClient objects do not share one connection (gRPC's default for channels with the same settings): a
+    program with several clients uses several server processes."""
+    with processes_server(tmp_path) as (proc, address, log_path):
+        clients = [AlaeClient(address, timeout=30) for _ in range(40)]
+        try:
+            for c in clients:
+                assert c.info().resolution == 16
+                if served_by(log_path) == {"1/2", "2/2"}:
+                    break
+        finally:
+            for c in clients:
+                c.close()
+        assert served_by(log_path) == {"1/2", "2/2"}
 
 
 def test_a_process_that_dies_is_started_again_while_the_other_serves(tmp_path):
