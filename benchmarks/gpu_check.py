@@ -15,7 +15,7 @@ whose package or data is missing is skipped with a note, not failed.
   3. tests: the gpu-marked tests, four at once, each failure's traceback kept as it happens; parity: the
      official fixtures on the device for eager, triton and compile (fp32 within 1e-4, fp16/bf16 within the
      tolerances the tests state);
-  4. bench: ffhq-1024 encode and decode (random weights) at batch 1 and 32, the official order (the
+  4. bench: ffhq-1024 encode and decode (random weights) at batch 1, 8 and 32, the official order (the
      baseline), eager and triton, fp32/bf16/fp16, with and without CUDA graphs: images/s, ms per batch, peak
      GPU memory, max error against eager fp32 (alae_rt.bench.run_bench);
   5. serve: benchmarks/serve_load.py on the device with the ffhq-1024 model, 32 callers, JPEG and RAW out;
@@ -386,8 +386,7 @@ def step_bench(ctx: Ctx) -> dict[str, Any]:
         settings = {"config": "tiny", "batches": [1], "dtypes": ["fp32"], "min_reps": 1, "min_time_s": 0.0,
                     "max_reps": 1}
     else:
-        # batch 1 and 32: the goals' (a third less build and timing than with 8 between)
-        settings = {"config": "ffhq-1024", "batches": [1, 32], "dtypes": ["fp32", "bf16", "fp16"],
+        settings = {"config": "ffhq-1024", "batches": [1, 8, 32], "dtypes": ["fp32", "bf16", "fp16"],
                     "min_reps": 5, "min_time_s": 0.3, "max_reps": 20}
     labels = [BASELINE, *backends, *variants]
     per_dtype = len(settings["batches"]) * 2  # cases per (label, dtype): batches x (encode, decode)
