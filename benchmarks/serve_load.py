@@ -278,20 +278,16 @@ def wait_serving(address: str, timeout: float, processes: int = 1):
     processes on the port, each warms up on its own and a connection reaches one of them: wait until 8 x N fresh
     connections in a row find SERVING (a process still warming up is missed by all with odds (1 - 1/N)^(8N),
     under e^-8)."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    from alae_rt.serve.client import AlaeClient
+    from alae_rt.serve.client import AlaeClient, RemoteError
 
     t0 = time.monotonic()
     in_a_row = 0
     while in_a_row < (1 if processes == 1 else 8 * processes):
-        with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+        with AlaeClient(address, timeout=10) as c:  # a connection of its own each time
             try:
-                status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
-            except grpc.RpcError:
-                status = None
-        serving = status == health_pb2.HealthCheckResponse.SERVING
+                serving = c.health() == "SERVING"
+            except RemoteError:  # not listening yet
+                serving = False
         in_a_row = in_a_row + 1 if serving else 0
         if not serving:
             if time.monotonic() - t0 > 600:

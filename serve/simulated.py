@@ -104,11 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     setup_logging("text", "warning", args.process_label)
+    cfg = ServeConfig(port=args.port, metrics_port=args.metrics_port, max_delay_ms=args.max_delay_ms,
+                      max_queue=args.max_queue, max_images=args.max_images, workers=args.workers,
+                      codec_processes=args.codec_processes, reuse_port=args.reuse_port,
+                      max_message_mb=256)
     if args.processes > 1:
         from alae_rt.serve.processes import serve_processes
 
-        return serve_processes(argv, args.processes, "127.0.0.1", args.port, None, args.metrics_port, args.port_file,
-                               None, 30.0, module="alae_rt.serve.simulated")
+        return serve_processes(argv, args.processes, cfg.host, cfg.port, None, cfg.metrics_port, args.port_file,
+                               None, cfg.grace_s, module="alae_rt.serve.simulated")
     if args.process_label:
         from alae_rt.serve.processes import exit_with_parent
 
@@ -120,10 +124,6 @@ def main(argv: list[str] | None = None) -> int:
 
         image = read_image(args.image)
     rt = SimulatedRuntime(args.ms_per_image, args.ms_per_batch, image, max_batch=args.max_batch)
-    cfg = ServeConfig(port=args.port, metrics_port=args.metrics_port, max_delay_ms=args.max_delay_ms,
-                      max_queue=args.max_queue, max_images=args.max_images, workers=args.workers,
-                      codec_processes=args.codec_processes, reuse_port=args.reuse_port,
-                      max_message_mb=256)
     server = AlaeServer(rt, cfg)
 
     async def run() -> None:
