@@ -85,7 +85,10 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 def git_commit() -> str:
     """The checkout's commit, with "-dirty" when tracked files other than recorded results (benchmarks/results,
-    which a run of several benchmarks writes as it goes) have changed; "unknown" outside git."""
+    which a run of several benchmarks writes as it goes) have changed; "unknown" outside git. ALAE_RT_COMMIT, when
+    set, is taken as is: a copy of a checkout on another machine may carry stale git metadata."""
+    if os.environ.get("ALAE_RT_COMMIT"):
+        return os.environ["ALAE_RT_COMMIT"]
     root = str(Path(__file__).resolve().parents[1])
     try:
         commit = subprocess.run(["git", "-C", root, "rev-parse", "--short=12", "HEAD"], capture_output=True,
