@@ -372,6 +372,60 @@ def run_bench(config: ModelConfig | str | None = None, checkpoint: str | Path | 
     }
 
 
+def profile_case(rt: Runtime, op: str, batch: int, reps: int = 5, top: int = 12, seed: int = 0) -> dict[str, Any]:
+    """Where one op's time goes on `rt` (its backend, dtype and device) at `batch`: the call's wall time (timed
+    without the profiler), then torch.profiler over `reps` calls: on CUDA the kernels (launches and time per call:
+    the `top` by time, and how busy they keep the GPU: a low share is a launch-bound call), on a CPU the aten ops.
+    Inputs are made as run_bench makes them (random images, mapped styles, constant noise)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    if op not in ("encode", "decode"):
+        raise InputError(f"profile_case: op must be encode or decode, got {op!r}")
+    cfg, cuda = rt.config, rt.device.type == "cuda"
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(batch, cfg.latent_size, generator=gen)
+    x = torch.rand(batch, cfg.channels, cfg.resolution, cfg.resolution, generator=gen) * 2 - 1
+    with torch.no_grad():
+        styles = rt.truncate(rt.map(z.to(rt.device)))
+    call = _case_calls(rt, rt.backend, _Inputs(x, styles, z), rt.noise(batch, "const"))[op]
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(rt.device)
+
+    with torch.no_grad():
+        for _ in range(2):  # builds, autotuning and graph capture happen here
+            call()
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            call()
+        sync()
+        wall_ms = 1e3 * (time.perf_counter() - t0) / reps
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=activities) as prof:
+            for _ in range(reps):
+                call()
+            sync()
+    events = prof.key_averages()
+    if cuda:
+        rows = [(e.key, e.count, getattr(e, "self_device_time_total", 0.0)) for e in events
+                if e.device_type == DeviceType.CUDA]
+    else:
+        rows = [(e.key, e.count, e.self_cpu_time_total) for e in events if e.key.startswith("aten::")]
+    total_us = sum(us for _, _, us in rows)
+    rows.sort(key=lambda r: -r[2])
+    return {"backend": rt.backend.name, "dtype": _dtype_name(rt.dtype), "op": op, "batch": batch, "reps": reps,
+            "device": rt.device.type, "ms_per_call": round(wall_ms, 3),
+            "measured": "CUDA kernels" if cuda else "aten ops (self CPU time)",
+            "events_per_call": round(sum(n for _, n, _ in rows) / reps, 1),
+            "busy_ms_per_call": round(total_us / 1e3 / reps, 3),
+            "busy_share": round(total_us / 1e3 / reps / wall_ms, 3) if cuda and wall_ms > 0 else None,
+            "top": [{"name": name[:120], "calls_per_call": round(n / reps, 1), "ms_per_call": round(us / 1e3 / reps, 4),
+                     "share": round(us / total_us, 3) if total_us else 0.0} for name, n, us in rows[:top]]}
+
+
 @contextlib.contextmanager
 def exact_fp32(device: torch.device) -> Iterator[None]:
     """True fp32 on GPUs for the block (no TF32 in convolutions or matmuls): references to measure against."""

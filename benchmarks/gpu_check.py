@@ -12,14 +12,15 @@ whose package or data is missing is skipped with a note, not failed.
   2. serve_sim: the server over a simulated model that is not the limit, on this host's cores (JPEG, PNG, RAW
      out; one and eight images per call; one a call over four server processes): CPU-ms and event-loop ms per
      image, images/s;
-  3. tests: the gpu-marked tests, four at once, each failure's traceback kept as it happens; parity: the
-     official fixtures on the device for eager, triton and compile (fp32 within 1e-4, fp16/bf16 within the
-     tolerances the tests state);
+  3. tests: the gpu-marked tests, four at once, each failure's traceback kept as it happens; beside them
+     parity: the official fixtures on the device for eager, triton and compile (fp32 within 1e-4, fp16/bf16
+     within the tolerances the tests state);
   4. bench: ffhq-1024 encode and decode (random weights) at batch 1, 8 and 32, the official order (the
      baseline), eager and triton, fp32/bf16/fp16, with and without CUDA graphs: images/s, ms per batch, peak
      GPU memory, max error against eager fp32 (alae_rt.bench.run_bench);
   5. serve: benchmarks/serve_load.py on the device with the ffhq-1024 model, 32 callers, JPEG and RAW out;
      kernels: benchmarks/bench_kernels.py, its GB/s and TFLOP/s as fractions of step 1's limits;
+     profile: torch.profiler on the slowest measured paths (the top kernels, how busy they keep the GPU);
      bench_compile: step 4 for torch.compile (last: the slowest to build);
   6. the report: JSON + markdown + one plot in benchmarks/results/, tagged with device, date and commit, and
      a copy (with the steps' logs) in the folder named by ALAE_RT_RESULTS_DIR when it is set.
@@ -50,7 +51,8 @@ import time
 import traceback
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,13 +79,18 @@ class Step:
 STEPS = (
     Step("device", "device, versions, bandwidth and bf16 limits", 15, 60),
     Step("serve_sim", "the server on this host's cores over a simulated model: JPEG, PNG, RAW out", 55, 45),
-    Step("tests", "the gpu-marked tests", 85, 90),
-    Step("parity", "official fixtures on the device: eager, triton, compile", 60, 60),
-    Step("bench", "encode/decode timing: official order, eager, triton with and without CUDA graphs", 100, 90),
+    Step("tests", "the gpu-marked tests", 90, 90),
+    Step("parity", "official fixtures on the device: eager, triton, compile", 90, 60),
+    Step("bench", "encode/decode timing: official order, eager, triton with and without CUDA graphs", 80, 90),
     Step("serve", "serving load (benchmarks/serve_load.py): 32 callers, JPEG and RAW out", 80, 90),
-    Step("kernels", "kernel benchmark (benchmarks/bench_kernels.py) against the limits", 40, 60),
-    Step("bench_compile", "encode/decode timing: compile with and without CUDA graphs", 35, 30),
+    Step("kernels", "kernel benchmark (benchmarks/bench_kernels.py) against the limits", 45, 60),
+    Step("profile", "where the time goes: torch.profiler on the slowest measured paths", 40, 30),
+    Step("bench_compile", "encode/decode timing: compile with and without CUDA graphs", 55, 30),
 )
+# Steps that time nothing run side by side, each under its own budget: the GPU and the host's 16 cores have room
+# for both, their checks do not depend on speed, and the run gains the shorter one's time (H200: tests 85 s,
+# parity cut off at 69 s before reaching compile).
+TOGETHER = (("tests", "parity"),)
 
 # Datasheet figures (dense, no sparsity): memory bandwidth TB/s and TFLOP/s. Leads, not ceilings: the device
 # step measures a copy and a bf16 matrix product beside them.
@@ -115,9 +122,11 @@ SERVE_FORMATS = ("jpeg", "raw")
 # The simulated model of step serve_sim: fast enough not to be the limit (32 images in 4.2 ms: 7,600 images/s), so
 # that what is measured is the server and this host's cores.
 SIM_MODEL = "0.1,1"
-# (response formats, images per request, server processes): one process at one image a call is bound by its
-# event loop (about 1,500 JPEG images/s on a 2-core Xeon); four share the host's cores past that.
-SIM_RUNS = (("jpeg,png,raw", 1, 1), ("jpeg", 8, 1), ("jpeg", 1, 4))
+# (response formats, images per request, server processes, caller counts), the goals' first: one process at one
+# image a call is bound by its event loop (885-1,000 JPEG images/s on the H200 host), so four processes share the
+# host's cores past that; or callers send 8 images a call. Each case costs ~5 s beyond its measured seconds (the
+# callers' connections and warm-up), so the runs stay few.
+SIM_RUNS = (("jpeg", 1, 4, "128"), ("jpeg", 8, 1, "32"), ("jpeg,raw,png", 1, 1, "32"))
 
 
 # ---- the steps (each runs in a worker process: `gpu_check.py --worker NAME`) -------------------------------------
@@ -615,12 +624,12 @@ def step_serve_sim(ctx: Ctx) -> dict[str, Any]:
     script = ROOT / "benchmarks" / "serve_load.py"
     env = _serve_env()
     runs, skipped = [], []
-    for i, (formats, per_request, processes) in enumerate(SIM_RUNS):
+    for i, (formats, per_request, processes, levels) in enumerate(SIM_RUNS):
         share = ctx.left() / (len(SIM_RUNS) - i)
         if share < (5 if ctx.dry_run else 15):
             skipped.append(f"{formats}, {per_request} per request, {processes} processes: time budget spent")
             continue
-        levels = "2" if ctx.dry_run else "32,128"
+        levels = "2" if ctx.dry_run else levels
         cases = len(formats.split(",")) * len(levels.split(","))
         tag = f"serve_sim_{i}"
         args = ["--simulate-model", SIM_MODEL, "--formats", formats, "--encode-from", "",
@@ -632,16 +641,16 @@ def step_serve_sim(ctx: Ctx) -> dict[str, Any]:
         cmd = [sys.executable, str(script.relative_to(ROOT)), *args]
         rc, text = _run_streaming(cmd, share, env)
         path = ctx.state / "serve_sim" / f"{tag}.json"
-        if rc == 0 and path.exists():
-            data = json.loads(path.read_text())
+        data = json.loads(path.read_text()) if (rc == 0 or rc is None) and path.exists() else None
+        if data and data["rows"]:  # all its cases, or (cut off) the ones it had measured
             runs.append({"images_per_request": per_request, "processes": data["meta"].get("server_processes", 1),
                          "meta": data["meta"], "rows": data["rows"],
                          "command": shlex.join(["python", *cmd[1:]]).replace(str(ctx.state), "<state>")})
             ctx.keep(runs[-1])
-        elif rc is None:
+        if rc is None:
             skipped.append(f"{formats}, {per_request} per request, {processes} processes: cut off at the step's "
-                           "budget")
-        else:
+                           f"budget after {len(data['rows']) if data else 0} of {cases} cases")
+        elif rc != 0:
             raise RuntimeError(f"serve_load exited {rc}: {' | '.join(text.strip().splitlines()[-3:])}")
     return {"runs": runs, "skipped": skipped, "cores": os.cpu_count()}
 
@@ -678,9 +687,53 @@ def _serve_env() -> dict[str, str]:
     return env
 
 
+# Step profile's cases, the goals' slowest first: (backend, options, dtype, op, batch). Triton at batch 32 without
+# CUDA graphs (their launches are a negligible share there, and the kernels are then traced one by one): which
+# kernels hold the bf16 rate under 2,500 images/s; eager and the official order at batch 1: how busy each keeps the
+# GPU (a low share is launch-bound).
+PROFILE_CASES = (("triton", {"cuda_graphs": False}, "bf16", "decode", 32),
+                 ("triton", {"cuda_graphs": False}, "bf16", "encode", 32),
+                 ("eager", {}, "fp32", "decode", 1), ("official", {}, "fp32", "decode", 1),
+                 ("eager", {}, "fp32", "encode", 1), ("official", {}, "fp32", "encode", 1))
+DRY_PROFILE_CASES = (("eager", {}, "fp32", "decode", 1), ("official", {}, "fp32", "encode", 1))
+
+
+def step_profile(ctx: Ctx) -> dict[str, Any]:
+    """torch.profiler on the slowest measured paths (alae_rt.bench.profile_case): where their time goes."""
+    import copy
+
+    from alae_rt import Runtime
+    from alae_rt.bench import profile_case
+
+    ref = Runtime.from_config("tiny" if ctx.dry_run else "ffhq-1024", seed=0, device=ctx.device)
+    cases, skipped = [], []
+    for backend, options, dtype, op, batch in DRY_PROFILE_CASES if ctx.dry_run else PROFILE_CASES:
+        label = f"{backend}{'-nograph' if options.get('cuda_graphs') is False else ''} {dtype} {op} batch {batch}"
+        if ctx.left() < 0:
+            skipped.append(f"{label}: time budget spent")
+            continue
+        try:
+            rt = Runtime(copy.deepcopy(ref.model), device=ctx.device, dtype=dtype, backend=backend,
+                         backend_options=options)
+            case = {"label": label, **profile_case(rt, op, batch, reps=3 if ctx.dry_run else 5)}
+        except Exception as exc:  # one case that breaks is a finding; the others still run
+            case = {"label": label, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
+        cases.append(case)
+        ctx.keep(case)
+        if "error" in case:
+            print(f"{label}: {case['error']}", flush=True)
+            continue
+        busy = f", busy {case['busy_share']:.0%}" if case["busy_share"] is not None else ""
+        print(f"{label}: {case['ms_per_call']:.3f} ms per call, {case['events_per_call']:.0f} {case['measured']} "
+              f"({case['busy_ms_per_call']:.3f} ms{busy}); top: "
+              + ", ".join(f"{t['name'][:40]} {t['share']:.0%}" for t in case["top"][:3]), flush=True)
+    return {"cases": cases, "skipped": skipped}
+
+
 WORKERS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "device": step_device, "tests": step_tests, "parity": step_parity, "bench": step_bench,
     "bench_compile": step_bench, "kernels": step_kernels, "serve": step_serve, "serve_sim": step_serve_sim,
+    "profile": step_profile,
 }
 
 
@@ -783,18 +836,22 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     steps, planned = [], 0.0
     device = None  # "cuda" or "cpu" once the device step has run
     try:
-        for step in chosen:
-            own = overrides.get(step.name, step.dry_budget_s if args.dry_run else step.budget_s)
-            planned += own
+        for group in _groups(chosen):
+            owns = [overrides.get(s.name, s.dry_budget_s if args.dry_run else s.budget_s) for s in group]
+            planned += max(owns)
             # Its own budget plus what the steps before it left unused, within the run's end.
             budget = min(planned - (time.monotonic() - t_start), hard_end - time.monotonic())
             if budget < 3:
-                steps.append({"name": step.name, "title": step.title, "status": "skipped",
-                              "note": f"the run's {args.total:.0f} s were spent", "seconds": 0.0, "budget_s": 0.0,
-                              "result": {}, "log_tail": [], "log": ""})
+                steps += [{"name": s.name, "title": s.title, "status": "skipped",
+                           "note": f"the run's {args.total:.0f} s were spent", "seconds": 0.0, "budget_s": 0.0,
+                           "result": {}, "log_tail": [], "log": ""} for s in group]
                 continue
-            steps.append(run_step(step, budget, state, env, args.dry_run, device))
-            if step.name == "device":
+            slack = budget - max(owns)  # what the steps before left unused, shared by the group's steps
+            budgets = [min(budget, own + slack) for own in owns]
+            with ThreadPoolExecutor(len(group)) as pool:
+                steps += pool.map(run_step, group, budgets, *([x] * len(group) for x in (state, env, args.dry_run,
+                                                                                          device)))
+            if group[0].name == "device":
                 device = steps[-1]["result"].get("machine", {}).get("device")
     finally:
         shutil.rmtree(state, ignore_errors=True)
@@ -816,6 +873,18 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     }
     report["goals"] = goals(report)
     return report
+
+
+def _groups(chosen: Sequence[Step]) -> list[list[Step]]:
+    """The chosen steps in order, those TOGETHER (both chosen) as one group that runs side by side."""
+    names = [s.name for s in chosen]
+    groups: list[list[Step]] = []
+    for step in chosen:
+        if any(step.name in pair[1:] and pair[0] in names for pair in TOGETHER):
+            continue  # runs beside its pair's first step
+        partners = next((pair[1:] for pair in TOGETHER if pair[0] == step.name), ())
+        groups.append([step, *(s for s in chosen if s.name in partners)])
+    return groups
 
 
 def _fallback_machine() -> dict[str, Any]:
@@ -887,7 +956,7 @@ def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
                                  if ratio else "not measured"),
                     "met": None if ratio is None else ratio >= 0.9})
     sim = _step(report, "serve_sim")["result"]
-    jpeg = [(run["images_per_request"], r, run.get("processes", 1)) for run in sim.get("runs", [])
+    jpeg = [(run["images_per_request"], r, run.get("processes", 1)) for run in _sim_runs(sim)
             for r in run["rows"] if r["case"] == "decode to jpeg"]
     best_rate = max(jpeg, key=lambda pr: pr[1]["images_per_s"], default=None)
     out.append({"goal": f"serving JPEG out on this host, simulated model ({SIM_MODEL} ms): >= {GOAL_IMAGES_PER_S} "
@@ -929,7 +998,7 @@ def markdown(report: dict[str, Any]) -> str:
     for g in report["goals"]:
         lines.append(f"| {g['goal']} | {g['measured']} | {_fmt({True: 'yes', False: 'NO'}.get(g['met']))} |")
     lines += (_md_device(dev) + _md_checks(report) + _md_bench(report) + _md_kernels(report) + _md_serve(report)
-              + _md_serve_sim(report))
+              + _md_serve_sim(report) + _md_profile(report))
     return "\n".join(lines) + "\n"
 
 
@@ -1045,9 +1114,15 @@ def _md_serve(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _sim_runs(sim: dict[str, Any]) -> list[dict[str, Any]]:
+    """serve_sim's runs: all of them, or those kept when the step was cut off."""
+    return sim.get("runs") or [r for r in sim.get("partial", []) if "rows" in r]
+
+
 def _md_serve_sim(report: dict[str, Any]) -> list[str]:
     sim = _step(report, "serve_sim")["result"]
-    if not sim.get("runs"):
+    runs = _sim_runs(sim)
+    if not runs:
         return []
     lines = ["", "## 6. The server on this host's cores (simulated model)", "",
              f"benchmarks/serve_load.py --simulate-model {SIM_MODEL} on {sim.get('cores')} cores: the real request "
@@ -1057,13 +1132,36 @@ def _md_serve_sim(report: dict[str, Any]) -> list[str]:
              "| server processes | images per call | case | callers | images/s | CPU-ms per image | loop ms per image "
              "| mean batch |",
              "|---:|---:|---|---:|---:|---:|---:|---:|"]
-    for run in sim["runs"]:
+    for run in runs:
         for r in run["rows"]:
             lines.append(f"| {run.get('processes', 1)} | {run['images_per_request']} | {r['case']} | "
                          f"{r['concurrency']} | {r['images_per_s']:.0f} | {r['server_cpu_ms_per_image']:.2f} | "
                          f"{_fmt(r.get('loop_cpu_ms_per_image'), '{:.2f}')} | {_fmt(r.get('mean_batch'), '{:.1f}')} |")
-    lines += [f"- codecs: {sim['runs'][0]['meta'].get('codecs')}; `{sim['runs'][0]['command']}`"]
+    lines += [f"- codecs: {runs[0]['meta'].get('codecs')}"] + [f"- `{run['command']}`" for run in runs]
     lines += [f"- skipped: {s}" for s in sim.get("skipped", [])]
+    return lines
+
+
+def _md_profile(report: dict[str, Any]) -> list[str]:
+    result = _step(report, "profile")["result"]
+    cases = result.get("cases") or [c for c in result.get("partial", []) if "label" in c]
+    if not cases:
+        return []
+    lines = ["", "## 7. Where the time goes (torch.profiler)", "",
+             "ms per call: timed without the profiler; busy: the kernels' time over that (a low share is a "
+             "launch-bound call); per kernel: its share of the kernels' time.", ""]
+    for c in cases:
+        if "error" in c:
+            lines += [f"- {c['label']}: {c['error']}"]
+            continue
+        busy = f", busy {c['busy_share']:.0%}" if c.get("busy_share") is not None else ""
+        lines += [f"**{c['label']}**: {c['ms_per_call']:.3f} ms per call; {c['events_per_call']:.0f} "
+                  f"{c['measured']} per call taking {c['busy_ms_per_call']:.3f} ms{busy}", "",
+                  "| kernel | calls per call | ms per call | share |", "|---|---:|---:|---:|"]
+        lines += [f"| `{t['name'][:90]}` | {t['calls_per_call']:g} | {t['ms_per_call']:.3f} | {t['share']:.0%} |"
+                  for t in c["top"]]
+        lines.append("")
+    lines += [f"- skipped: {s}" for s in result.get("skipped", [])]
     return lines
 
 
@@ -1135,7 +1233,8 @@ def write(report: dict[str, Any], out_dir: Path, extra_dir: Path | None) -> list
 def _in_checkout(text: str) -> str:
     """Paths inside the checkout as the checkout names them (tracebacks, commands): a report kept in the
     repository says nothing of the machine it ran on but what it measured there."""
-    return text.replace(str(ROOT) + "/", "").replace(str(ROOT), ".")
+    text = text.replace(str(ROOT) + "/", "").replace(str(ROOT), ".")
+    return re.sub(re.escape(tempfile.gettempdir()) + r"/gpu_check_\w+", "<state>", text)  # the run's own folder
 
 
 def summary(report: dict[str, Any]) -> str:

@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -395,6 +395,8 @@ def direct_calls(rt, op: str, batch: int, seconds: float, max_calls: int) -> dic
     """The op on the Runtime in this process, `batch` images a call: images/s and per-call latency."""
     import torch
 
+    from alae_rt.images import to_uint8_tensor
+
     cfg = rt.config
     gen = torch.Generator().manual_seed(batch)
     if op in ("decode", "generate"):
@@ -408,9 +410,9 @@ def direct_calls(rt, op: str, batch: int, seconds: float, max_calls: int) -> dic
     def timed() -> float:
         t0 = time.perf_counter()
         out = call()
-        if out.is_cuda:
-            torch.cuda.synchronize()
-        out.float().cpu()  # the server copies its results back too
+        # The server's results reach the host too, the way it sends them: images as uint8 HWC converted on the
+        # device (a quarter of the float's bytes), latents as float32.
+        (to_uint8_tensor(out) if out.ndim == 4 else out.float()).cpu()
         return time.perf_counter() - t0
 
     timed()  # warm-up
@@ -480,9 +482,10 @@ def simulated_face(args: argparse.Namespace) -> np.ndarray:
     return (np.stack([np.sin(6 * x), np.cos(5 * y), np.sin(4 * (x + y))], -1) * 127 + 128).astype(np.uint8)
 
 
-def simulated_sweep(args: argparse.Namespace) -> dict:
+def simulated_sweep(args: argparse.Namespace, on_row: Callable[[list[dict]], None] | None = None) -> dict:
     """Every case (decode to each format, encode from each file format) at every caller count, against one server
-    over the simulated model: images/s, latency, mean batch and the server process's CPU-ms per image."""
+    over the simulated model: images/s, latency, mean batch and the server process's CPU-ms per image. on_row gets
+    the rows so far after each one (a run cut off keeps them)."""
     from alae_rt import codecs
 
     face = simulated_face(args)
@@ -508,6 +511,8 @@ def simulated_sweep(args: argparse.Namespace) -> dict:
                 b = r["mean_batch"] or 1
                 r["model_capacity_images_per_s"] = 1000 * b / (args.ms_per_batch + b * args.ms_per_image)
                 rows.append(r)
+                if on_row is not None:
+                    on_row(rows)
                 print(f"{r['case']:18s} {n:4d} callers: {r['images_per_s']:8.1f} images/s, server CPU "
                       f"{r['server_cpu_ms_per_image']:.2f} ms/image, mean batch {b:.1f}, p50 {r['p50_ms']:.1f} ms",
                       file=sys.stderr)
@@ -630,23 +635,27 @@ def main_simulated(args: argparse.Namespace, argv) -> int:
     from alae_rt.bench import cpu_model, git_commit
     from alae_rt.serve.config import ServeConfig
 
-    result = simulated_sweep(args)
-    prep = prep_ms_per_image(simulated_face(args), args.max_batch)
     now = datetime.datetime.now(datetime.timezone.utc)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = args.tag or f"serve_sim_{args.ms_per_image:g}ms_{now.strftime('%Y%m%d')}"
     meta = {"simulated_model": True, "ms_per_image": args.ms_per_image, "ms_per_batch": args.ms_per_batch,
-            "resolution": result["info"]["resolution"], "machine": f"{cpu_model()}, {os.cpu_count()} cores",
+            "machine": f"{cpu_model()}, {os.cpu_count()} cores",
             "date": now.strftime("%Y-%m-%d %H:%M UTC"), "commit": git_commit(),
             "workers": args.workers or ServeConfig().workers, "max_batch": args.max_batch,
             "images_per_request": args.images_per_request, "server_processes": args.server_processes,
             "codec_processes": ServeConfig().codec_processes if args.codec_processes is None else args.codec_processes,
             "max_delay_ms": args.max_delay_ms, "image": Path(args.image).name if args.image else "synthetic",
-            "prep_ms_per_image": round(prep, 2),
             "codecs": ", ".join(k for k, v in codecs.fast_codecs().items() if v) or "Pillow only",
             "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else " ".join(argv)}
+
+    def keep(rows: list[dict]) -> None:  # the rows so far, marked partial: what a run cut off short leaves
+        (out / f"{tag}.json").write_text(json.dumps({"meta": {**meta, "partial": True}, "rows": rows}, indent=2))
+
+    result = simulated_sweep(args, keep)
+    meta.update(resolution=result["info"]["resolution"],
+                prep_ms_per_image=round(prep_ms_per_image(simulated_face(args), args.max_batch), 2))
     report = {"meta": meta, "rows": result["rows"]}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = args.tag or f"serve_sim_{args.ms_per_image:g}ms_{now.strftime('%Y%m%d')}"
     (out / f"{tag}.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / f"{tag}.md").write_text(simulated_markdown(report))
     plot = simulated_plot(report, out / f"{tag}.png")

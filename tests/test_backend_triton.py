@@ -65,16 +65,32 @@ def test_refused_without_cuda_or_the_interpreter(gray32, monkeypatch):
         Runtime.load(gray32[0], backend="triton")
 
 
+# At full size in fp16/bf16 the bound is also torch's own error in that dtype, times this: on w from the encoder
+# (|w| up to 13 with random ffhq-1024 weights, images up to 1.3), eager bf16 itself decodes 0.30 off eager fp32 and
+# eager fp16 0.029 (measured on a CPU), past TOL. The fused kernels must be about as exact as torch in the dtype.
+EAGER_LOW_PRECISION_FACTOR = 2.0
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_ffhq1024_on_cuda_matches_eager(dtype):
     """Full size, compiled: the backend with CUDA graphs against eager fp32 (no TF32: conftest) at batch 2."""
-    eager = Runtime.from_config("ffhq-1024", seed=0, device="cuda")
-    fast = Runtime(eager.model.float(), device="cuda", dtype=dtype, backend="triton")
-    eager = Runtime.from_config("ffhq-1024", seed=0, device="cuda")  # the copy above was cast in place
+    def runtime(**kw) -> Runtime:
+        return Runtime.from_config("ffhq-1024", seed=0, device="cuda", **kw)  # the same weights each time
+
+    eager, fast = runtime(), runtime(dtype=dtype, backend="triton")
     x = eager.generate(seeds=[0, 1], noise="const")
     w = eager.encode(x)
-    assert (fast.encode(x).float() - w).abs().max() <= TOL[dtype] * max(1.0, w.abs().max().item())
     img = eager.decode(w, noise="const")
-    for _ in range(2):  # capture, then replay
-        assert (fast.decode(w, noise="const").float() - img).abs().max() <= TOL[dtype]
+    same = runtime(dtype=dtype) if dtype != torch.float32 else None  # eager in the dtype: torch's own error
+    w_tol = TOL[dtype] * max(1.0, w.abs().max().item())
+    img_tol = TOL[dtype]
+    if same is not None:
+        w_tol = max(w_tol, EAGER_LOW_PRECISION_FACTOR * (same.encode(x).float() - w).abs().max().item())
+        img_tol = max(img_tol, EAGER_LOW_PRECISION_FACTOR * (same.decode(w, noise="const").float() - img).abs().max()
+                      .item())
+    err = (fast.encode(x).float() - w).abs().max().item()
+    assert err <= w_tol, f"encode: triton {dtype} max abs err {err:.3g} > {w_tol:.3g} (|w| <= {w.abs().max():.3g})"
+    for i in range(2):  # capture, then replay
+        err = (fast.decode(w, noise="const").float() - img).abs().max().item()
+        assert err <= img_tol, f"decode call {i}: triton {dtype} max abs err {err:.3g} > {img_tol:.3g}"

@@ -86,7 +86,7 @@ def test_every_step_has_a_status_and_skips_say_why(dry_run, gpu_check):
 def test_dry_run_steps_recorded_their_results(dry_run):
     _, _, report, _ = dry_run
     steps = {s["name"]: s for s in report["steps"]}
-    for name in ("device", "tests", "parity", "bench", "kernels", "serve", "serve_sim"):
+    for name in ("device", "tests", "parity", "bench", "kernels", "serve", "serve_sim", "profile"):
         assert steps[name]["status"] == "ran", steps[name]
     device = steps["device"]["result"]
     assert device["machine"]["device"] == "cpu" and device["datasheet"] is None  # no datasheet row for a CPU
@@ -115,15 +115,21 @@ def test_dry_run_steps_recorded_their_results(dry_run):
                                                           abs=0.06) for r in kernels["rows"])
     runs = steps["serve"]["result"]["runs"]
     assert [r["format"] for r in runs] == ["jpeg"] and runs[0]["levels"][0]["requests"] > 0
-    # serve_sim: the simulated model on this host, one and eight images per call, then one a call over several
-    # server processes, each row with its CPU figures
+    # serve_sim: the simulated model on this host: one image a call over several server processes, eight per call,
+    # then one a call to each format, each row with its CPU figures
     sim = steps["serve_sim"]["result"]
     assert [r["images_per_request"] for r in sim["runs"]] == [1, 8, 1] and sim["cores"] == os.cpu_count()
-    assert [r["processes"] for r in sim["runs"]] == [1, 1, 2] and sim["runs"][2]["rows"][0]["requests"] > 0
-    cases = [(r["case"], r["concurrency"]) for r in sim["runs"][0]["rows"]]
-    assert cases == [("decode to jpeg", 2), ("decode to png", 2), ("decode to raw", 2)]
+    assert [r["processes"] for r in sim["runs"]] == [2, 1, 1] and sim["runs"][0]["rows"][0]["requests"] > 0
+    cases = [(r["case"], r["concurrency"]) for r in sim["runs"][2]["rows"]]
+    assert cases == [("decode to jpeg", 2), ("decode to raw", 2), ("decode to png", 2)]
     assert all(r["images"] == 8 * r["requests"] > 0 and r["loop_cpu_ms_per_image"] >= 0
                for r in sim["runs"][1]["rows"])
+    # profile: each case's time per call and its heaviest ops (aten ops on a CPU), in the markdown too
+    profiled = steps["profile"]["result"]["cases"]
+    assert [c["label"] for c in profiled] == ["eager fp32 decode batch 1", "official fp32 encode batch 1"]
+    for c in profiled:
+        assert c["ms_per_call"] > 0 and c["events_per_call"] > 10 and c["top"][0]["share"] > 0
+        assert sum(t["share"] for t in c["top"]) <= 1.0001
     served = next(g for g in report["goals"] if g["goal"].startswith("serving JPEG out on this host"))
     assert served["met"] is not None and "per request" in served["measured"]
     latency = next(g for g in report["goals"] if g["goal"].startswith("decode latency"))
@@ -172,6 +178,54 @@ def test_a_step_past_its_budget_is_cut_off(gpu_check, tmp_path):
     rc, text = gpu_check._run_streaming([sys.executable, "-c", "import time; print('begun', flush=True); "
                                          "time.sleep(60)"], timeout=2)
     assert rc is None and text == "begun\n"
+
+
+def test_steps_that_time_nothing_run_side_by_side(gpu_check, tmp_path, monkeypatch):
+    """tests and parity form one group, started together, each under its own budget plus the slack before them."""
+    steps = {s.name: s for s in gpu_check.STEPS}
+    groups = gpu_check._groups(gpu_check.STEPS)
+    assert [[s.name for s in g] for g in groups][2] == ["tests", "parity"]
+    assert len(groups) == len(gpu_check.STEPS) - 1
+    assert [s.name for s in gpu_check._groups([steps["parity"], steps["bench"]])[0]] == ["parity"]  # alone: alone
+    assert sum(max(s.budget_s for s in g) for g in groups) <= gpu_check.TOTAL_S - gpu_check.REPORT_RESERVE_S
+    started = {}
+
+    def fake_run_step(step, budget, state, env, dry_run, device):
+        started[step.name] = (time.monotonic(), budget)
+        time.sleep(0.5)
+        return {"name": step.name, "title": step.title, "status": "ran", "note": "", "seconds": 0.5,
+                "budget_s": budget, "result": {}, "log_tail": [], "log": ""}
+
+    monkeypatch.setattr(gpu_check, "run_step", fake_run_step)
+    args = gpu_check.parse_args(["--dry-run", "--steps", "tests,parity,bench", "--budget", "tests=20",
+                                 "--budget", "parity=10"])
+    report = gpu_check.run_all(args)
+    assert abs(started["tests"][0] - started["parity"][0]) < 0.3 and started["bench"][0] - started["tests"][0] >= 0.5
+    assert started["tests"][1] == pytest.approx(20, abs=0.5) and started["parity"][1] == pytest.approx(10, abs=0.5)
+    assert [s["name"] for s in report["steps"] if s["status"] == "ran"] == ["tests", "parity", "bench"]
+
+
+def test_serve_sim_keeps_the_cases_of_a_run_cut_off(gpu_check, tmp_path, monkeypatch):
+    """serve_load writes its rows as it goes; a run killed at its share keeps them, and says how many it had."""
+    def cut_off(cmd, timeout, env=None):
+        out, tag = cmd[cmd.index("--out") + 1], cmd[cmd.index("--tag") + 1]
+        row = {"case": "decode to jpeg", "concurrency": 128, "images_per_s": 2600.0, "server_cpu_ms_per_image": 4.0,
+               "requests": 10}
+        (tmp_path / "serve_sim").mkdir(exist_ok=True)
+        (tmp_path / "serve_sim" / f"{tag}.json").write_text(json.dumps({"meta": {"server_processes": 4,
+                                                                                   "partial": True}, "rows": [row]}))
+        assert out == str(tmp_path / "serve_sim")
+        return None, "cut off"
+
+    monkeypatch.setattr(gpu_check, "_run_streaming", cut_off)
+    monkeypatch.setattr(gpu_check, "_serve_env", lambda: {})
+    ctx = gpu_check.Ctx("serve_sim", tmp_path, time.monotonic() + 100, False, "cuda")
+    result = gpu_check.step_serve_sim(ctx)
+    assert [r["processes"] for r in result["runs"]] == [4, 4, 4] and len(result["skipped"]) == 3
+    assert "after 1 of 1 cases" in result["skipped"][0] and "after 1 of 3 cases" in result["skipped"][2]
+    goal = next(g for g in gpu_check.goals({"steps": [{"name": "serve_sim", "result": result}]})
+                if g["goal"].startswith("serving JPEG out"))
+    assert goal["met"] is True and "4 server processes" in goal["measured"]
 
 
 def test_run_bench_variants_deadline_and_rows_as_they_come():

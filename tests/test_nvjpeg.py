@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import FACES128, require
+from helpers import FACES128, FACES1024, require
 
 from alae_rt import InputError, codecs, nvjpeg
 
@@ -52,17 +52,22 @@ def test_not_available_on_the_cpu():
 
 
 @pytest.mark.gpu
-def test_gpu_encode_agrees_with_the_cpu_codec(faces):
-    images = torch.from_numpy(faces).cuda()
-    gpu = nvjpeg.encode(images, quality=90)
+def test_gpu_encode_agrees_with_the_cpu_codec():
+    """At the size the server sends (1024x1024 faces). Two JPEG encoders differ in their chroma filters and DCT
+    rounding: on 128x128 faces, where every pixel is detail, even Pillow's 4:4:4 and 4:2:0 files of one face
+    differ at 38-40 dB (nvJPEG against the CPU codec: 38.9 dB on an H200), while at 1024x1024 they agree at 45-51."""
+    files = sorted(require(FACES1024).glob("*.png"))[:2]
+    faces = np.stack([codecs.decode_image(f.read_bytes()) for f in files])  # [2, 1024, 1024, 3]
+    gpu = nvjpeg.encode(torch.from_numpy(faces).cuda(), quality=90)
     assert len(gpu) == len(faces)
     for data, face in zip(gpu, faces):
         decoded = codecs.decode_image(data)
         assert decoded.shape == face.shape
         cpu = codecs.decode_image(codecs.encode_jpeg(face, 90))
-        assert _psnr(decoded, cpu) >= MIN_PSNR_DB  # the two encoders' files, decoded, agree
-        # and the GPU's is as faithful to the picture as the CPU's (q90 gives these faces 35-38 dB on the CPU)
-        assert _psnr(decoded, face) >= _psnr(cpu, face) - MAX_QUALITY_GAP_DB
+        agree, gpu_db, cpu_db = _psnr(decoded, cpu), _psnr(decoded, face), _psnr(cpu, face)
+        message = f"GPU vs CPU file {agree:.1f} dB; to the picture: GPU {gpu_db:.1f} dB, CPU {cpu_db:.1f} dB"
+        assert agree >= MIN_PSNR_DB, message  # the two encoders' files, decoded, agree
+        assert gpu_db >= cpu_db - MAX_QUALITY_GAP_DB, message  # and the GPU's is as faithful to the picture
 
 
 @pytest.mark.gpu
