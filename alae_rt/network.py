@@ -7,6 +7,7 @@ forward passes are plain `F.linear` / `F.conv2d` on the stored tensors.
 from __future__ import annotations
 
 import math
+from itertools import islice
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,16 @@ def corner_sum_kernel(weight: Tensor) -> Tensor:
     """The 4x4 kernel of the fused up/down-sampling convs: the 3x3 weight padded to 5x5, its 4 corner shifts summed."""
     w = F.pad(weight, (1, 1, 1, 1))
     return w[:, :, 1:, 1:] + w[:, :, :-1, 1:] + w[:, :, 1:, :-1] + w[:, :, :-1, :-1]
+
+
+def _blur_buffer(channels: int) -> Tensor:
+    """The fixed blur weight a block holds as a buffer, [channels, 1, 3, 3], contiguous.
+
+    Made once, not at every forward: at batch 1 on a GPU, where launches bound the time, making it per call cost
+    each blur six tiny kernels, and conv a copy of the expanded weight. Made on the CPU even when the network is
+    built on the meta device to take loaded weights (Runtime.from_checkpoint): it is not in the state dict, so
+    nothing would replace a meta tensor; `.to()` moves it, and casts it exactly, with the weights."""
+    return blur_weight(channels, device="cpu").contiguous()
 
 
 def pixel_norm(z: Tensor) -> Tensor:
@@ -115,6 +126,7 @@ class GeneratorBlock(nn.Module):
             # Fused: transposed-conv layout [in, out, 3, 3]; otherwise a plain conv [out, in, 3, 3].
             shape = (in_ch, out_ch, 3, 3) if fused else (out_ch, in_ch, 3, 3)
             self.conv_1 = nn.Parameter(torch.randn(shape) * math.sqrt(2.0 / (in_ch * 9)))
+            self.register_buffer("blur_kernel", _blur_buffer(out_ch), persistent=False)
         self.noise_weight_1 = nn.Parameter(torch.zeros(out_ch))
         self.bias_1 = nn.Parameter(torch.zeros(out_ch))
         self.style_1 = nn.Linear(latent_size, 2 * out_ch)
@@ -131,7 +143,7 @@ class GeneratorBlock(nn.Module):
                 x = F.conv_transpose2d(x, corner_sum_kernel(self.conv_1), stride=2, padding=1)
             else:
                 x = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), self.conv_1, padding=1)
-            x = blur(x)
+            x = blur(x, self.blur_kernel)
         x = generator_epilogue(x, noise1, self.noise_weight_1, self.bias_1, self.style_1(w1))
         x = F.conv2d(x, self.conv_2, padding=1)
         return generator_epilogue(x, noise2, self.noise_weight_2, self.bias_2, self.style_2(w2))
@@ -165,7 +177,7 @@ class Generator(nn.Module):
         if not 0 <= lod < len(self.blocks) or (blend < 1.0 and lod == 0):
             raise ValueError(f"lod={lod}, blend={blend}: need 0 <= lod < {len(self.blocks)}, and lod >= 1 to blend")
         x = self.const  # [1, c0, 4, 4]; the batch axis appears with the first noise or AdaIN
-        for i, block in enumerate(self.blocks[:lod + 1]):
+        for i, block in enumerate(islice(self.blocks, lod + 1)):  # a ModuleList slice would build a module per call
             if i == lod and blend < 1.0:
                 prev = self.to_rgb[lod - 1](x)  # [N, C, r/2, r/2]
             x = block(x, styles[:, 2 * i], styles[:, 2 * i + 1], noise[2 * i], noise[2 * i + 1])
@@ -183,6 +195,7 @@ class EncoderBlock(nn.Module):
         self.fused = fused
         self.conv_1 = nn.Parameter(torch.randn(in_ch, in_ch, 3, 3) * math.sqrt(2.0 / (in_ch * 9)))
         self.bias_1 = nn.Parameter(torch.zeros(in_ch))
+        self.register_buffer("blur_kernel", _blur_buffer(in_ch), persistent=False)
         self.conv_2 = nn.Parameter(torch.randn(out_ch, in_ch, 3, 3) * math.sqrt(2.0 / (in_ch * 9)))
         self.bias_2 = nn.Parameter(torch.zeros(out_ch))
         self.style_1 = nn.Linear(2 * in_ch, latent_size)
@@ -192,7 +205,7 @@ class EncoderBlock(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x, stats_1 = encoder_epilogue(F.conv2d(x, self.conv_1, padding=1), self.bias_1)
-        x = blur(x)
+        x = blur(x, self.blur_kernel)
         if self.fused:
             x = F.conv2d(x, corner_sum_kernel(self.conv_2) * 0.25, stride=2, padding=1)
         else:
@@ -232,13 +245,13 @@ class Encoder(nn.Module):
             raise ValueError(f"lod={lod}, blend={blend}: need 0 <= lod < {len(self.blocks)}, and lod >= 1 to blend")
         x_half = F.avg_pool2d(x, 2, 2) if blended else None  # [N, C, r/2, r/2]
         x = self._from_rgb(start, x)
-        w = x.new_zeros(x.shape[0], self.latent_size)
-        for i, block in enumerate(self.blocks[start:], start):
+        w = None  # [N, D], the sum of the style terms; starting from the first, not from zeros, saves two launches
+        for i, block in enumerate(islice(self.blocks, start, None), start):
             x, style = block(x)
             if i == start and blended:
                 x = torch.lerp(self._from_rgb(start + 1, x_half), x, blend)
                 style = style * blend
-            w = w + style
+            w = style if w is None else w + style
         return w
 
 

@@ -24,6 +24,9 @@ def blur_weight(channels: int, dtype: torch.dtype = torch.float32, device=None) 
     return k.expand(channels, 1, 3, 3).to(dtype=dtype)
 
 
-def blur(x: Tensor) -> Tensor:
-    """The depthwise blur with zero padding, x [N, C, H, W] -> [N, C, H, W]."""
-    return F.conv2d(x, blur_weight(x.shape[1], x.dtype, x.device), padding=1, groups=x.shape[1])
+def blur(x: Tensor, weight: Tensor | None = None) -> Tensor:
+    """The depthwise blur with zero padding, x [N, C, H, W] -> [N, C, H, W]; weight: `blur_weight(C)` made once by
+    the caller (the network's blocks hold theirs), or None to make it here, at every call."""
+    if weight is None:
+        weight = blur_weight(x.shape[1], x.dtype, x.device)
+    return F.conv2d(x, weight, padding=1, groups=x.shape[1])
