@@ -37,8 +37,15 @@ def encode(images: Tensor, quality: int = codecs.DEFAULT_JPEG_QUALITY) -> list[b
     tio = _torchvision_io()
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[3] not in (1, 3):
         raise InputError(f"JPEG needs uint8 [N, H, W, 1 or 3] images, got {images.dtype} {list(images.shape)}")
-    chw = [img.permute(2, 0, 1).contiguous() for img in images]  # [C, H, W] each
-    return [t.cpu().numpy().tobytes() for t in tio.encode_jpeg(chw, quality=int(quality))]
+    # torchvision's encoder (one for the process) orders its own stream against the stream that was current when it
+    # was built, not the caller's, and older versions copy the files out on the default stream: every encode runs on
+    # the default stream (which the server's threads, each on a stream of its own, leave free), and waits there.
+    default = torch.cuda.default_stream(images.device)
+    default.wait_stream(torch.cuda.current_stream(images.device))  # the caller's images are complete
+    with torch.cuda.stream(default):
+        chw = [img.permute(2, 0, 1).contiguous() for img in images]  # [C, H, W] each
+        default.synchronize()  # older versions read their inputs without waiting for any stream
+        return [t.cpu().numpy().tobytes() for t in tio.encode_jpeg(chw, quality=int(quality))]
 
 
 def decodable(data: bytes) -> bool:

@@ -12,11 +12,20 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from alae_rt.streams import device_stream
+
 # One request's inputs: tensors with the batch on axis 0 (n items each), or None where a slot is unused.
 Inputs = Sequence[Tensor | None]
 # fn(key, inputs) runs one batch in the compute thread: every input is a list of the callers' slices, in order.
 BatchFn = Callable[[Hashable, list[list[Tensor | None]]], Tensor]
 DEADLINE_SLACK_S = 0.05  # a call cancelled this close to its deadline (as the loop reckons it) timed out
+
+
+def _join(parts: list[Tensor]) -> Tensor:
+    """One request's rows from several batches, joined on the thread's own stream (and complete when returned), not
+    behind the compute thread's next batch."""
+    with device_stream(parts[0].device):
+        return torch.cat(parts)
 
 
 class QueueFull(Exception):
@@ -131,7 +140,7 @@ class DynamicBatcher:
         if len(parts) == 1:
             return parts[0]
         # Not in `executor`: joining the parts must not wait behind the next batch.
-        return await loop.run_in_executor(None, torch.cat, parts)
+        return await loop.run_in_executor(None, _join, parts)
 
     # ---- the loop -------------------------------------------------------------------------------------------
     def _set_depth(self, value: int) -> None:

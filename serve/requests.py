@@ -29,6 +29,7 @@ from alae_rt.serve.wire import (
     tensor_to_array,
     tensor_to_latents,
 )
+from alae_rt.streams import device_stream
 
 MAX_EDITS = 64  # directions per Edit call
 NOISE_MODES = {pb.NOISE_MODE_UNSPECIFIED: "const", pb.NOISE_MODE_CONST: "const", pb.NOISE_MODE_RANDOM: "random",
@@ -180,13 +181,16 @@ def check_steps(steps: int, cfg: ServeConfig) -> None:
 
 
 # ---- tensors from messages (in the worker pool) -----------------------------------------------------------------
+# Each is made on its thread's own CUDA stream and is complete when returned, for the compute thread's stream
+# (alae_rt.streams.device_stream).
 
 
 def latents_tensor(t: pb.Tensor, field: str, rt: Runtime, cfg: ServeConfig, allow_styles: bool = True) -> Tensor:
     """A Tensor message -> w [n, D] (or styles [n, 2L, D]) on the Runtime's device."""
     arr = tensor_to_latents(t, field, rt.config.latent_size, rt.config.num_styles, allow_styles)
     check_count(arr.shape[0], f"{field}.shape", cfg, "latents")
-    return torch.from_numpy(arr).to(rt.device, rt.dtype)
+    with device_stream(rt.device):
+        return torch.from_numpy(arr).to(rt.device, rt.dtype)
 
 
 def image_sizes(images: Sequence[pb.Image], field: str, cfg: ServeConfig) -> list[int]:
@@ -204,16 +208,18 @@ def image_tensor(img: pb.Image, field: str, rt: Runtime, cfg: ServeConfig, decod
     (a quarter of the float's bytes) and are prepared there; on a GPU a JPEG file is decoded there too (nvJPEG), so
     its pixels never touch host memory. Other files are read by `decode` (wire.image_to_array)."""
     try:
-        if img.WhichOneof("data") == "encoded" and nvjpeg.available(rt.device) and nvjpeg.decodable(img.encoded):
-            (arr,) = nvjpeg.decode([img.encoded], rt.device, cfg.max_pixels, [f"{field}.encoded"])  # [H, W, C]
-        else:
-            arr = image_to_array(img, field, cfg.max_pixels, decode)  # [H, W, C] on the host
-        return image_to_tensor(arr, rt.config.resolution, rt.config.channels, field, rt.device)  # [C, R, R]
+        with device_stream(rt.device):
+            if img.WhichOneof("data") == "encoded" and nvjpeg.available(rt.device) and nvjpeg.decodable(img.encoded):
+                (arr,) = nvjpeg.decode([img.encoded], rt.device, cfg.max_pixels, [f"{field}.encoded"])  # [H, W, C]
+            else:
+                arr = image_to_array(img, field, cfg.max_pixels, decode)  # [H, W, C] on the host
+            return image_to_tensor(arr, rt.config.resolution, rt.config.channels, field, rt.device)  # [C, R, R]
     except InputError as exc:
         raise request_error(exc) from None
 
 
 def images_tensor(xs: Sequence[Tensor], rt: Runtime) -> Tensor:
     """The prepared images, each [C, R, R] -> the encoder's input [n, C, R, R] on the Runtime's device."""
-    x = xs[0][None] if len(xs) == 1 else torch.stack(list(xs))  # one image: a view, not a copy
-    return x.to(rt.device, rt.dtype)
+    with device_stream(rt.device):
+        x = xs[0][None] if len(xs) == 1 else torch.stack(list(xs))  # one image: a view, not a copy
+        return x.to(rt.device, rt.dtype)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -61,6 +62,7 @@ from alae_rt.serve.wire import (
     invalid,
     serialize,
 )
+from alae_rt.streams import HIGH_PRIORITY, device_stream, to_host
 
 # Latents of at most this many bytes (32 w of 512) are checked on the event loop: a hop to the worker pool and back
 # costs more than the check (~0.1 ms of CPU against a few microseconds).
@@ -155,18 +157,23 @@ class AlaeService(pb_grpc.AlaeServicer):
                           on_depth=lambda n: m.queue_depth.labels(op).set(n))
 
     # ---- compute (the compute thread) ------------------------------------------------------------------------
+    # A batch runs on the compute thread's own stream and is complete when its function returns (device_stream), so
+    # that responses are copied and encoded on other streams while the next batch computes. Its inputs were made
+    # complete on other threads' streams, and the batcher holds them until the function returns: no record_stream.
     def _encode_batch(self, key, inputs: list[list[Tensor | None]]) -> Tensor:
-        x = inputs[0][0] if len(inputs[0]) == 1 else torch.cat(inputs[0])  # [B, C, R, R]; one request: no copy
-        return self.rt.encode(x)  # [B, D], on the model's device: w goes on to the decoder from there
+        with device_stream(self.rt.device, HIGH_PRIORITY):
+            x = inputs[0][0] if len(inputs[0]) == 1 else torch.cat(inputs[0])  # [B, C, R, R]; one request: no copy
+            return self.rt.encode(x)  # [B, D], on the model's device: w goes on to the decoder from there
 
     def _decode_batch(self, key, inputs: list[list[Tensor | None]]) -> Tensor:
-        latents = torch.cat(inputs[0])  # [B, D] (key: 2) or [B, 2L, D] (3): the batcher keeps the two apart
-        # w is broadcast to the 2L style inputs here, once a batch, not on the event loop once a call; contiguous,
-        # as a concatenation of styles is, so that compiled code sees one kind of input
-        styles = self.rt.styles(latents).contiguous() if latents.ndim == 2 else latents
-        _, kind, _ = key  # "maps": every row brings its own; "const" and "none" are the Runtime's, shared by all rows
-        noise = [torch.cat(parts) for parts in inputs[1:]] if kind == "maps" else kind  # 2L x [B, 1, h, w]
-        return self.rt.decode_uint8(styles, noise=noise)  # uint8 [B, R, R, C] on the model's device
+        with device_stream(self.rt.device, HIGH_PRIORITY):
+            latents = torch.cat(inputs[0])  # [B, D] (key: 2) or [B, 2L, D] (3): the batcher keeps the two apart
+            # w is broadcast to the 2L style inputs here, once a batch, not on the event loop once a call;
+            # contiguous, as a concatenation of styles is, so that compiled code sees one kind of input
+            styles = self.rt.styles(latents).contiguous() if latents.ndim == 2 else latents
+            _, kind, _ = key  # "maps": each row brings its own; "const" and "none": the Runtime's, shared by all rows
+            noise = [torch.cat(parts) for parts in inputs[1:]] if kind == "maps" else kind  # 2L x [B, 1, h, w]
+            return self.rt.decode_uint8(styles, noise=noise)  # uint8 [B, R, R, C] on the model's device
 
     def warm_up(self) -> None:
         """Run encode and decode batches through the batchers' own compute functions, with inputs built as a
@@ -176,12 +183,13 @@ class AlaeService(pb_grpc.AlaeServicer):
         (random noise); a NOISE_MODE_NONE call is compiled when it first comes."""
         c, r = self.rt.config.channels, self.rt.config.resolution
         sizes = [1] if self.rt.backend.name == "eager" else sorted({1, min(2, self.rt.max_batch), self.rt.max_batch})
-        for n in sizes:
-            x = torch.zeros(n, c, r, r, device=self.rt.device, dtype=self.rt.dtype)  # as images_tensor makes
-            w = self._encode_batch("encode", [[x]])  # [n, D]
-            self._decode_batch(("decode", "const", 2), [[w]])  # w from the encoder's rows, as a request's is
-            maps = [m.expand(n, -1, -1, -1) for m in self.rt.noise(n, "const")]  # 2L x [n, 1, h, w], as random
-            self._decode_batch(("decode", "maps", 3), [[self.rt.styles(w)], *[[m] for m in maps]])
+        with device_stream(self.rt.device, HIGH_PRIORITY):  # the batches' own stream: the inputs are made there too
+            for n in sizes:
+                x = torch.zeros(n, c, r, r, device=self.rt.device, dtype=self.rt.dtype)  # as images_tensor makes
+                w = self._encode_batch("encode", [[x]])  # [n, D]
+                self._decode_batch(("decode", "const", 2), [[w]])  # w from the encoder's rows, as a request's is
+                maps = [m.expand(n, -1, -1, -1) for m in self.rt.noise(n, "const")]  # 2L x [n, 1, h, w], as random
+                self._decode_batch(("decode", "maps", 3), [[self.rt.styles(w)], *[[m] for m in maps]])
 
     async def start(self) -> None:
         self.encode_batcher.start()
@@ -193,7 +201,19 @@ class AlaeService(pb_grpc.AlaeServicer):
 
     # ---- steps of a request ---------------------------------------------------------------------------------
     async def _in_pool(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
+        """fn in the worker pool, on its thread's own CUDA stream: what it returns is complete (device_stream)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.pool, functools.partial(self._on_stream, fn, *args, **kwargs))
+
+    def _on_stream(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        with device_stream(self.rt.device):
+            return fn(*args, **kwargs)
+
+    @staticmethod
+    def _host_latents(t: Tensor) -> np.ndarray:
+        """Latents on the model's device -> float32 [n, ...] on the host (small: on the calling thread)."""
+        with device_stream(t.device):
+            return to_host(t.float()).numpy()
 
     @staticmethod
     def _deadline(context) -> float | None:
@@ -268,7 +288,7 @@ class AlaeService(pb_grpc.AlaeServicer):
         uint8 pixels cross to the host, once; JPEG on a GPU is encoded there (nvJPEG) and only the files cross."""
         if out.format == pb.IMAGE_FORMAT_JPEG and images.shape[3] != 4 and nvjpeg.available(images.device):
             return [encoded_parts(data) for data in nvjpeg.encode(images, out.jpeg_quality or DEFAULT_JPEG_QUALITY)]
-        return [image_parts(a, out.format, out.jpeg_quality, self.codec.encode_png) for a in images.cpu().numpy()]
+        return [image_parts(a, out.format, out.jpeg_quality, self.codec.encode_png) for a in to_host(images).numpy()]
 
     async def _respond(self, call: Call, images: Tensor | None, latents: Tensor | None, out: pb.OutputOptions,
                        message=pb.ImagesResponse, **fields: Any):
@@ -281,7 +301,7 @@ class AlaeService(pb_grpc.AlaeServicer):
         ends; written once, as wire bytes, either way."""
         head = message(**fields)
         if out.return_latents and latents is not None:
-            head.latents.CopyFrom(array_to_tensor(latents.float().cpu().numpy()))
+            head.latents.CopyFrom(array_to_tensor(self._host_latents(latents)))
         parts = self._image_parts(images, out) if images is not None and not out.skip_images else []
         resp = frame_response(head, "images", parts, self.cfg.max_message_bytes)
         return resp if call.wire else message.FromString(resp.data)
@@ -374,7 +394,7 @@ class AlaeService(pb_grpc.AlaeServicer):
     async def Encode(self, req: pb.EncodeRequest, context) -> pb.EncodeResponse:
         async with self._call("Encode", context, req) as call:
             w = await self._encode(req.images, "images", call)
-            return call.done(pb.EncodeResponse(latents=array_to_tensor(w.float().cpu().numpy())))
+            return call.done(pb.EncodeResponse(latents=array_to_tensor(self._host_latents(w))))
 
     async def Decode(self, req: pb.DecodeRequest, context) -> pb.ImagesResponse:
         async with self._call("Decode", context, req) as call:
@@ -455,7 +475,7 @@ class AlaeService(pb_grpc.AlaeServicer):
     def _psnr(self, x: Tensor, images: Tensor) -> list[float]:
         """Each reconstruction's PSNR against its input as the encoder saw it: x [n, C, R, R] in [-1, 1] made uint8
         as images are, against uint8 images [n, R, R, C]."""
-        inputs, outputs = self.rt.to_uint8(x), images.cpu().numpy()
+        inputs, outputs = self.rt.to_uint8(x), to_host(images).numpy()
         return [psnr(a, b) for a, b in zip(inputs, outputs)]
 
     def direction_info(self) -> list[pb.DirectionInfo]:
