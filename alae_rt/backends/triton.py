@@ -152,7 +152,10 @@ class _CudaGraphs:
                 self.fn(*rebuild(static))  # warm-up: Triton compiles and autotunes outside the capture
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # thread_local: a server captures a new batch size while its other threads copy and encode responses on
+            # their own streams; "global" (the default) would fail their pinned allocations and syncs meanwhile, and
+            # the capture with them. Only this thread is barred from unsafe calls, as torch.compile's graphs do.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 out = self.fn(*rebuild(static))
             entry = (graph, static, out)
             self.graphs[key] = entry
