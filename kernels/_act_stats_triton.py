@@ -1,8 +1,10 @@
 """Triton kernels of act_stats (the op, its reference and its launcher are in act_stats.py).
 
 A row is one (sample, channel) plane of H*W values, flattened; arithmetic and statistics are fp32 whatever the
-storage dtype. Rows that fit one program are reduced whole (act_stats_kernel); bigger ones are cut into chunks
-that leave (count, mean, M2) partials (act_stats_split_kernel), merged by act_stats.merge_stats.
+storage dtype. H and W are compile-time constants (one build per resolution): a flat position's row and column
+are then a shift and a mask, not divisions. Rows that fit one program are reduced whole (act_stats_kernel);
+bigger ones are cut into chunks that leave (count, mean, M2) partials (act_stats_split_kernel), merged by
+act_stats.merge_stats.
 """
 
 import triton
@@ -46,7 +48,7 @@ def _act_stats_value(x_row, noise_row, nw, b, offs, mask, H, W,
 
 @triton.jit
 def act_stats_kernel(x_ptr, x_stride_n, noise_ptr, noise_stride_n, nw_ptr, bias_ptr, t_ptr, part_ptr,
-                     ROWS, C, H, W,
+                     ROWS, C, H: tl.constexpr, W: tl.constexpr,
                      PRE: tl.constexpr, HAS_NOISE: tl.constexpr, HAS_BIAS: tl.constexpr, SLOPE: tl.constexpr,
                      R_BLOCK: tl.constexpr, P_BLOCK: tl.constexpr):
     """Grid (row blocks,): planes up to act_stats.SINGLE_PASS_MAX, R_BLOCK whole rows per program as an
@@ -81,7 +83,7 @@ def act_stats_kernel(x_ptr, x_stride_n, noise_ptr, noise_stride_n, nw_ptr, bias_
 
 @triton.jit
 def act_stats_split_kernel(x_ptr, x_stride_n, noise_ptr, noise_stride_n, nw_ptr, bias_ptr, t_ptr, part_ptr,
-                           C, H, W, CHUNK, SPLITS,
+                           C, H: tl.constexpr, W: tl.constexpr, CHUNK, SPLITS,
                            PRE: tl.constexpr, HAS_NOISE: tl.constexpr, HAS_BIAS: tl.constexpr, SLOPE: tl.constexpr,
                            BLOCK: tl.constexpr):
     """Grid (rows, splits): bigger planes, one chunk of a row per program: t stored, the chunk reduced to

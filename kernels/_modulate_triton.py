@@ -7,21 +7,22 @@ from alae_rt.kernels._triton_helpers import blur_tap
 
 
 @triton.jit
-def modulate_kernel(t_ptr, t_stride_n, mean_ptr, scale_ptr, shift_ptr, y_ptr, TOTAL, C, H, W,
-                    POST_BLUR: tl.constexpr, BLOCK: tl.constexpr):
-    """Grid (blocks of the flattened output,): y = (t - mean) * scale + shift per (sample, channel) row, in fp32;
-    POST_BLUR blurs that modulated map (its zero padding outside it, as in the network)."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < TOTAL
-    hw = H * W
-    row = offs // hw
-    pos = offs % hw
+def modulate_kernel(t_ptr, t_stride_n, mean_ptr, scale_ptr, shift_ptr, y_ptr, C,
+                    H: tl.constexpr, W: tl.constexpr, POST_BLUR: tl.constexpr, BLOCK: tl.constexpr):
+    """Grid ((sample, channel) rows, blocks of a row's H*W positions): y = (t - mean) * scale + shift in fp32, with
+    the row's three coefficients loaded once; POST_BLUR blurs that modulated map (its zero padding outside it, as
+    in the network). The plane's size is a compile-time constant (one build per resolution): a position's row and
+    column are then a shift and a mask, not a division (the flat-index version divided five times in int64 per
+    output element and ran the blur at 180-280 GB/s on an H200)."""
+    row = tl.program_id(0)
+    pos = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = pos < H * W
     n = row // C
     c = row % C
-    mu = tl.load(mean_ptr + row, mask=mask, other=0.0)
-    sc = tl.load(scale_ptr + row, mask=mask, other=0.0)
-    sh = tl.load(shift_ptr + row, mask=mask, other=0.0)
-    t_row = t_ptr + n * t_stride_n + c * hw
+    mu = tl.load(mean_ptr + row)
+    sc = tl.load(scale_ptr + row)
+    sh = tl.load(shift_ptr + row)
+    t_row = t_ptr + n.to(tl.int64) * t_stride_n + c.to(tl.int64) * (H * W)
     if POST_BLUR:
         h = pos // W
         w = pos % W
@@ -36,4 +37,4 @@ def modulate_kernel(t_ptr, t_stride_n, mean_ptr, scale_ptr, shift_ptr, y_ptr, TO
     else:
         v = tl.load(t_row + pos, mask=mask, other=0.0).to(tl.float32)
         y = (v - mu) * sc + sh
-    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + row.to(tl.int64) * (H * W) + pos, y.to(y_ptr.dtype.element_ty), mask=mask)

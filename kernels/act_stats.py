@@ -104,11 +104,12 @@ def _act_stats_triton(y: Tensor, noise: Tensor | None, noise_weight: Tensor | No
     if hw <= SINGLE_PASS_MAX:
         r_block, p_block = _row_tile(hw)
         partials = torch.empty(rows, 1, 3, device=y.device, dtype=torch.float32)
-        act_stats_kernel[(-(-rows // r_block),)](*args, partials, rows, c, h, w, **flags,
+        act_stats_kernel[(-(-rows // r_block),)](*args, partials, rows, c, H=h, W=w, **flags,
                                                  R_BLOCK=r_block, P_BLOCK=p_block)
     else:
         splits, chunk = _splits(hw)
         partials = torch.empty(rows, splits, 3, device=y.device, dtype=torch.float32)
-        act_stats_split_kernel[(rows, splits)](*args, partials, c, h, w, chunk, splits, **flags, BLOCK=_BLOCK)
+        act_stats_split_kernel[(rows, splits)](*args, partials, c, H=h, W=w, CHUNK=chunk, SPLITS=splits, **flags,
+                                               BLOCK=_BLOCK)
     mean, var = merge_stats(partials.view(b, c, -1, 3))
     return t, mean, var

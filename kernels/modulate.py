@@ -11,7 +11,7 @@ from torch import Tensor
 from alae_rt.kernels._dispatch import broadcast_stride, use_triton
 from alae_rt.kernels.common import blur
 
-_TILE = 4096  # output elements per program
+_TILE = 4096  # output elements per program, at most (a row's plane, or a block of it)
 
 
 def modulate(t: Tensor, mean: Tensor, scale: Tensor, shift: Tensor, post: str = "none", impl: str = "auto") -> Tensor:
@@ -39,9 +39,9 @@ def _modulate_triton(t: Tensor, mean: Tensor, scale: Tensor, shift: Tensor, post
     n, c = scale.shape
     h, w = t.shape[2], t.shape[3]
     out = torch.empty(n, c, h, w, device=t.device, dtype=t.dtype)
-    total = out.numel()
-    modulate_kernel[(-(-total // _TILE),)](
+    block = min(_TILE, 1 << max(0, (h * w - 1).bit_length()))  # a 4x4 map: one 16-lane block a row
+    modulate_kernel[(n * c, -(-(h * w) // block))](
         t, broadcast_stride(t), mean.float().contiguous(), scale.float().contiguous(), shift.float().contiguous(),
-        out, total, c, h, w, POST_BLUR=post == "blur", BLOCK=_TILE,
+        out, c, H=h, W=w, POST_BLUR=post == "blur", BLOCK=block,
     )
     return out
