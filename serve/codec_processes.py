@@ -26,6 +26,8 @@ import struct
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -214,6 +216,7 @@ class CodecProcesses:
         self._lock = threading.Lock()
         self._closed = False
         self.jobs = 0  # jobs the workers finished
+        self._fanout: ThreadPoolExecutor | None = None  # encode_png_many's threads, made at its first use
 
     @property
     def started(self) -> int:
@@ -265,6 +268,18 @@ class CodecProcesses:
         if status == INPUT_ERROR:
             raise InputError(payload.decode())
         raise RuntimeError(f"PNG encoding failed in a codec process: {payload.decode()}")
+
+    def encode_png_many(self, images: Sequence[np.ndarray]) -> list[bytes]:
+        """encode_png of each image, in order, on as many workers at once: a response of several PNG images costs
+        about one image's time where the workers are free, not the sum. Threads of its own wait on the workers,
+        never the caller's pool (whose threads might all be waiting here)."""
+        if self.processes < 2 or len(images) < 2:
+            return [self.encode_png(image) for image in images]
+        with self._lock:
+            if self._fanout is None:
+                self._fanout = ThreadPoolExecutor(self.processes, thread_name_prefix="png-fanout")
+            fanout = self._fanout
+        return list(fanout.map(self.encode_png, images))
 
     def decode(self, data: bytes, max_pixels: int = codecs.DEFAULT_MAX_PIXELS, name: str = "image") -> np.ndarray:
         """Encoded bytes -> uint8 [H, W, C], as alae_rt.codecs.decode_image gives them: PNG in a worker, other
@@ -350,9 +365,12 @@ class CodecProcesses:
         with self._lock:
             self._closed = True
             workers, self._workers = self._workers, []
+            fanout, self._fanout = self._fanout, None
         self._idle.put(None)  # wakes a thread waiting for a worker
         for worker in workers:
             worker.close()
+        if fanout is not None:
+            fanout.shutdown(wait=False, cancel_futures=True)
 
 
 def main(argv: list[str]) -> int:

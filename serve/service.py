@@ -288,7 +288,11 @@ class AlaeService(pb_grpc.AlaeServicer):
         uint8 pixels cross to the host, once; JPEG on a GPU is encoded there (nvJPEG) and only the files cross."""
         if out.format == pb.IMAGE_FORMAT_JPEG and images.shape[3] != 4 and nvjpeg.available(images.device):
             return [encoded_parts(data) for data in nvjpeg.encode(images, out.jpeg_quality or DEFAULT_JPEG_QUALITY)]
-        return [image_parts(a, out.format, out.jpeg_quality, self.codec.encode_png) for a in to_host(images).numpy()]
+        pixels = to_host(images).numpy()
+        png = out.format not in (pb.IMAGE_FORMAT_JPEG, pb.IMAGE_FORMAT_RAW)  # PNG, the default, as image_parts
+        if png and len(pixels) > 1:  # the images' PNGs side by side, in order
+            return [encoded_parts(data) for data in self.codec.encode_png_many(list(pixels))]
+        return [image_parts(a, out.format, out.jpeg_quality, self.codec.encode_png) for a in pixels]
 
     async def _respond(self, call: Call, images: Tensor | None, latents: Tensor | None, out: pb.OutputOptions,
                        message=pb.ImagesResponse, **fields: Any):

@@ -228,3 +228,24 @@ def test_descriptors_past_1024_work():
     finally:
         for fd in held:
             os.close(fd)
+
+
+def test_several_images_are_encoded_side_by_side_in_order():
+    """A response's PNGs on several workers at once (each as encode_png writes it, in the images' order); one
+    image, or one worker, takes the plain path."""
+    pool = CodecProcesses(3, MAX_PIXELS)
+    try:
+        images = [_image(96, 96 + 8 * k, 3, seed=k) for k in range(7)]
+        pngs = pool.encode_png_many(images)
+        assert [codecs.decode_image(p).tolist() for p in pngs] == [im.tolist() for im in images]
+        assert pngs == [pool.encode_png(im) for im in images]
+        assert pool.started >= 2 and pool._fanout is not None  # the fan-out took more than one worker
+        assert pool.encode_png_many(images[:1]) == pngs[:1] and pool.encode_png_many([]) == []
+    finally:
+        pool.close()
+    assert pool._fanout is None
+    single = CodecProcesses(1, MAX_PIXELS)
+    try:
+        assert single.encode_png_many(images[:2]) == pngs[:2] and single._fanout is None
+    finally:
+        single.close()
