@@ -696,7 +696,8 @@ PROFILE_CASES = (("triton", {"cuda_graphs": False}, "bf16", "decode", 32),
                  ("triton", {"cuda_graphs": False}, "bf16", "encode", 32),
                  ("eager", {}, "fp32", "decode", 1), ("official", {}, "fp32", "decode", 1),
                  ("eager", {}, "fp32", "encode", 1), ("official", {}, "fp32", "encode", 1))
-DRY_PROFILE_CASES = (("eager", {}, "fp32", "decode", 1), ("official", {}, "fp32", "encode", 1))
+DRY_PROFILE_CASES = (("triton", {"cuda_graphs": False}, "fp32", "decode", 1), ("eager", {}, "fp32", "decode", 1),
+                     ("official", {}, "fp32", "encode", 1))
 
 
 def step_profile(ctx: Ctx) -> dict[str, Any]:

@@ -126,7 +126,8 @@ def test_dry_run_steps_recorded_their_results(dry_run):
                for r in sim["runs"][1]["rows"])
     # profile: each case's time per call and its heaviest ops (aten ops on a CPU), in the markdown too
     profiled = steps["profile"]["result"]["cases"]
-    assert [c["label"] for c in profiled] == ["eager fp32 decode batch 1", "official fp32 encode batch 1"]
+    assert [c["label"] for c in profiled] == ["triton-nograph fp32 decode batch 1", "eager fp32 decode batch 1",
+                                              "official fp32 encode batch 1"]
     for c in profiled:
         assert c["ms_per_call"] > 0 and c["events_per_call"] > 10 and c["top"][0]["share"] > 0
         assert sum(t["share"] for t in c["top"]) <= 1.0001
