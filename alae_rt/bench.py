@@ -251,7 +251,8 @@ def run_bench(config: ModelConfig | str | None = None, checkpoint: str | Path | 
               batches: Sequence[int] = (1, 4, 16), ops: Sequence[str] = OPS, device: str = "auto",
               seed: int = 0, min_reps: int = 5, min_time_s: float = 1.0, max_reps: int = 50,
               progress: Callable[[int, str], Any] | None = None, log: Callable[[str], None] = print,
-              variants: Mapping[str, tuple[str, Mapping[str, Any]]] | None = None, deadline: float | None = None,
+              variants: Mapping[str, tuple[str, Mapping[str, Any]] | tuple[str, Mapping[str, Any], Sequence[str]]]
+              | None = None, deadline: float | None = None,
               on_row: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
     """Measure every (backend, dtype, batch, op); returns {"machine", "model", "rows", "skipped"}.
 
@@ -259,7 +260,8 @@ def run_bench(config: ModelConfig | str | None = None, checkpoint: str | Path | 
     it and its max abs error against eager fp32 on the same inputs (images in [-1, 1], latents). Backends
     implement encode and decode; `map` (the small mapping MLP) runs as torch in each case's dtype.
     `variants` adds backends with options under a label of their own, measured after `backends`:
-    {"triton-nograph": ("triton", {"cuda_graphs": False})}. Cases not begun by `deadline` (a time.monotonic()
+    {"triton-nograph": ("triton", {"cuda_graphs": False})}, in `dtypes` or in its own, a third item:
+    {"triton-tf32": ("triton", {"allow_tf32": True}, ["fp32"])}. Cases not begun by `deadline` (a time.monotonic()
     value) are skipped with a note; `on_row` receives each row as it is measured (to keep partial results).
     """
     unknown = [op for op in ops if op not in OPS]
@@ -292,9 +294,10 @@ def run_bench(config: ModelConfig | str | None = None, checkpoint: str | Path | 
     skipped: list[str] = []
     baseline_ms: dict[tuple[str, int], float] = {}
     reference: dict[tuple[str, int], Tensor] = {}
-    # (row label, backend, options): the backends by name, then the labelled variants
-    named = [(b, b, {}) for b in backends] + [(label, b, dict(o)) for label, (b, o) in (variants or {}).items()]
-    cases = [(label, b, o, d) for label, b, o in named for d in (["fp32"] if b == BASELINE else dtypes)]
+    # (row label, backend, options, dtypes): the backends by name, then the labelled variants
+    named = [(b, b, {}, ["fp32"] if b == BASELINE else dtypes) for b in backends] + [
+        (label, v[0], dict(v[1]), list(v[2]) if len(v) > 2 else dtypes) for label, v in (variants or {}).items()]
+    cases = [(label, b, o, d) for label, b, o, ds in named for d in ds]
     total = len(cases) * len(batches) * len(ops)
     bar = progress(total, "bench") if progress else None
     for backend_name, factory_name, options, dtype_name in cases:

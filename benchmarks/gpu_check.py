@@ -374,7 +374,10 @@ def _parity_errors(rt, ref: dict, dtype: str, backend: str) -> dict[str, dict[st
 
 # Step 3: (backends by name, {label: (backend, options)}) measured in one run_bench call, the baseline first.
 BENCH_PLANS = {
-    "bench": (["eager", "triton"], {"triton-nograph": ("triton", {"cuda_graphs": False})}),
+    # triton-tf32: fp32 like for like with eager and the official order, whose convolutions run in TF32 (cuDNN's
+    # default, which the timings keep); the triton backend's own fp32 is exact.
+    "bench": (["eager", "triton"], {"triton-nograph": ("triton", {"cuda_graphs": False}),
+                                    "triton-tf32": ("triton", {"allow_tf32": True}, ("fp32",))}),
     "bench_compile": (["compile"], {"compile-graphs": ("compile", {"mode": "reduce-overhead"})}),
 }
 DRY_BENCH_PLANS = {
@@ -400,7 +403,8 @@ def step_bench(ctx: Ctx) -> dict[str, Any]:
                     "min_reps": 5, "min_time_s": 0.3, "max_reps": 20}
     labels = [BASELINE, *backends, *variants]
     per_dtype = len(settings["batches"]) * 2  # cases per (label, dtype): batches x (encode, decode)
-    per_label = {lb: (1 if lb == BASELINE else len(settings["dtypes"])) * per_dtype for lb in labels}
+    per_label = {lb: (1 if lb == BASELINE else len(variants[lb][2]) if len(variants.get(lb, ())) > 2
+                      else len(settings["dtypes"])) * per_dtype for lb in labels}
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
     failures: list[str] = []
@@ -456,7 +460,7 @@ def step_bench(ctx: Ctx) -> dict[str, Any]:
     tf32 = {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32}
     out: dict[str, Any] = {
         "settings": {**settings, "ops": ["encode", "decode"], "backends": [BASELINE, *backends],
-                     "variants": {k: [b, o] for k, (b, o) in variants.items()},
+                     "variants": {k: [v[0], v[1], *([list(v[2])] if len(v) > 2 else [])] for k, v in variants.items()},
                      "tf32": tf32,
                      "cuda_graphs": "triton: on unless cuda_graphs=False; compile: mode=reduce-overhead"},
         "model": report.get("model"), "rows": rows, "skipped": skipped,

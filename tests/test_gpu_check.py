@@ -233,8 +233,10 @@ def test_run_bench_variants_deadline_and_rows_as_they_come():
     seen = []
     report = run_bench(config="tiny", backends=["eager"], dtypes=["fp32"], batches=[1], ops=["decode"],
                        device="cpu", min_reps=1, min_time_s=0.0, log=lambda m: None, on_row=seen.append,
-                       variants={"eager-again": ("eager", {}), "eager-bogus": ("eager", {"bogus": 1})})
-    assert [r["backend"] for r in report["rows"]] == ["official", "eager", "eager-again"]
+                       variants={"eager-again": ("eager", {}), "eager-bogus": ("eager", {"bogus": 1}),
+                                 "eager-bf16": ("eager", {}, ["bf16"])})
+    assert [(r["backend"], r["dtype"]) for r in report["rows"]] == [("official", "fp32"), ("eager", "fp32"),
+                                                                    ("eager-again", "fp32"), ("eager-bf16", "bf16")]
     assert seen == report["rows"]
     assert any(s.startswith("eager-bogus fp32:") and "bogus" in s for s in report["skipped"])  # options reach it
     late = run_bench(config="tiny", backends=["eager"], dtypes=["fp32"], batches=[1], ops=["decode"], device="cpu",
