@@ -31,13 +31,13 @@ def corner_sum_kernel(weight: Tensor) -> Tensor:
 
 
 def _blur_buffer(channels: int) -> Tensor:
-    """The fixed blur weight a block holds as a buffer, [channels, 1, 3, 3], contiguous.
+    """The fixed blur weight a block holds as a buffer, [channels, 1, 3, 3].
 
     Made once, not at every forward: at batch 1 on a GPU, where launches bound the time, making it per call cost
-    each blur six tiny kernels, and conv a copy of the expanded weight. Made on the CPU even when the network is
-    built on the meta device to take loaded weights (Runtime.from_checkpoint): it is not in the state dict, so
-    nothing would replace a meta tensor; `.to()` moves it, and casts it exactly, with the weights."""
-    return blur_weight(channels, device="cpu").contiguous()
+    each blur six tiny kernels. Made on the CPU even when the network is built on the meta device to take loaded
+    weights (Runtime.from_checkpoint): it is not in the state dict, so nothing would replace a meta tensor; `.to()`
+    moves it, and casts it exactly, with the weights."""
+    return blur_weight(channels, device="cpu")
 
 
 def pixel_norm(z: Tensor) -> Tensor:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import importlib.util
 import json
 import os
@@ -853,10 +854,9 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                            "result": {}, "log_tail": [], "log": ""} for s in group]
                 continue
             slack = budget - max(owns)  # what the steps before left unused, shared by the group's steps
-            budgets = [min(budget, own + slack) for own in owns]
+            run = functools.partial(run_step, state=state, env=env, dry_run=args.dry_run, device=device)
             with ThreadPoolExecutor(len(group)) as pool:
-                steps += pool.map(run_step, group, budgets, *([x] * len(group) for x in (state, env, args.dry_run,
-                                                                                          device)))
+                steps += pool.map(run, group, [min(budget, own + slack) for own in owns])
             if group[0].name == "device":
                 device = steps[-1]["result"].get("machine", {}).get("device")
     finally:
@@ -1183,15 +1183,19 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
         return None
     if not rows:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.2), squeeze=False)
+    # A colour per backend and a line style per dtype: eleven and more lines stay apart (ten colours cycle).
+    colours = {b: plt.cm.tab10(i % 10) for i, b in enumerate(sorted({r["backend"] for r in rows}))}
+    styles = {"fp32": "-", "bf16": "--", "fp16": ":"}
     for ax, op in zip(axes[0], ("decode", "encode")):
-        series: dict[str, list[tuple[int, float]]] = {}
+        series: dict[tuple[str, str], list[tuple[int, float]]] = {}
         for r in rows:
             if r["op"] == op:
-                series.setdefault(f"{r['backend']} {r['dtype']}", []).append((r["batch"], r["images_per_s"]))
-        for label, points in sorted(series.items()):
+                series.setdefault((r["backend"], r["dtype"]), []).append((r["batch"], r["images_per_s"]))
+        for (backend, dtype), points in sorted(series.items()):
             points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=colours[backend],
+                    linestyle=styles.get(dtype, "-."), label=f"{backend} {dtype}")
         if not report["kit"]["dry_run"]:
             ax.axhline(GOAL_IMAGES_PER_S, color="grey", linestyle="--", linewidth=1, label="goal (bf16, batch 32)")
         ax.set_xscale("log", base=2)
@@ -1200,13 +1204,15 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
         ax.set_ylabel("images/s")
         ax.set_title(op)
         ax.grid(True, alpha=0.3)
-    axes[0][1].legend(fontsize=7, loc="best")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    more = [(h, lb) for h, lb in zip(*axes[0][1].get_legend_handles_labels()) if lb not in labels]
+    fig.legend(handles + [h for h, _ in more], labels + [lb for _, lb in more], fontsize=7, loc="center right")
     m = report["machine"]
     models = [_step(report, name)["result"].get("model") for name in ("bench", "bench_compile")]
     model = next((f"{md['name']} " for md in models if md), "")
     fig.suptitle(f"alae-rt {model}{'(dry run) ' if report['kit']['dry_run'] else ''}encode/decode on "
                  f"{m['device_name']} ({m['date'][:10]}, {m['commit']})", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.83, 1))  # the legend right of the panels, clear of the lines
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

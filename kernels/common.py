@@ -21,7 +21,8 @@ def blur_weight(channels: int, dtype: torch.dtype = torch.float32, device=None) 
     official order, which makes its blur weights once, 5.8.)"""
     f = 2.0 - (torch.arange(3, dtype=torch.float32, device=device) - 1.0).abs()  # [1, 2, 1], exact
     k = f[:, None] * f[None, :] / 16.0
-    return k.expand(channels, 1, 3, 3).to(dtype=dtype)
+    # contiguous, as the official `repeat` makes it: an expanded weight costs each convolution a copy
+    return k.expand(channels, 1, 3, 3).to(dtype=dtype).contiguous()
 
 
 def blur(x: Tensor, weight: Tensor | None = None) -> Tensor:

@@ -47,10 +47,9 @@ class OfficialOrderBackend:
         if next(model.parameters()).dtype != torch.float32:
             raise InputError("backend 'official' runs in fp32 only, as the official code does")
         self.model = model
-        # The official Blur modules hold their kernels as buffers, made once with `repeat`: contiguous (an expanded
-        # weight would cost the convolution a copy at every call that the official code does not pay).
-        self._blur = {c: blur_weight(c, device=device).contiguous()
-                      for c in {*model.config.generator_channels, *(i for i, _ in model.config.encoder_channels)}}
+        # The official Blur modules hold their kernels as buffers, made once.
+        self._blur = {c: blur_weight(c, device=device) for c in {*model.config.generator_channels,
+                                                                   *(i for i, _ in model.config.encoder_channels)}}
 
     def _blur_conv(self, x: Tensor) -> Tensor:
         return F.conv2d(x, weight=self._blur[x.shape[1]], groups=x.shape[1], padding=1)
