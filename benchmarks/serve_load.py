@@ -46,6 +46,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 OPS = ("decode", "generate", "reconstruct", "encode")
+SIM_FORMATS = ("png", "jpeg", "raw", "latents")  # --simulate-model's response formats (decode)
+SIM_FILES = ("png", "jpeg")  # and its encode requests' file formats
 # The batcher(s) each operation goes through: the mean batch size is read from their histograms.
 BATCHERS = {"decode": ("decode",), "generate": ("decode",), "reconstruct": ("encode", "decode"), "encode": ("encode",)}
 
@@ -112,6 +114,12 @@ def parse_args(argv=None) -> argparse.Namespace:
             args.max_batch = 32
         if not 1 <= args.images_per_request <= args.max_batch:
             p.error(f"--images-per-request must be in 1..--max-batch ({args.max_batch})")
+        for option, value, known in (("--formats", args.formats, SIM_FORMATS),
+                                     ("--encode-from", args.encode_from, SIM_FILES)):
+            wrong = [f for f in value.split(",") if f and f not in known]
+            if wrong:
+                p.error(f"{option} {','.join(wrong)}: expected some of {','.join(known)} (comma-separated; an empty "
+                        "value runs none)")
     elif args.images_per_request != 1:
         p.error("--images-per-request is for --simulate-model (the real model's baseline is per request)")
     elif not args.preset and not args.checkpoint and not args.server:
@@ -380,6 +388,7 @@ def load_runtime(args: argparse.Namespace, info):
     import torch
 
     from alae_rt import Runtime
+    from alae_rt.config import ModelConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -388,7 +397,8 @@ def load_runtime(args: argparse.Namespace, info):
         return Runtime.from_config(args.preset, **kw)
     if args.checkpoint:
         return Runtime.load(args.checkpoint, **kw)
-    return Runtime.from_config(json.loads(info.config_json)["name"], **kw)
+    # random weights of the server's architecture (its config itself: the name may be no preset of this version)
+    return Runtime.from_config(ModelConfig.from_dict(json.loads(info.config_json)), **kw)
 
 
 def direct_calls(rt, op: str, batch: int, seconds: float, max_calls: int) -> dict:

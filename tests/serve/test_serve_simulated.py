@@ -100,3 +100,32 @@ def test_serve_load_with_server_processes_counts_every_process(tmp_path):
     assert row["requests"] == 48 and not row["errors"] and row["mean_batch"] >= 1  # scraped from both ports
     text = (tmp_path / "sim2.md").read_text()
     assert "--processes 2" in text and "2 x 1000 / this" in text and "Without it" not in text
+
+
+def test_serve_load_refuses_unknown_formats_in_one_line(capsys):
+    spec = importlib.util.spec_from_file_location("serve_load", ROOT / "benchmarks" / "serve_load.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for option, value in (("--encode-from", "none"), ("--formats", "raw,gif")):
+        with pytest.raises(SystemExit) as exc:
+            bench.parse_args(["--simulate-model", "0.4", option, value])
+        assert exc.value.code == 2
+        assert f"{option} {value.split(',')[-1]}: expected some of" in capsys.readouterr().err
+
+
+def test_serve_load_against_a_server_whose_config_is_no_preset(tmp_path):
+    """--server: the in-process baseline takes the server's architecture from its config itself (the simulated
+    model's "simulated-1024" is no preset), not from a preset of its name."""
+    spec = importlib.util.spec_from_file_location("serve_load", ROOT / "benchmarks" / "serve_load.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from alae_rt.config import ModelConfig
+
+    cfg = ModelConfig(3, 4, 4, 16, 2, name="not-a-preset")
+    rt = SimulatedRuntime(0.1, 0.5, config=cfg, max_batch=4)
+    with ServerThread(rt, ServeConfig(port=0, max_delay_ms=1)) as st:
+        argv = ["--server", st.address, "--concurrency", "1", "--requests", "4", "--duration", "20",
+                "--baseline-seconds", "0.2", "-o", str(tmp_path), "--tag", "srv"]
+        assert bench.main(argv) == 0
+    report = json.loads((tmp_path / "srv.json").read_text())
+    assert report["levels"][0]["requests"] == 4 and report["meta"]["model"].startswith("not-a-preset 16x16")
