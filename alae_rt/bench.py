@@ -278,7 +278,7 @@ def run_bench(config: ModelConfig | str | None = None, checkpoint: str | Path | 
     backends = [BASELINE] + [b for b in backends if b != BASELINE]
     if dtypes is None:
         dtypes = ["fp32", "bf16"] if dev.type == "cpu" else ["fp32", "fp16", "bf16"]
-    flops = count_flops(ref.config)
+    flops = count_flops(ref.config, ref.method)
     flops["reconstruct"] = flops["encode"] + flops["decode"]
     cfg = ref.config
 

@@ -727,9 +727,9 @@ def main(argv=None) -> int:
         "p99_1": ("n/a" if 1 not in by_n else f"served {by_n[1]['p99_ms']:.1f} ms vs direct {direct1['p99_ms']:.1f} ms"
                   f" ({by_n[1]['p99_ms'] / direct1['p99_ms'] - 1:+.0%})"),
     }
-    flops = count_flops(rt.config)
-    per_image = {"decode": flops["decode"], "generate": flops["decode"] + flops["map"], "encode": flops["encode"],
-                 "reconstruct": flops["encode"] + flops["decode"]}[args.op] / 1e9
+    flops = count_flops(rt.config, rt.method)
+    per_image = {"decode": flops["decode"], "generate": flops["decode"] + flops.get("map", 0),
+                 "encode": flops["encode"], "reconstruct": flops["encode"] + flops["decode"]}[args.op] / 1e9
     now = datetime.datetime.now(datetime.timezone.utc)
     meta = {"op": args.op, "model": f"{info.config_name} {info.resolution}x{info.resolution} ({info.weights})",
             "device": device_name(rt), "date": now.strftime("%Y-%m-%d %H:%M UTC"), "commit": git_commit(),

@@ -196,3 +196,26 @@ def test_other_backends_match_eager_for_each_method(method):
     torch.testing.assert_close(other.encode(x), eager.encode(x), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(other.reconstruct(x, noise="const"), eager.reconstruct(x, noise="const"),
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_info_counts_the_methods_own_networks(tmp_path, capsys, method):
+    """`alae-rt info` on a checkpoint counts the networks its method has: parameters equal the model's own, FLOPs
+    only for the passes it has (IntroVAE: no mapping, no head; LIA: the flow and the image critic)."""
+    import json
+
+    rt = runtime(method)
+    code, out, err = run_cli(capsys, "info", "-c", str(saved(tmp_path, rt)), "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    params = info["parameters"]
+    assert params["total"] == sum(p.numel() for p in rt.model.parameters())
+    assert info["method"]["name"] == method
+    expected = {"alae": ({"mapping", "generator", "encoder", "head"}, {"encode", "decode", "map", "discriminate"}),
+                "introvae": ({"generator", "encoder"}, {"encode", "decode"}),
+                "lia": ({"mapping", "generator", "encoder", "critic", "head"},
+                        {"encode", "decode", "map", "discriminate"})}[method]
+    assert set(params) - {"total"} == expected[0] and set(info["gflops_per_image"]) == expected[1]
+    flops = info["gflops_per_image"]
+    if method == "lia":  # an image through the critic, not a w through the head alone
+        assert flops["discriminate"] > flops["encode"] * 0.9

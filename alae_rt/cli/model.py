@@ -54,7 +54,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             raise InputError("no --checkpoint or --preset given, and this install has no bundled default model")
         ckpt = load_checkpoint(path, args.config, trust_pickle=args.trust_pickle)
         cfg, source, method = ckpt.config, ckpt.source, ckpt.method
-    params, flops = count_params(cfg), count_flops(cfg)
+    params, flops = count_params(cfg, method), count_flops(cfg, method)
     info: dict[str, Any] = {
         "weights": source,
         **({"method": method.to_dict()} if method is not None else {}),
