@@ -31,7 +31,10 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # cut off at its time budget (the GPU proof's kernels step) has them; 8x512x32x32 (16 MB) fits in an H200's L2.
 LAYERS = [(16, 1024), (32, 512), (128, 128), (512, 32)]
 SMOKE_LAYERS = [(8, 8), (4, 16)]
-IMPLS = ("triton", "torch", "compile")
+# triton: the fused kernel; unfused (modulated_conv3x3 only): the same op as the Triton backend's cudnn_max_res runs
+# it - modulate, the dtype's own conv2d (cuDNN on CUDA), act_stats; torch / compile: the fp32 reference, eager / built
+IMPLS = ("triton", "unfused", "torch", "compile")
+TRITON_IMPLS = ("triton", "unfused")
 
 
 def cases(n: int, c: int, r: int, dtype: torch.dtype, device: str) -> list[dict]:
@@ -61,9 +64,13 @@ def cases(n: int, c: int, r: int, dtype: torch.dtype, device: str) -> list[dict]
     noise_bytes = n * r * r * e
     y_pool = rnd(n, c, 2 * r, 2 * r)
 
-    def entry(op, variant, triton, ref, args, nbytes, flops=0):
+    def entry(op, variant, triton, ref, args, nbytes, flops=0, unfused=None):
         return {"op": op, "variant": variant, "triton": triton, "ref": ref, "args": args, "bytes": nbytes,
-                "flops": flops}
+                "flops": flops, "unfused": unfused}
+
+    def unfused_conv():
+        y = torch.nn.functional.conv2d(modulate(x, mean, scale, shift, impl="triton"), weight, padding=1)
+        return act_stats(y, noise, nw, b, impl="triton")
 
     return [
         # The generator's up-sampling epilogue: blur + noise + bias + leaky_relu + statistics.
@@ -81,7 +88,7 @@ def cases(n: int, c: int, r: int, dtype: torch.dtype, device: str) -> list[dict]
         entry("modulated_conv3x3", "noise, bias",
               lambda: modulated_conv3x3(x, mean, scale, shift, weight, noise, nw, b, packed=packed, impl="triton"),
               modulated_conv3x3_ref, (x, mean, scale, shift, weight, noise, nw, b),
-              2 * plane + noise_bytes + weight.numel() * e, 2 * n * r * r * c * c * 9),
+              2 * plane + noise_bytes + weight.numel() * e, 2 * n * r * r * c * c * 9, unfused=unfused_conv),
     ]
 
 
@@ -107,8 +114,9 @@ def _num(v: float) -> str:
 
 
 def _call(case: dict, impl: str):
-    if impl == "triton":
-        return case["triton"]
+    """The case's zero-arg call for impl, or None where the case has no such impl."""
+    if impl in TRITON_IMPLS:
+        return case[impl]
     fn, args = case["ref"], case["args"]
     if impl == "compile":
         fn = torch.compile(fn)
@@ -127,6 +135,8 @@ def run(device: str, dtypes: list[str], layers, batch: int, reps: int, impls: li
             for case in cases(batch, c, r, DTYPES[dtype_name], device):
                 for impl in impls:
                     call = _call(case, impl)
+                    if call is None:
+                        continue
                     label = f"{case['op']} ({case['variant']}) {impl} {dtype_name} {batch}x{c}x{r}x{r}"
                     with torch.inference_mode():
                         try:
@@ -219,7 +229,7 @@ def main(argv=None) -> int:
     impls = (args.impls or (",".join(IMPLS) if cuda else "torch")).split(",")
     if unknown := set(impls) - set(IMPLS):
         p.error(f"--impls: unknown {', '.join(sorted(unknown))} (choose from {', '.join(IMPLS)})")
-    if not cuda and "triton" in impls:
+    if not cuda and set(TRITON_IMPLS) & set(impls):
         if not args.smoke:
             print("bench_kernels: the Triton kernels' speed needs a CUDA GPU; on CPU time the torch references "
                   "(--impls torch,compile) or check the script with --smoke", file=sys.stderr)

@@ -377,12 +377,17 @@ def _parity_errors(rt, ref: dict, dtype: str, backend: str) -> dict[str, dict[st
 BENCH_PLANS = {
     # triton-tf32: fp32 like for like with eager and the official order, whose convolutions run in TF32 (cuDNN's
     # default, which the timings keep); the triton backend's own fp32 is exact.
+    # triton-cudnnR: the 3x3 convolutions up to resolution R through cuDNN (modulate + conv2d + act_stats), to find
+    # the layers where cuDNN beats the fused kernel (on the H200 the fused kernel ran at 2-7% of the bf16 rate)
     "bench": (["eager", "triton"], {"triton-nograph": ("triton", {"cuda_graphs": False}),
-                                    "triton-tf32": ("triton", {"allow_tf32": True}, ("fp32",))}),
+                                    "triton-tf32": ("triton", {"allow_tf32": True}, ("fp32",)),
+                                    "triton-cudnn64": ("triton", {"cudnn_max_res": 64}, ("bf16",)),
+                                    "triton-cudnn1024": ("triton", {"cudnn_max_res": 1024}, ("bf16",))}),
     "bench_compile": (["compile"], {"compile-graphs": ("compile", {"mode": "reduce-overhead"})}),
 }
 DRY_BENCH_PLANS = {
-    "bench": (["eager"], {"triton-nograph": ("triton", {"cuda_graphs": False})}),
+    "bench": (["eager"], {"triton-nograph": ("triton", {"cuda_graphs": False}),
+                          "triton-cudnn8": ("triton", {"cudnn_max_res": 8})}),
     "bench_compile": None,  # torch.compile builds for minutes on a CPU
 }
 
@@ -529,7 +534,7 @@ def step_kernels(ctx: Ctx) -> dict[str, Any]:
     cmd = [sys.executable, str(script.relative_to(ROOT))]
     for flag, value in (("--device", ctx.device), ("--out", str(out_dir)),
                         # compile's references build for minutes at the full shapes: Triton against eager torch
-                        ("--impls", "triton,torch" if ctx.device == "cuda" else "torch"),
+                        ("--impls", "triton,unfused,torch" if ctx.device == "cuda" else "torch"),
                         ("--dtypes", "fp32,bf16" if ctx.device == "cuda" else "fp32")):
         if flag in flags:
             cmd += [flag, value]

@@ -24,6 +24,18 @@ def test_matches_the_official_fixture(gray32):
     check_all_outputs(Runtime.load(path, backend="triton"), ref)
 
 
+@pytest.mark.parametrize("cudnn_max_res", [8])
+def test_unfused_convolutions_match_the_official_fixture(gray32, cudnn_max_res):
+    """cudnn_max_res: the 3x3 convolutions up to that resolution as modulate + conv2d + act_stats (8: the low
+    layers only, 4096: every layer), the same outputs."""
+    path, ref = gray32
+    rt = Runtime.load(path, backend="triton", backend_options={"cudnn_max_res": cudnn_max_res})
+    assert rt.backend.cudnn_max_res == cudnn_max_res
+    check_all_outputs(rt, ref)
+    with pytest.raises(InputError, match="cudnn_max_res: a resolution"):
+        Runtime.load(path, backend="triton", backend_options={"cudnn_max_res": -1})
+
+
 @pytest.mark.slow
 def test_matches_the_rgb128_fixture():
     """The fused (stride-2 / transposed) paths at 128x128; minutes under the interpreter."""

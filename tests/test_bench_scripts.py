@@ -13,14 +13,16 @@ def test_kernel_benchmark_smoke(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import bench_kernels
 
-    code = bench_kernels.main(["--smoke", "--dtypes", "fp32", "--impls", "triton,torch", "--reps", "1",
+    code = bench_kernels.main(["--smoke", "--dtypes", "fp32", "--impls", "triton,unfused,torch", "--reps", "1",
                                "-o", str(tmp_path)])
     assert code == 0
     report = json.loads(next(tmp_path.glob("kernels_*.json")).read_text())
     # one entry per op of alae_rt.kernels, each variant timed with both implementations asked for
     assert {r["op"] for r in report["rows"]} == {"act_stats", "modulate", "modulated_conv3x3"}
     cases = {(r["op"], r["variant"], r["impl"], tuple(r["shape"])) for r in report["rows"]}
-    assert len(cases) == len(report["rows"]) == 5 * 2 * 2  # variants x impls x smoke shapes
+    # variants x (triton, torch) x smoke shapes, and the convolution unfused (modulate + conv2d + act_stats)
+    assert len(cases) == len(report["rows"]) == 5 * 2 * 2 + 2
+    assert {r["op"] for r in report["rows"] if r["impl"] == "unfused"} == {"modulated_conv3x3"}
     for r in report["rows"]:
         assert r["gb_per_s"] == pytest.approx(r["bytes"] / (r["ms"] / 1e3) / 1e9)
     assert next(tmp_path.glob("kernels_*.md")).read_text().startswith("# Kernel benchmark")

@@ -37,11 +37,14 @@ MAX_GRAPHS = 8  # captured (batch, noise layout) signatures kept per call
 
 class TritonBackend:
     """Fused-kernel encode/decode. Options: cuda_graphs (default True on CUDA), allow_tf32 (default False:
-    fp32 models keep fp32 products)."""
+    fp32 models keep fp32 products), cudnn_max_res (default 0: none): the 3x3 convolutions of layers at this
+    resolution and below run unfused - the input materialised by `modulate`, the convolution by cuDNN, its epilogue
+    by `act_stats` - for the layers where cuDNN's convolution beats the fused kernel (measured per device)."""
 
     name = "triton"
 
-    def __init__(self, model: StyleALAE, device: torch.device, cuda_graphs: bool = True, allow_tf32: bool = False):
+    def __init__(self, model: StyleALAE, device: torch.device, cuda_graphs: bool = True, allow_tf32: bool = False,
+                 cudnn_max_res: int = 0):
         if not triton_available():
             raise InputError("backend 'triton' needs the triton package (it comes with the CUDA builds of torch)")
         if device.type != "cuda" and not interpreting():
@@ -50,6 +53,9 @@ class TritonBackend:
         self.model = model
         self.cfg = model.config
         self.allow_tf32 = allow_tf32
+        if isinstance(cudnn_max_res, bool) or not isinstance(cudnn_max_res, int) or cudnn_max_res < 0:
+            raise InputError(f"backend option cudnn_max_res: a resolution (0: none), got {cudnn_max_res!r}")
+        self.cudnn_max_res = cudnn_max_res
         dtype = next(model.parameters()).dtype
         gen, enc = model.generator, model.encoder
         with torch.no_grad():
@@ -64,6 +70,17 @@ class TritonBackend:
         graphs = cuda_graphs and device.type == "cuda"
         self.encode = _CudaGraphs(self._encode) if graphs else self._encode
         self.decode = _CudaGraphs(self._decode) if graphs else self._decode
+
+    def _conv3x3(self, t: Tensor, mean: Tensor, scale: Tensor, shift: Tensor, weight: Tensor, packed: Tensor,
+                 noise: Tensor | None = None, noise_weight: Tensor | None = None, bias: Tensor | None = None
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+        """modulated_conv3x3 (t normalised and modulated on load, the epilogue on the accumulator); at resolutions
+        up to cudnn_max_res the same in three passes, the convolution cuDNN's."""
+        if t.shape[-1] > self.cudnn_max_res:
+            return modulated_conv3x3(t, mean, scale, shift, weight, noise, noise_weight, bias, packed=packed,
+                                     allow_tf32=self.allow_tf32, impl="triton")
+        x = modulate(t, mean, scale, shift, impl="triton")  # [N, C, H, W]: zero padding lies outside it, as fused
+        return act_stats(F.conv2d(x, weight, padding=1), noise, noise_weight, bias, impl="triton")
 
     # ---- generator ----------------------------------------------------------------------------------------
     def _decode(self, styles: Tensor, noise: list[Tensor | None]) -> Tensor:
@@ -85,9 +102,8 @@ class TritonBackend:
                                          impl="triton")
             style = blk.style_1(styles[:, 2 * i])
             scale, shift = self._adain_coefs(var, style, n)
-            t, mean, var = modulated_conv3x3(t, mean.expand(n, -1), scale, shift, blk.conv_2, noise[2 * i + 1],
-                                             blk.noise_weight_2, blk.bias_2, packed=self._gen_conv2[i],
-                                             allow_tf32=self.allow_tf32, impl="triton")
+            t, mean, var = self._conv3x3(t, mean.expand(n, -1), scale, shift, blk.conv_2, self._gen_conv2[i],
+                                         noise[2 * i + 1], blk.noise_weight_2, blk.bias_2)
             style = blk.style_2(styles[:, 2 * i + 1])
         rgb = gen.to_rgb[-1]
         return F.conv2d(self._adain(t, mean, var, style), rgb.weight, rgb.bias)
@@ -115,8 +131,7 @@ class TritonBackend:
         scale, shift = torch.ones_like(mean), torch.zeros_like(mean)  # the first conv sees x unnormalised
         w = None
         for i, blk in enumerate(enc.blocks):
-            t1, m1, v1 = modulated_conv3x3(t, mean, scale, shift, blk.conv_1, bias=blk.bias_1,
-                                           packed=self._enc_conv1[i], allow_tf32=self.allow_tf32, impl="triton")
+            t1, m1, v1 = self._conv3x3(t, mean, scale, shift, blk.conv_1, self._enc_conv1[i], bias=blk.bias_1)
             s1 = blk.style_1(torch.cat((m1, v1.sqrt()), dim=1).to(t.dtype))
             zeros = torch.zeros_like(m1)
             xb = modulate(t1, m1, torch.rsqrt(v1 + ENC_NORM_EPS), zeros, post="blur", impl="triton")
