@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 import time
 import urllib.request
 
@@ -284,3 +285,31 @@ def test_png_through_codec_processes_matches_the_threads(tiny_rt):
     np.testing.assert_array_equal(answers[2][0], answers[0][0])
     for a, b in zip(answers[2][1], answers[0][1]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_lone_calls_unencoded_response_is_framed_on_the_loop(tiny_rt, monkeypatch):
+    """RAW pixels and latents of a call with no other in flight are framed on the event loop (no hop to the pool and
+    back); PNG, and RAW over INLINE_RESPONSE_BYTES, in the pool. The pixels are the same either way."""
+    from alae_rt.serve import service as service_module
+
+    threads: list[str] = []
+    with ServerThread(tiny_rt, ServeConfig(port=0, max_delay_ms=1)) as st, AlaeClient(st.address) as c:
+        service = st.server.service
+        frame = service._response
+
+        def recorded(*args, **kwargs):
+            threads.append("loop" if threading.current_thread() is st._thread else "pool")
+            return frame(*args, **kwargs)
+
+        monkeypatch.setattr(service, "_response", recorded)
+        w = latents(2, seed=4)
+        inline = c.decode(w, format="raw").images
+        c.stub.Decode(pb.DecodeRequest(latents=pb.Tensor(shape=[2, 32], data=w.tobytes()),
+                                       output=pb.OutputOptions(return_latents=True, skip_images=True)))
+        as_png = c.decode(w, format="png").images
+        monkeypatch.setattr(service_module, "INLINE_RESPONSE_BYTES", 16 * 16 * 3)  # one image of this model
+        pooled = c.decode(w, format="raw").images
+    assert threads == ["loop", "loop", "pool", "pool"]
+    for a, b, p in zip(inline, pooled, as_png):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, p)
