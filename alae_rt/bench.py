@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as dt
+import glob
 import json
 import os
 import platform
@@ -99,6 +100,19 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
+
+
+def unused_stem(folder: str | Path, stem: str) -> str:
+    """`stem`, or `stem-2`, `stem-3`, ...: the first that names no file (of any extension) in `folder`. Benchmarks
+    name their results by date (and commit): a rerun on the same day adds a file instead of overwriting a recorded
+    one. (A name the caller gave, e.g. --tag, is used as given.)"""
+    folder = Path(folder)
+    names = [p.name for p in folder.glob(f"{glob.escape(stem)}*")] if folder.is_dir() else []
+    candidate, k = stem, 1
+    while any(name.startswith(candidate + ".") for name in names):
+        k += 1
+        candidate = f"{stem}-{k}"
+    return candidate
 
 
 def _track_cpu_memory() -> None:
@@ -496,7 +510,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path, stem: str | None =
     if stem is None:
         device = "cpu" if m["device"] == "cpu" else "".join(ch for ch in m["device_name"] if ch.isalnum())
         stamp = m["date"].replace(":", "").replace("-", "")[:15]
-        stem = f"bench_{report['model']['name']}_{device}_{stamp}"
+        stem = unused_stem(out, f"bench_{report['model']['name']}_{device}_{stamp}")
     paths = [out / f"{stem}.json", out / f"{stem}.md"]
     paths[0].write_text(json.dumps(report, indent=2) + "\n")
     paths[1].write_text(format_table(report, markdown=True))

@@ -229,18 +229,24 @@ def main(argv=None) -> int:
     impls = (args.impls or (",".join(IMPLS) if cuda else "torch")).split(",")
     if unknown := set(impls) - set(IMPLS):
         p.error(f"--impls: unknown {', '.join(sorted(unknown))} (choose from {', '.join(IMPLS)})")
+    dtypes = (args.dtypes or ("fp32,fp16,bf16" if cuda else "fp32")).split(",")
+    if unknown := set(dtypes) - set(DTYPES):
+        p.error(f"--dtypes: unknown {', '.join(sorted(unknown))} (choose from {', '.join(DTYPES)})")
     if not cuda and set(TRITON_IMPLS) & set(impls):
         if not args.smoke:
             print("bench_kernels: the Triton kernels' speed needs a CUDA GPU; on CPU time the torch references "
                   "(--impls torch,compile) or check the script with --smoke", file=sys.stderr)
             return 2
         os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are defined, i.e. imported
-    report = run(args.device, (args.dtypes or ("fp32,fp16,bf16" if cuda else "fp32")).split(","),
+    report = run(args.device, dtypes,
                  SMOKE_LAYERS if args.smoke else LAYERS, args.batch or (8 if cuda else 1), args.reps, impls)
     m = report["machine"]
     where = m["device_name"] if cuda else f"cpu {m['device_name']} {m['threads']} threads"
     slug = re.sub(r"[^a-z0-9]+", "-", where.lower()).strip("-")[:48]
-    stem = f"kernels_{'smoke_' if args.smoke else ''}{slug}_{m['date'][:10].replace('-', '')}_{m['commit']}"
+    from alae_rt.bench import unused_stem
+
+    stem = unused_stem(args.out, f"kernels_{'smoke_' if args.smoke else ''}{slug}_{m['date'][:10].replace('-', '')}_"
+                                 f"{m['commit']}")
     for path in write(report, Path(args.out), stem):
         print(f"wrote {path}")
     return 0

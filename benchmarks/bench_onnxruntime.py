@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from alae_rt import Runtime, __version__
-from alae_rt.bench import cpu_model, git_commit
+from alae_rt.bench import cpu_model, git_commit, unused_stem
 from alae_rt.config import PRESETS
 from alae_rt.export.onnx_export import export_onnx
 from alae_rt.flops import count_flops
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"onnxruntime_cpu_{cfg.name}_b{n}_{now:%Y%m%d}_{commit}"
+    stem = unused_stem(args.out, f"onnxruntime_cpu_{cfg.name}_b{n}_{now:%Y%m%d}_{commit}")
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"# onnxruntime (CPU) vs eager (CPU): {cfg.name}, {r}x{r}, batch {n}, fp32",

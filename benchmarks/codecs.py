@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from alae_rt.bench import git_commit
+from alae_rt.bench import git_commit, unused_stem
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FACES = ROOT.parent / "shared" / "data" / "faces1024"
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if not args.no_save:
         args.out.mkdir(parents=True, exist_ok=True)
-        stem = args.out / f"codecs_1024_{time.strftime('%Y%m%d')}"
+        stem = args.out / unused_stem(args.out, f"codecs_1024_{time.strftime('%Y%m%d')}")
         stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
         stem.with_suffix(".md").write_text(text)
         print(f"wrote {stem}.json and .md", file=sys.stderr)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alae_rt.bench import cpu_model, machine_info
+from alae_rt.bench import cpu_model, machine_info, unused_stem
 from alae_rt.checkpoint import load_checkpoint
 from alae_rt.config import ModelConfig
 from alae_rt.evaluation import baselines, load_split, model_reconstructions, psnr_db, ssim
@@ -226,9 +226,10 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine_info(torch.device("cpu"))
     machine = re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-")[:40]
-    stem = f"compare_methods_{machine}_{info['date'][:10].replace('-', '')}_{info['commit']}{args.tag}"
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
+    stem = unused_stem(out, f"compare_methods_{machine}_{info['date'][:10].replace('-', '')}_{info['commit']}"
+                            f"{args.tag}")
     grid = [list(split.held)] + [list(recs[m]) for m in methods]
     save_image(make_grid(grid), out / f"{stem}.png")
     dcfg = MLPConfig(steps=args.digits_steps)

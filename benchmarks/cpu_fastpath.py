@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from alae_rt import Runtime
-from alae_rt.bench import machine_info, time_call
+from alae_rt.bench import machine_info, time_call, unused_stem
 from alae_rt.errors import InputError
 
 
@@ -124,7 +124,7 @@ def write(report: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     m = report["machine"]
     threads = "-".join(sorted({str(r["threads"]) for r in report["rows"]}))
-    stem = f"cpu_fastpath_{report['preset']}_{threads}threads_{m['date'][:10]}"
+    stem = unused_stem(out, f"cpu_fastpath_{report['preset']}_{threads}threads_{m['date'][:10]}")
     paths = [out / f"{stem}.json", out / f"{stem}.md"]
     paths[0].write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# CPU fast path: {report['preset']}, batch 1", "",

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from alae_rt.bench import machine_info
+from alae_rt.bench import machine_info, unused_stem
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -140,7 +140,7 @@ def main() -> int:
         "samples": times,
     }
     machine = re.sub(r"[^a-z0-9]+", "-", info["device_name"].lower()).strip("-")[:32]
-    stem = f"editor_latency_{model}_{machine}_{time.strftime('%Y%m%d')}"
+    stem = unused_stem(args.out, f"editor_latency_{model}_{machine}_{time.strftime('%Y%m%d')}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     s, o = result["shown_ms"], result["page_ms"]

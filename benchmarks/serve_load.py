@@ -124,7 +124,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--images-per-request is for --simulate-model (the real model's baseline is per request)")
     elif not args.preset and not args.checkpoint and not args.server:
         args.preset = "small-64"
-    args.levels = [int(c) for c in args.concurrency.split(",")]
+    try:
+        args.levels = [int(c) for c in args.concurrency.split(",")]
+    except ValueError:
+        p.error(f"--concurrency {args.concurrency!r}: expected caller counts, e.g. 1,8,32")
+    if args.image and not Path(args.image).is_file():
+        p.error(f"--image {args.image}: no such file")
     if min(args.levels) < 1 or args.requests < 1 or args.duration <= 0:
         p.error("--concurrency, --requests and --duration must be positive")
     return args
@@ -643,13 +648,13 @@ def simulated_plot(report: dict, path: Path) -> Path | None:
 
 def main_simulated(args: argparse.Namespace, argv) -> int:
     from alae_rt import codecs
-    from alae_rt.bench import cpu_model, git_commit
+    from alae_rt.bench import cpu_model, git_commit, unused_stem
     from alae_rt.serve.config import ServeConfig
 
     now = datetime.datetime.now(datetime.timezone.utc)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = args.tag or f"serve_sim_{args.ms_per_image:g}ms_{now.strftime('%Y%m%d')}"
+    tag = args.tag or unused_stem(out, f"serve_sim_{args.ms_per_image:g}ms_{now.strftime('%Y%m%d')}")
     meta = {"simulated_model": True, "ms_per_image": args.ms_per_image, "ms_per_batch": args.ms_per_batch,
             "machine": f"{cpu_model()}, {os.cpu_count()} cores",
             "date": now.strftime("%Y-%m-%d %H:%M UTC"), "commit": git_commit(),
@@ -679,7 +684,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.simulate_model:
         return main_simulated(args, argv)
-    from alae_rt.bench import git_commit
+    from alae_rt.bench import git_commit, unused_stem
     from alae_rt.flops import count_flops
 
     server = None
@@ -741,7 +746,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-")[:40]
-    tag = args.tag or f"serve_load_{args.op}_{info.config_name}_{slug}_{now.strftime('%Y%m%d')}"
+    tag = args.tag or unused_stem(out, f"serve_load_{args.op}_{info.config_name}_{slug}_{now.strftime('%Y%m%d')}")
     (out / f"{tag}.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / f"{tag}.md").write_text(markdown(report))
     print(markdown(report))

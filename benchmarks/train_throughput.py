@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from alae_rt.bench import cpu_model, git_commit
+from alae_rt.bench import cpu_model, git_commit, unused_stem
 from alae_rt.config import PRESETS, ModelConfig
 from alae_rt.training.config import TrainConfig
 from alae_rt.training.data import ImageSet
@@ -99,7 +99,7 @@ def main() -> None:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        stem = out / f"train_throughput_{args.preset}_{device.type}"
+        stem = out / unused_stem(out, f"train_throughput_{args.preset}_{device.type}")
         stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
         lines = [f"# Training throughput: {args.preset} on {device_name}", "",
                  f"{device}, {result['threads']} threads, torch {result['torch']}, fp32, commit {result['commit']}, "

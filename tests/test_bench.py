@@ -170,3 +170,17 @@ def test_plot_axes_stay_readable(monkeypatch, tmp_path):
     for ax in fig.axes:
         labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
         assert len(labels) <= 6 and all(len(label) <= 5 for label in labels), labels
+
+
+def test_unused_stem_never_names_a_recorded_result(tmp_path):
+    from alae_rt.bench import unused_stem
+
+    stem = "serve_sim_0.4ms_20261127"  # a dot in the name: the extension is what follows the stem
+    assert unused_stem(tmp_path / "absent", stem) == stem
+    assert unused_stem(tmp_path, stem) == stem
+    (tmp_path / f"{stem}.json").write_text("{}")
+    (tmp_path / f"{stem}_8per_request.json").write_text("{}")  # another result that starts alike
+    assert unused_stem(tmp_path, stem) == f"{stem}-2"
+    (tmp_path / f"{stem}-2.png").write_bytes(b"")
+    assert unused_stem(tmp_path, stem) == f"{stem}-3"
+    assert unused_stem(tmp_path, f"{stem}_8per_request") == f"{stem}_8per_request-2"

@@ -36,6 +36,9 @@ def test_kernel_benchmark_times_no_triton_on_cpu(tmp_path, monkeypatch, capsys):
 
     assert bench_kernels.main(["--device", "cpu", "--impls", "torch,triton", "-o", str(tmp_path)]) == 2
     assert "speed needs a CUDA GPU" in capsys.readouterr().err and not list(tmp_path.iterdir())
+    with pytest.raises(SystemExit):
+        bench_kernels.main(["--device", "cpu", "--dtypes", "fp8", "-o", str(tmp_path)])
+    assert "--dtypes: unknown fp8" in capsys.readouterr().err
     sys.modules.pop("bench_kernels", None)
 
 

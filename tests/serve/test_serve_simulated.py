@@ -111,6 +111,11 @@ def test_serve_load_refuses_unknown_formats_in_one_line(capsys):
             bench.parse_args(["--simulate-model", "0.4", option, value])
         assert exc.value.code == 2
         assert f"{option} {value.split(',')[-1]}: expected some of" in capsys.readouterr().err
+    for argv, message in ((["--concurrency", "a"], "--concurrency 'a': expected caller counts"),
+                          (["--simulate-model", "0.4", "--image", "absent.png"], "--image absent.png: no such file")):
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)
+        assert message in capsys.readouterr().err
 
 
 def test_serve_load_against_a_server_whose_config_is_no_preset(tmp_path):
