@@ -39,7 +39,9 @@ class TritonBackend:
     """Fused-kernel encode/decode. Options: cuda_graphs (default True on CUDA), allow_tf32 (default False:
     fp32 models keep fp32 products), cudnn_max_res (default 0: none): the 3x3 convolutions of layers at this
     resolution and below run unfused - the input materialised by `modulate`, the convolution by cuDNN, its epilogue
-    by `act_stats` - for the layers where cuDNN's convolution beats the fused kernel (measured per device)."""
+    by `act_stats` - for the layers where cuDNN's convolution beats the fused kernel (measured per device). In fp32
+    those convolutions follow torch's cuDNN setting (torch.backends.cudnn.allow_tf32: TF32 by default), not
+    allow_tf32."""
 
     name = "triton"
 
