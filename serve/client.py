@@ -112,6 +112,16 @@ def seed_values(seeds: Iterable[Any], field: str = "seeds") -> list[int]:
     return out
 
 
+def uint_value(value: Any, field: str, bits: int = 32) -> int:
+    """A count, index or seed for an unsigned field of the wire, checked here (protobuf would raise a bare ValueError
+    for -1 or 2**64)."""
+    top = 2**bits - 1
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= int(value) <= top:
+        bound = "2**64 - 1" if bits == 64 else str(top)
+        raise AlaeError(f"{field}: {value!r} is out of range; expected an integer in [0, {bound}]")
+    return int(value)
+
+
 def _is_tensor(x: Any) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "detach")
 
@@ -128,7 +138,7 @@ def noise_message(noise: str, seed: int | None) -> pb.Noise:
         raise AlaeError(f"noise must be one of {', '.join(NOISE)}, got {noise!r}")
     msg = pb.Noise(mode=NOISE[noise])
     if seed is not None:
-        msg.seed = int(seed)
+        msg.seed = uint_value(seed, "seed", 64)
     return msg
 
 
@@ -308,7 +318,7 @@ class AlaeClient(_Base):
     def mix(self, a: Any, b: Any, cutoff: int, noise: str = "const", seed: int | None = None, format: str = "png",
             decode: bool = True, return_latents: bool = False, timeout: float | None = None) -> Result:
         """Style inputs < cutoff from a, the rest from b; a and b: images, latents or Seeds(...)."""
-        req = pb.MixRequest(a=source_message(a), b=source_message(b), cutoff=cutoff,
+        req = pb.MixRequest(a=source_message(a), b=source_message(b), cutoff=uint_value(cutoff, "cutoff"),
                             noise=noise_message(noise, seed), output=output_message(format, return_latents))
         return result_of(self._call("Mix", req, timeout), decode)
 
@@ -316,7 +326,7 @@ class AlaeClient(_Base):
                     format: str = "png", decode: bool = True, return_latents: bool = False,
                     timeout: float | None = None) -> Iterator[tuple[int, float, Result]]:
         """Frames (index, t, Result) from a to b, as the server streams them."""
-        req = pb.InterpolateRequest(a=source_message(a), b=source_message(b), steps=steps,
+        req = pb.InterpolateRequest(a=source_message(a), b=source_message(b), steps=uint_value(steps, "steps"),
                                     noise=noise_message(noise, seed), output=output_message(format, return_latents))
         started, attempt, frames = None, 0, 0
         while True:
@@ -410,14 +420,14 @@ class AsyncAlaeClient(_Base):
     async def mix(self, a: Any, b: Any, cutoff: int, noise: str = "const", seed: int | None = None,
                   format: str = "png", decode: bool = True, return_latents: bool = False,
                   timeout: float | None = None) -> Result:
-        req = pb.MixRequest(a=source_message(a), b=source_message(b), cutoff=cutoff,
+        req = pb.MixRequest(a=source_message(a), b=source_message(b), cutoff=uint_value(cutoff, "cutoff"),
                             noise=noise_message(noise, seed), output=output_message(format, return_latents))
         return result_of(await self._call("Mix", req, timeout), decode)
 
     async def interpolate(self, a: Any, b: Any, steps: int, noise: str = "const", seed: int | None = None,
                           format: str = "png", decode: bool = True, return_latents: bool = False,
                           timeout: float | None = None) -> AsyncIterator[tuple[int, float, Result]]:
-        req = pb.InterpolateRequest(a=source_message(a), b=source_message(b), steps=steps,
+        req = pb.InterpolateRequest(a=source_message(a), b=source_message(b), steps=uint_value(steps, "steps"),
                                     noise=noise_message(noise, seed), output=output_message(format, return_latents))
         try:
             async for frame in self.stub.Interpolate(req, **self._kw(timeout)):
@@ -435,7 +445,7 @@ def generate_request(seeds, z, psi, cutoff, noise, seed, fmt, return_latents) ->
     if psi is not None:
         req.truncation_psi = psi
     if cutoff is not None:
-        req.truncation_cutoff = cutoff
+        req.truncation_cutoff = uint_value(cutoff, "cutoff")
     return req
 
 
@@ -443,5 +453,5 @@ def edit_request(source, edits, mode, layers, noise, seed, fmt, return_latents) 
     if mode not in EDIT_MODES:
         raise AlaeError(f"edit mode must be add or set, got {mode!r}")
     return pb.EditRequest(source=source_message(source), edits=edit_messages(edits), mode=EDIT_MODES[mode],
-                          layers=list(layers or ()), noise=noise_message(noise, seed),
+                          layers=[uint_value(k, "layers") for k in layers or ()], noise=noise_message(noise, seed),
                           output=output_message(fmt, return_latents))

@@ -31,6 +31,38 @@ def test_every_backend_checks_its_options_the_same_way(rt128):
     with pytest.raises(InputError, match="unknown backend 'nope'; choose from auto, eager, compile"):
         create_backend("nope", model, device)
     assert create_backend("eager", model, device).name == "eager"
+    # values of the wrong kind are named by the option, before the backend is built (the CLI's KEY=VALUE converts
+    # true/false and numbers; anything else stays a string)
+    for backend, key, value, wanted in (("onnxruntime", "threads", "abc", "int | None"),
+                                        ("onnxruntime", "check_weights_match", "maybe", "bool"),
+                                        ("triton", "cuda_graphs", 3, "bool"),
+                                        ("tensorrt", "check_weights_match", 1.5, "bool")):
+        with pytest.raises(InputError, match=f"backend '{backend}' option {key}: expected {wanted}, got"):
+            create_backend(backend, model, device, **{key: value})
+
+
+def test_backend_option_values_are_checked_where_torch_or_onnxruntime_would_fail(rt128, tmp_path):
+    """compile: its mode (and torch.compile's own flags), and a mode with inductor options, which torch.compile
+    refuses together (a mode alone used to be refused too); onnxruntime: threads in range, providers by name (a
+    comma-separated string from the CLI)."""
+    model, device = rt128.model, rt128.device
+    if cpp_compiler_available():
+        assert create_backend("compile", model, device, mode="reduce-overhead").name == "compile"
+        for options, message in (({"mode": "bogus"}, "option mode: 'bogus'; choose from default"),
+                                 ({"dynamic": "maybe"}, "option dynamic: expected true or false"),
+                                 ({"mode": "default", "freezing": True}, "a mode or inductor options")):
+            with pytest.raises(InputError, match=message):
+                create_backend("compile", model, device, **options)
+    pytest.importorskip("onnxruntime")
+    from alae_rt.export.onnx_export import export_onnx
+
+    export_onnx(model, tmp_path)
+    for options, message in (({"threads": -3}, "threads: -3 is out of range"),
+                             ({"providers": "CPUExecutionProvider,NopeProvider"}, "NopeProvider not available")):
+        with pytest.raises(InputError, match=message):
+            create_backend("onnxruntime", model, device, onnx_dir=tmp_path, **options)
+    backend = create_backend("onnxruntime", model, device, onnx_dir=tmp_path, providers="CPUExecutionProvider")
+    assert backend.encoder.providers == ["CPUExecutionProvider"]
 
 
 def test_official_order_backend_matches_the_fixtures(official):

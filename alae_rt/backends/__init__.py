@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -77,6 +78,34 @@ def check_options(name: str, factory: BackendFactory, options: dict[str, Any]) -
         takes = f"it takes {', '.join(known)}" if known else "it takes none"
         raise InputError(f"backend {name!r} has no option(s) {', '.join(unknown)}; {takes} "
                          "(--backend-option KEY=VALUE)")
+    for p in params:
+        if p.name in options and not _fits(p.annotation, options[p.name]):
+            raise InputError(f"backend {name!r} option {p.name}: expected {_type_text(p.annotation)}, got "
+                             f"{options[p.name]!r} (--backend-option {p.name}=VALUE)")
+
+
+# What an option's annotation asks of a value given from outside (a CLI string is converted to bool/int/float first).
+_SIMPLE_TYPES = {
+    "bool": lambda v: isinstance(v, bool),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "Path": lambda v: isinstance(v, (str, os.PathLike)),
+    "None": lambda v: v is None,
+}
+
+
+def _type_text(annotation: Any) -> str:
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+
+
+def _fits(annotation: Any, value: Any) -> bool:
+    """Whether `value` fits a simple annotation ("bool", "int | None", "str | Path | None"); others (lists, Any,
+    unannotated) are the backend's own to check."""
+    kinds = [k.strip() for k in _type_text(annotation).split("|")]
+    if annotation is inspect.Parameter.empty or not all(k in _SIMPLE_TYPES for k in kinds):
+        return True
+    return any(_SIMPLE_TYPES[k](value) for k in kinds)
 
 
 def auto_backend(device: torch.device, model: StyleALAE | None = None) -> str:

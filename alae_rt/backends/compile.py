@@ -13,6 +13,8 @@ from torch import Tensor
 from alae_rt.errors import InputError
 from alae_rt.network import StyleALAE
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 class CompileBackend:
     """torch.compile (inductor) of the eager modules: fuses each layer's elementwise chain (noise, bias,
@@ -31,12 +33,22 @@ class CompileBackend:
         if device.type == "cpu" and not cpp_compiler_available():
             raise InputError("backend 'compile' on CPU needs a C++ compiler (g++ or clang++) on PATH")
         self.model = model
+        if mode is not None and mode not in COMPILE_MODES:
+            raise InputError(f"backend 'compile' option mode: {mode!r}; choose from {', '.join(COMPILE_MODES)}")
+        for key in ("fullgraph", "dynamic"):
+            if key in options and not (isinstance(options[key], bool) or key == "dynamic" and options[key] is None):
+                raise InputError(f"backend 'compile' option {key}: expected true or false, got {options[key]!r}")
         inductor = dict(options.pop("options", None) or {})
-        inductor.setdefault("freezing", bool(freezing))
+        if freezing:
+            inductor["freezing"] = True
+        if mode is not None and inductor:
+            raise InputError("backend 'compile': torch.compile takes a mode or inductor options (freezing is one), "
+                             "not both")
+        kwargs = {"mode": mode} if mode is not None else {"options": inductor} if inductor else {}
         try:
-            self._encode = torch.compile(model.encoder, mode=mode, options=inductor, **options)
-            self._decode = torch.compile(model.generator, mode=mode, options=inductor, **options)
-        except (TypeError, RuntimeError) as exc:
+            self._encode = torch.compile(model.encoder, **kwargs, **options)
+            self._decode = torch.compile(model.generator, **kwargs, **options)
+        except (TypeError, RuntimeError, AssertionError) as exc:
             raise InputError(f"backend 'compile': bad options ({exc})") from None
         self.fallback_reason: str | None = None
 

@@ -71,9 +71,19 @@ class OnnxSession:
             raise CheckpointError(f"{path}: no such file; write the export folder with `alae-rt export onnx`")
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: the CPU provider warns about fp16 constant folding
+        if threads is not None and not 0 <= threads <= 4096:
+            raise InputError(f"backend 'onnxruntime' option threads: {threads} is out of range 0..4096 (0: "
+                             "onnxruntime's default)")
         if threads:
             options.intra_op_num_threads = int(threads)
         available = ort.get_available_providers()
+        if isinstance(providers, str):  # from the CLI: --backend-option providers=CUDAExecutionProvider,CPU...
+            providers = [p.strip() for p in providers.split(",") if p.strip()]
+        missing = [p if isinstance(p, str) else p[0] for p in providers or ()
+                   if (p if isinstance(p, str) else p[0]) not in available]
+        if missing:
+            raise InputError(f"backend 'onnxruntime' option providers: {', '.join(map(str, missing))} not available "
+                             f"in this onnxruntime; it has {', '.join(available)}")
         providers = list(providers) if providers else default_providers(device, available)
         # TensorRT provider engines take minutes to build: cache them beside the files.
         trt_options = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(path.parent / "ort_trt_cache")}
@@ -136,7 +146,8 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, model: StyleALAE, device: torch.device, onnx_dir: str | Path | None = None,
-                 providers: list[Any] | None = None, threads: int | None = None, check_weights_match: bool = True):
+                 providers: str | list[Any] | None = None, threads: int | None = None,
+                 check_weights_match: bool = True):
         if onnx_dir is None:
             raise InputError("backend 'onnxruntime' needs --backend-option onnx_dir=DIR "
                              "(backend_options={'onnx_dir': DIR} in Python), the folder written by "

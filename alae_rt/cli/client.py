@@ -31,9 +31,12 @@ from alae_rt.cli.options import (
     parse_directions,
     parse_int_list,
     parse_layers,
+    positive_seconds,
     progress_bar,
     save_images,
     say,
+    seconds,
+    server_address,
 )
 from alae_rt.cli.sources import Sources, check_latent_array, read_latents, read_npy, read_sources
 from alae_rt.errors import AlaeError, InputError
@@ -52,15 +55,15 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         c = sub.add_parser(call, help=text, description=text)
         c.set_defaults(func=func)
         g = c.add_argument_group("connection")
-        g.add_argument("--server", default="127.0.0.1:50051", metavar="HOST:PORT",
+        g.add_argument("--server", type=server_address, default="127.0.0.1:50051", metavar="HOST:PORT",
                        help="the server (default 127.0.0.1:50051)")
         g.add_argument("--token-file", metavar="PATH", help="bearer token for a server started with --auth-token-file")
         g.add_argument("--tls-ca", metavar="PEM",
                        help="connect with TLS, trusting this CA (or self-signed) certificate")
         g.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's CAs")
         g.add_argument("--server-name", help="TLS: the name the certificate is for, when HOST differs")
-        g.add_argument("--timeout", type=float, default=600.0, help="seconds per call (default 600)")
-        g.add_argument("--retry-s", type=float, default=30.0, metavar="SECONDS",
+        g.add_argument("--timeout", type=positive_seconds, default=600.0, help="seconds per call (default 600)")
+        g.add_argument("--retry-s", type=seconds, default=30.0, metavar="SECONDS",
                        help="retry a call that gets UNAVAILABLE (server warming up, draining, restarting) with "
                             "backoff for up to this long (default 30; 0: never)")
         return c
@@ -71,7 +74,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
     c = add("health", "the standard gRPC health check: prints SERVING, NOT_SERVING, ...; exit 0 when SERVING",
             cmd_health)
-    c.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+    c.add_argument("--wait", type=seconds, default=0.0, metavar="SECONDS",
                    help="wait up to this long for SERVING (while the server starts and warms up)")
 
     c = add("encode", "encode images into W on the server: writes w [N, D] as .npy", cmd_encode)
@@ -474,6 +477,8 @@ def cmd_mix(args: argparse.Namespace) -> int:
 def cmd_interpolate(args: argparse.Namespace) -> int:
     from alae_rt.cli.ops import interpolate_names
 
+    if args.steps < 2:
+        raise InputError(f"--steps {args.steps}: frames include both ends, so at least 2")
     src_a0, src_b0 = read_sources(args.a), read_sources(args.b)
     out = out_dir(args.out)
     noise = {"noise": args.noise, "seed": args.seed}

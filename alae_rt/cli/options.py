@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
+import math
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,45 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0..65535 (0: any free port)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in 0..65535, got {value}")
+    return value
+
+
+def server_address(text: str) -> str:
+    """HOST:PORT ([IPv6]:PORT; or a unix: socket path, as gRPC takes it), checked before any connection is tried."""
+    if text.startswith("unix:"):
+        return text
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or host in ("[]",) or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (port 1..65535), e.g. 127.0.0.1:50051, got {text!r}")
+    return text
+
+
+def seconds(text: str) -> float:
+    """A finite, non-negative number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    value = seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0, got 0")
     return value
 
 
@@ -121,8 +161,12 @@ def out_dir(path: str | Path) -> Path:
     except OSError as exc:
         raise InputError(f"{out}: cannot create output directory ({exc.strerror})") from None
     _MADE_DIRS.extend(missing)
-    if not os.access(out, os.W_OK):
-        raise InputError(f"{out}: output directory is not writable")
+    # A file made and removed: os.access says yes to root for folders no file can be made in (/proc, read-only
+    # mounts), and the work would be done before the write failed.
+    try:
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as exc:
+        raise InputError(f"{out}: output directory is not writable ({exc.strerror})") from None
     return out
 
 

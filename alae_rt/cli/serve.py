@@ -7,7 +7,14 @@ import asyncio
 import socket
 from pathlib import Path
 
-from alae_rt.cli.options import add_model_args, add_threads_arg, backend_options, positive_int, set_threads
+from alae_rt.cli.options import (
+    add_model_args,
+    add_threads_arg,
+    backend_options,
+    port_number,
+    positive_int,
+    set_threads,
+)
 from alae_rt.errors import InputError
 
 SERVE_HELP = """\
@@ -47,7 +54,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     n = p.add_argument_group("network")
     n.add_argument("--host", default=d.host, help=f"address to listen on (default {d.host}; 0.0.0.0 or [::] "
                                                   "for every interface)")
-    n.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port}; 0: any free port)")
+    n.add_argument("--port", type=port_number, default=d.port, help=f"port (default {d.port}; 0: any free port)")
     n.add_argument("--port-file", metavar="PATH", help="write the port here once listening (useful with --port 0); "
                                                        "removed when the server exits")
     n.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (needs --tls-key)")
@@ -56,7 +63,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="require 'authorization: Bearer <token>' with a token from this file (one a line); "
                         "health checks are exempt; others get UNAUTHENTICATED")
     h = p.add_argument_group("HTTP API and face editor (off unless --http-port)")
-    h.add_argument("--http-port", type=int, metavar="PORT",
+    h.add_argument("--http-port", type=port_number, metavar="PORT",
                    help="also serve the face editor at http://HOST:PORT/ and the HTTP API under /api/v1 on --host "
                         "(0: any free port; HTTPS with --tls-cert; --auth-token-file applies: the page asks for the "
                         "token)")
@@ -68,7 +75,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     h.add_argument("--sample-faces", metavar="DIR",
                    help="image files the editor offers as sample faces (the first 64 by name, read at start; "
                         "without it the editor offers generated faces)")
-    n.add_argument("--metrics-port", type=int, metavar="PORT",
+    n.add_argument("--metrics-port", type=port_number, metavar="PORT",
                    help="serve Prometheus metrics on http://METRICS_HOST:PORT/metrics (default: off)")
     n.add_argument("--metrics-host", default=d.metrics_host, help=f"metrics address (default {d.metrics_host})")
     b = p.add_argument_group("batching and limits")

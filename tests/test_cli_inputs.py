@@ -1,0 +1,60 @@
+"""Bad input at the command line and in the client library is refused in one line before any work or connection:
+ports, server addresses, seconds, unsigned request fields, interpolation steps, unwritable output folders."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import assert_one_line_error, run_cli
+
+from alae_rt.errors import AlaeError
+from alae_rt.serve.client import AlaeClient, Seeds
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["serve", "--port", "99999"], "argument --port: must be in 0..65535, got 99999"),
+    (["serve", "--port", "0", "--metrics-port", "70000"], "argument --metrics-port: must be in 0..65535"),
+    (["serve", "--http-port", "-1"], "argument --http-port: must be in 0..65535, got -1"),
+    (["client", "info", "--server", "127.0.0.1:99999"], "argument --server: expected HOST:PORT"),
+    (["client", "info", "--server", "127.0.0.1:"], "argument --server: expected HOST:PORT"),
+    (["client", "info", "--server", "nonsense"], "argument --server: expected HOST:PORT"),
+    (["client", "health", "--wait", "nan"], "argument --wait: must be a finite number >= 0, got nan"),
+    (["client", "info", "--timeout", "0"], "argument --timeout: must be > 0, got 0"),
+])
+def test_out_of_range_options_are_refused_by_the_parser(capsys, argv, message):
+    """A port of 99999 used to be taken modulo 65536 (the server listened on 34463); --wait nan never returned."""
+    with pytest.raises(SystemExit) as exc:
+        run_cli(capsys, *argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_client_fields_out_of_range_are_named_before_a_call():
+    """Values protobuf would refuse with a bare ValueError (negative, or past uint32/uint64) are named by field; no
+    server is contacted (nothing listens on port 1)."""
+    w = [[0.0] * 8]
+    with AlaeClient("127.0.0.1:1", timeout=5) as c:
+        for call, message in ((lambda: c.generate(seeds=[0], cutoff=-1), "cutoff: -1 is out of range"),
+                              (lambda: c.generate(seeds=[0], noise="random", seed=-5), "seed: -5 is out of range"),
+                              (lambda: c.decode(w, noise="random", seed=2**64), "seed: 18446744073709551616 is out"),
+                              (lambda: c.mix(Seeds([0]), Seeds([1]), cutoff=-1), "cutoff: -1 is out of range"),
+                              (lambda: c.edit(Seeds([0]), {"pc00": 1.0}, layers=[-1]), "layers: -1 is out of range"),
+                              (lambda: list(c.interpolate(Seeds([0]), Seeds([1]), steps=-2)),
+                               "steps: -2 is out of range")):
+            with pytest.raises(AlaeError, match=message):
+                call()
+
+
+def test_client_interpolate_needs_two_steps_before_connecting(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "client", "interpolate", "--a", "seeds:0", "--b", "seeds:1", "--steps", "1",
+                           "--server", "127.0.0.1:1", "-o", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "--steps 1", "at least 2")
+
+
+def test_an_output_folder_no_file_can_be_made_in_is_refused_before_the_work(capsys, tmp_path):
+    """/proc: root may 'access' it for writing, but no file can be made there; the error comes before encoding (and
+    convert gave a safetensors traceback)."""
+    face = tmp_path / "face.png"
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(face)
+    code, _, err = run_cli(capsys, "encode", str(face), "-o", "/proc/w.npy")
+    assert_one_line_error(code, err, "/proc", "not writable")
