@@ -283,6 +283,10 @@ def run_bench(config: ModelConfig | str | None = None, checkpoint: str | Path | 
         raise InputError(f"unknown op(s) {', '.join(unknown)}; choose from {', '.join(OPS)}")
     if not batches or min(batches) < 1:
         raise InputError(f"batch sizes must be >= 1, got {list(batches)}")
+    known = available_backends()
+    named = [*(backends or ()), *(v[0] for v in (variants or {}).values())]
+    if unknown := [b for b in named if b != BASELINE and b not in known]:
+        raise InputError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     ref = (Runtime.load(checkpoint, config=config, device=device) if checkpoint is not None
            else Runtime.from_config(config or "ffhq-1024", seed=seed, device=device))
     dev = ref.device

@@ -34,6 +34,8 @@ def run_demo(rt: Runtime, faces: str | Path, out: Path, count: int = 8, strength
         raise InputError(f"--count must be >= 1, got {count}")
     paths = list_images([faces])
     use_official, why_not = False, "no --directions-dir given"
+    if directions_dir is not None and not Path(directions_dir).is_dir():
+        raise InputError(f"{directions_dir}: no such directions folder (--directions-dir)")
     if directions_dir is not None:
         try:
             names = rt.load_directions(directions_dir)
@@ -64,7 +66,8 @@ def run_demo(rt: Runtime, faces: str | Path, out: Path, count: int = 8, strength
         sigma = sv[:2] / max(len(w) - 1, 1) ** 0.5
         rt.load_directions({f"pca{k}": vh[k] for k in range(2)})
         directions = [(f"pca{k}", float(2 * sigma[k]) if strength is None else strength) for k in range(2)]
-        edits_note = f"edits: first two principal components of the {len(w)} faces' w, at +-2 std ({why_not})"
+        at = "+-2 std" if strength is None else f"+-{strength:g} along the unit direction"
+        edits_note = f"edits: first two principal components of the {len(w)} faces' w, at {at} ({why_not})"
     say(edits_note)
     w = w[:shown]
     columns = ["original", "reconstruction"]

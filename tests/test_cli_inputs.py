@@ -58,3 +58,20 @@ def test_an_output_folder_no_file_can_be_made_in_is_refused_before_the_work(caps
     Image.new("RGB", (16, 16)).save(face)
     code, _, err = run_cli(capsys, "encode", str(face), "-o", "/proc/w.npy")
     assert_one_line_error(code, err, "/proc", "not writable")
+
+
+@pytest.mark.parametrize("argv, needles", [
+    # a repeated seed named one file twice: "wrote 3 image(s)" and two files
+    (["generate", "--seeds", "1,1,2", "-o", "{tmp}/g"], ["seeds: 1 is given more than once"]),
+    (["edit", "seeds:0-2,1", "--direction", "pc00=1", "-o", "{tmp}/e"], ["seeds: 1 is given more than once"]),
+    # an unknown backend was skipped and the run exited 0
+    (["bench", "--preset", "tiny", "--backends", "nope", "--no-save"], ["unknown backend(s) nope"]),
+    # digits trained on to a non-finite loss
+    (["digits", "--lr", "nan", "--steps", "1"], ["--lr must be a learning rate", "nan"]),
+    # a missing folder was described as directions that "do not fit", and the demo went on with PCA
+    (["demo", "--faces", "{faces}", "--directions-dir", "{tmp}/absent", "-o", "{tmp}/d"], ["absent", "no such"]),
+])
+def test_more_bad_input_in_one_line(capsys, tmp_path, faces128, argv, needles):
+    code, _, err = run_cli(capsys, *[a.replace("{tmp}", str(tmp_path)).replace("{faces}", str(faces128)) for a in argv])
+    assert_one_line_error(code, err, *needles)
+    assert not (tmp_path / "g").exists() and not (tmp_path / "e").exists()

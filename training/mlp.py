@@ -79,6 +79,8 @@ class MLPConfig:
                               f"{self.flow_depth}")
         if not 0 < self.lia_gan_fraction < 1:
             raise ConfigError(f"lia_gan_fraction must lie in (0, 1), got {self.lia_gan_fraction}")
+        if not (math.isfinite(self.lr) and 0 < self.lr <= 1):
+            raise ConfigError(f"--lr must be a learning rate in (0, 1], got {self.lr}")
 
 
 class MLP(nn.Module):

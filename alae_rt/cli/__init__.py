@@ -38,7 +38,8 @@ LOCAL_COMMANDS = (model, ops, directions, evaluate, bench, demo)
 # sets `func`, on the option groups of alae_rt.cli.options.
 EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("alae_rt.cli.serve", "serve the model over gRPC, with dynamic batching, health, metrics, auth and TLS"),
-    "client": ("alae_rt.cli.client", "call an alae-rt server: info, health, encode, reconstruct, generate, edit, mix"),
+    "client": ("alae_rt.cli.client",
+               "call an alae-rt server: info, health, encode, decode, reconstruct, generate, edit, mix, interpolate"),
     "export": ("alae_rt.export.cli", "export to ONNX or TensorRT, or write a Triton Inference Server model repository"),
     "train": ("alae_rt.training.cli", "train a StyleALAE with the ALAE algorithm on a folder of images"),
     "digits": ("alae_rt.training.mlp", "MLP ALAE on scikit-learn digits: 1-NN / linear-SVM accuracy of w"),

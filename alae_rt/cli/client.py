@@ -355,7 +355,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from alae_rt.cli.ops import generate_caption
     from alae_rt.serve.client import seed_values
 
-    seeds = seed_values(parse_int_list(args.seeds))  # the wire's range, before any call
+    seeds = seed_values(parse_int_list(args.seeds, unique=True))  # the wire's range, before any call
     out = out_dir(args.out)
     names = [f"seed{s:04d}" for s in seeds]
     images: list[np.ndarray] = []

@@ -150,7 +150,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    seeds = parse_int_list(args.seeds)
+    seeds = parse_int_list(args.seeds, unique=True)
     out = out_dir(args.out)
     rt = make_runtime(args)
     # Styles and noise as Runtime.generate makes them, kept to save the styles.

@@ -24,8 +24,9 @@ SOURCES_HELP = "image files/directories, one .npy of latents, or seeds:SPEC (e.g
 # ---- small parsers ------------------------------------------------------------------------------------
 
 
-def parse_int_list(text: str, what: str = "seeds") -> list[int]:
-    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]."""
+def parse_int_list(text: str, what: str = "seeds", unique: bool = False) -> list[int]:
+    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]; unique: a value given twice is an error (seeds name the output
+    files: a repeated seed would overwrite its own image)."""
     values: list[int] = []
     for part in text.split(","):
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
@@ -37,6 +38,10 @@ def parse_int_list(text: str, what: str = "seeds") -> list[int]:
         if hi - lo >= 100_000:
             raise InputError(f"{what}: range {part!r} is too long")
         values.extend(range(lo, hi + 1))
+    if unique and len(set(values)) < len(values):
+        seen: set[int] = set()
+        twice = next(v for v in values if v in seen or seen.add(v))
+        raise InputError(f"{what}: {twice} is given more than once in {text!r} (each names one output image)")
     return values
 
 

@@ -46,7 +46,7 @@ def read_sources(items: Sequence[str]) -> Sources:
         w = read_latents(items[0])
         return Sources([f"{Path(items[0]).stem}_{i}" for i in range(len(w))], latents=w, where=items[0])
     if len(items) == 1 and items[0].startswith(SEEDS_PREFIX):
-        seeds = parse_int_list(items[0][len(SEEDS_PREFIX):])
+        seeds = parse_int_list(items[0][len(SEEDS_PREFIX):], unique=True)
         return Sources([f"seed{s:04d}" for s in seeds], seeds=seeds)
     from alae_rt.images import list_images
 
