@@ -275,3 +275,16 @@ def test_orthogonal_to_a_bundled_direction(capsys, tmp_path):
         assert abs(float(up @ rt.directions[name].numpy())) < 1e-5
     assert json.loads((tmp_path / "out" / "directions.json").read_text())["directions"]["up"]["orthogonal_to"] == [
         "pc00", "pc01"]
+
+
+def test_pca_into_a_folder_with_older_directions_says_which_are_older(capsys, tmp_path):
+    """A folder collects directions; a second, smaller PCA set written there keeps the first run's pc02/pc03 (other
+    data) and says so, instead of passing for a whole set."""
+    out = tmp_path / "dirs"
+    code, _, err = run_cli(capsys, "directions", "pca", "--samples", "60", "-k", "4", "-o", str(out))
+    assert code == 0 and "earlier runs" not in err
+    code, _, err = run_cli(capsys, "directions", "pca", "--samples", "40", "-k", "2", "-o", str(out))
+    assert code == 0 and "also holds pc02, pc03 from earlier runs" in err
+    info = read_info(out)
+    assert set(info["directions"]) == {"pc00", "pc01", "pc02", "pc03"}
+    assert "data" in info["directions"]["pc02"] and "data" not in info["directions"]["pc00"]  # other data: its own

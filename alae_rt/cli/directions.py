@@ -277,7 +277,20 @@ def cmd_pca(args: argparse.Namespace) -> int:
     _write_preview(rt, args, _preview_faces(rt, args, faces, w), made, grid)
     print(f"wrote {len(made)} direction(s), {info.name} and {grid.name} (rows: faces per direction; columns: "
           f"-3..+3 sd) to {out}")
+    _note_older(args, info, made)
     return 0
+
+
+def _note_older(args: argparse.Namespace, info: Path, made) -> None:
+    """Say which directions of the folder came from an earlier run (kept: a folder collects directions), so that a
+    PCA set of fewer components does not pass for a whole set with older, non-orthogonal ones beside it."""
+    import json
+
+    new = {m.name for m in made}
+    older = sorted(name for name in json.loads(info.read_text())["directions"] if name not in new)
+    if older:
+        say(args, f"note: {info.parent} also holds {', '.join(older)} from earlier runs (other data; kept, listed in "
+                  f"{info.name}); write to a new folder for a set of these alone")
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
