@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -212,6 +214,21 @@ def _path_slices(paths: Sequence[Path], info) -> Iterator[slice]:
         start += len(batch)
 
 
+def _for_files(paths: Sequence[Path], sl: slice, send: Callable[..., Any], **kwargs: Any) -> Any:
+    """send(paths[sl], **kwargs): a request of those images; a server error about `images[k]` (k counts within that
+    request, one of several) names the file instead."""
+    from alae_rt.serve.client import RemoteError
+
+    try:
+        return send(paths[sl], **kwargs)
+    except RemoteError as exc:
+        def file_of(m: re.Match) -> str:
+            k = sl.start + int(m.group(1))
+            return str(paths[k]) if k < sl.stop else m.group(0)
+
+        raise AlaeError(re.sub(r"\b(?:\w+\.)*images\[(\d+)\](?:\.encoded|\.raw)?", file_of, str(exc))) from None
+
+
 class Written:
     """What a verb has written so far, for the message when it fails part-way."""
 
@@ -255,10 +272,10 @@ def _source_latents(c, args: argparse.Namespace, src: Sources, info, noise: dict
     for sl in slices:
         if src.paths is not None:
             if decode:
-                r = c.reconstruct(src.paths[sl], return_latents=True, **noise)
+                r = _for_files(src.paths, sl, c.reconstruct, return_latents=True, **noise)
                 w, imgs = r.latents, r.images
             else:
-                w, imgs = c.encode(src.paths[sl]), None
+                w, imgs = _for_files(src.paths, sl, c.encode), None
         elif src.seeds is not None:
             r = c.generate(seeds=src.seeds[sl], psi=args.psi, return_latents=True, **noise)
             w, imgs = r.latents, r.images
@@ -300,7 +317,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         info = c.info()
         with reporting(args, written, lambda: np.save(out, np.concatenate(parts))):
             for sl in _path_slices(paths, info):
-                parts.append(c.encode(paths[sl]))
+                parts.append(_for_files(paths, sl, c.encode))
                 written.add(sl.stop - sl.start)
                 bar.update(sl.stop - sl.start)
     w = np.concatenate(parts)
@@ -341,7 +358,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         info = c.info()
         with progress_bar(args, len(paths), "reconstruct") as bar, reporting(args, written):
             for sl in _path_slices(paths, info):
-                images = c.reconstruct(paths[sl], noise=args.noise, seed=args.seed).images
+                images = _for_files(paths, sl, c.reconstruct, noise=args.noise, seed=args.seed).images
                 save_images(images, names[sl], out)
                 recs.extend(images)
                 written.add(len(images))

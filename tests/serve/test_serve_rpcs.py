@@ -313,3 +313,21 @@ def test_a_lone_calls_unencoded_response_is_framed_on_the_loop(tiny_rt, monkeypa
     for a, b, p in zip(inline, pooled, as_png):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, p)
+
+
+def test_client_verbs_name_the_bad_file_not_its_index_in_a_request(tiny_rt, tmp_path, capsys):
+    """The client sends a folder in requests of --max-images; the server's error names images[k] within one request,
+    which the client turns back into the file."""
+    from helpers import assert_one_line_error, run_cli
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(folder / f"{i:02d}.png")
+    (folder / "03.png").write_bytes(b"not a png at all")
+    with ServerThread(tiny_rt, ServeConfig(port=0, max_delay_ms=1, max_images=2)) as st:
+        for verb in ("encode", "reconstruct"):
+            out = tmp_path / ("w.npy" if verb == "encode" else "rec")
+            code, _, err = run_cli(capsys, "-q", "client", verb, str(folder), "--server", st.address, "-o", str(out))
+            assert_one_line_error(code, err, str(folder / "03.png"))
+            assert "images[" not in err and "wrote 2 of 4" in err  # the first request's rows were kept
