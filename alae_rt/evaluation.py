@@ -75,6 +75,9 @@ def load_split(folder: str | Path, resolution: int, channels: int, holdout: int 
     from alae_rt.images import image_to_tensor, read_image
 
     files = list_images([folder])
+    if len(files) < 2:
+        raise InputError(f"{folder}: {len(files)} image(s); evaluation holds some out and fits on the rest, so it "
+                         "needs at least 2")
     holdout = default_holdout(len(files)) if holdout is None else holdout
     if not 1 <= holdout < len(files):
         raise InputError(f"--holdout {holdout}: must be in [1, {len(files) - 1}] for {len(files)} image(s)")

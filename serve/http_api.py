@@ -107,6 +107,7 @@ class HttpApi:
         r.add_get(f"{API}/samples", self._sample_list)
         r.add_get(API + "/samples/{name}", self._sample)
         r.add_post(API + "/{rpc}", self._rpc)
+        r.add_get(API + "/{rpc}", self._get_rpc)  # else aiohttp answers 405 for any path, since POST matches it
         r.add_route("OPTIONS", "/api/{tail:.*}", self._preflight)
         return app
 
@@ -189,11 +190,22 @@ class HttpApi:
         return CallContext(caller, ms / 1000)
 
     # ---- the RPCs ------------------------------------------------------------------------------------------
+    async def _get_rpc(self, request: web.Request) -> web.Response:
+        """GET of a call (they take a POST body) or of no such path: say which."""
+        if request.match_info["rpc"] in RPCS:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{request.path} takes a POST with a JSON body",
+                               http=405)
+        raise self._no_such_call(request)
+
+    @staticmethod
+    def _no_such_call(request: web.Request) -> RequestError:
+        return RequestError(grpc.StatusCode.NOT_FOUND, f"no such call {request.path}; the calls are "
+                            f"{', '.join(f'{API}/{p}' for p in RPCS)}")
+
     async def _rpc(self, request: web.Request) -> web.Response:
         method = RPCS.get(request.match_info["rpc"])
         if method is None:
-            raise RequestError(grpc.StatusCode.NOT_FOUND, f"no such call {request.path}; the calls are "
-                               f"{', '.join(f'{API}/{p}' for p in RPCS)}")
+            raise self._no_such_call(request)
         self._authorize(request, method)
         ctx = self._context(request)
         req = await self._body(request, method)

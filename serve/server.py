@@ -145,9 +145,11 @@ class AlaeServer:
             else:
                 port = server.add_insecure_port(address)
         except RuntimeError as exc:
-            raise AlaeError(f"cannot listen on {address}: {exc} (is the port in use?)") from None
+            raise AlaeError(f"cannot listen on {address}: {exc} (is the port in use, or the address not one of this "
+                            "machine's?)") from None
         if port == 0:
-            raise AlaeError(f"cannot listen on {address} (is the port in use?)")
+            raise AlaeError(f"cannot listen on {address} (is the port in use, or the address not one of this "
+                            "machine's?)")
         self.listening.port = port
         await server.start()
         await self.service.start()
@@ -324,7 +326,12 @@ class AlaeServer:
 
 
 def _read(path: Path | None, flag: str) -> bytes:
+    """A PEM file's bytes, checked to be PEM (gRPC reports a bad one only as a failure to listen)."""
     try:
-        return Path(path).read_bytes()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise AlaeError(f"{path}: cannot read {flag} ({exc.strerror or exc})") from None
+    kind = "PRIVATE KEY" if flag == "--tls-key" else "CERTIFICATE"
+    if b"-----BEGIN " not in data or kind.encode() not in data:
+        raise AlaeError(f"{path}: {flag} is not a PEM {kind.lower()} (-----BEGIN ... {kind}-----)")
+    return data

@@ -70,8 +70,13 @@ def test_an_output_folder_no_file_can_be_made_in_is_refused_before_the_work(caps
     (["digits", "--lr", "nan", "--steps", "1"], ["--lr must be a learning rate", "nan"]),
     # a missing folder was described as directions that "do not fit", and the demo went on with PCA
     (["demo", "--faces", "{faces}", "--directions-dir", "{tmp}/absent", "-o", "{tmp}/d"], ["absent", "no such"]),
+    # blamed --holdout 0 "in [1, 0]", an option not given
+    (["eval", "--faces", "{faces}/00000.png", "-o", "{tmp}/ev"], ["1 image(s)", "needs at least 2"]),
+    # a text file as the certificate was reported as "cannot listen ... (is the port in use?)"
+    (["serve", "--port", "0", "--tls-cert", "{tmp}/x.pem", "--tls-key", "{tmp}/x.pem"], ["x.pem", "is not a PEM"]),
 ])
 def test_more_bad_input_in_one_line(capsys, tmp_path, faces128, argv, needles):
+    (tmp_path / "x.pem").write_text("not a certificate\n")
     code, _, err = run_cli(capsys, *[a.replace("{tmp}", str(tmp_path)).replace("{faces}", str(faces128)) for a in argv])
     assert_one_line_error(code, err, *needles)
     assert not (tmp_path / "g").exists() and not (tmp_path / "e").exists()

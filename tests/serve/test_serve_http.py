@@ -119,6 +119,16 @@ def test_errors_are_json_with_the_grpc_message_and_an_http_status(http_server, p
     assert "Traceback" not in data.decode()
 
 
+def test_a_get_says_whether_the_call_exists(http_server):
+    """GET of an unknown path under the API is 404 with the calls (it was 405 for any name, since POST matched it);
+    GET of a call is 405: calls take a POST body."""
+    status, _, data = call(http_server, "/api/v1/nope")
+    assert status == 404 and "no such call /api/v1/nope; the calls are" in json.loads(data)["message"]
+    status, _, data = call(http_server, "/api/v1/decode")
+    assert status == 405 and "takes a POST with a JSON body" in json.loads(data)["message"]
+    assert call(http_server, "/api/v1/info")[0] == 200 and call(http_server, "/api/v1/health")[0] == 200
+
+
 def test_uploads_are_bounded_before_decoding(http_server):
     s = http_server
     decoded = s.metric("alae_rt_decoded_images_total")
