@@ -79,15 +79,17 @@ def test_bad_arguments():
 
 
 def test_cli_bench(capsys, tmp_path):
-    code = main(["-q", "bench", "--preset", "tiny", "--backends", "eager,nonexistent", "--dtypes", "fp32",
+    code = main(["-q", "bench", "--preset", "tiny", "--backends", "eager,tensorrt", "--dtypes", "fp32",
                  "--batch", "2", "--ops", "decode,map", "--min-reps", "2", "--min-time", "0", "-o", str(tmp_path)])
     out, _ = capsys.readouterr()
     assert code == 0 and "x official" in out and "decode" in out
     data = json.loads(next(tmp_path.glob("bench_tiny_cpu_*.json")).read_text())
     assert {r["backend"] for r in data["rows"]} == {"official", "eager"}
-    assert any("nonexistent" in s for s in data["skipped"])
+    assert any("tensorrt" in s for s in data["skipped"])  # a backend this machine cannot run: skipped, with why
     code = main(["bench", "--preset", "tiny", "--ops", "paint", "--no-save"])
     assert code == 2 and "unknown op" in capsys.readouterr().err
+    code = main(["bench", "--preset", "tiny", "--backends", "eager,nonexistent", "--no-save"])  # a typo: refused
+    assert code == 2 and "unknown backend(s) nonexistent" in capsys.readouterr().err
 
 
 def test_cli_bench_backend_options(capsys, tmp_path):
