@@ -59,26 +59,26 @@ def parse_direction(text: str) -> tuple[str, float]:
     return name, strength
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1 (the subcommand's own usage line reports a bad one)."""
+def _int_in(text: str, what: str, low: int, high: int | None = None) -> int:
+    """An argparse type's check: an integer in [low, high] (the subcommand's own usage line reports a bad one)."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}" if high is None else
+                                         f"must be in {low}..{high}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    return _int_in(text, "an integer", 1)
 
 
 def port_number(text: str) -> int:
     """A TCP port, 0..65535 (0: any free port)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be in 0..65535, got {value}")
-    return value
+    return _int_in(text, "a port number", 0, 65535)
 
 
 def server_address(text: str) -> str:
