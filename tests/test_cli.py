@@ -407,7 +407,7 @@ def test_psi_has_one_range_for_every_command(capsys, rgb128_checkpoint, tmp_path
                  ["edit", "seeds:0", "--direction", f"{tmp_path / 'd.npy'}=1"]):
         np.save(tmp_path / "d.npy", np.ones(64, np.float32))
         code, _, err = run(capsys, *argv, "--psi", "1e30", "-c", ck, "-o", str(tmp_path / "out"))
-        assert_one_line_error(code, err, "truncation_psi: 1e+30 is out of range [-2.0, 2.0]")
+        assert_one_line_error(code, err, "--psi: 1e+30 is out of range [-2.0, 2.0]")
 
 
 def test_a_direction_named_twice_is_refused(capsys, rgb128_checkpoint, tmp_path):

@@ -80,3 +80,15 @@ def test_more_bad_input_in_one_line(capsys, tmp_path, faces128, argv, needles):
     code, _, err = run_cli(capsys, *[a.replace("{tmp}", str(tmp_path)).replace("{faces}", str(faces128)) for a in argv])
     assert_one_line_error(code, err, *needles)
     assert not (tmp_path / "g").exists() and not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--seeds", "1", "--psi", "9"], "--psi: 9.0 is out of range"),
+    (["edit", "seeds:0", "--direction", "pc00=1", "--layers", "10"], "--layers: 10 is out of range 0..9"),
+    (["mix", "--a", "seeds:0", "--b", "seeds:1", "--cutoff", "99"], "--cutoff: 99 is out of range"),
+    (["interpolate", "--a", "seeds:0", "--b", "seeds:1", "--steps", "1"], "--steps must be >= 2"),
+])
+def test_runtime_errors_name_the_command_line_option(capsys, tmp_path, argv, message):
+    """The Runtime names its Python arguments (truncation_psi, layers[0]); the CLI says the option."""
+    code, _, err = run_cli(capsys, *argv, "-o", str(tmp_path / "out"))
+    assert_one_line_error(code, err, message)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -104,12 +105,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+# The Runtime names its arguments (the Python API's words); at the command line the options that carry them.
+OPTION_OF_FIELD = {"truncation_psi": "--psi", "truncation_cutoff": "--cutoff", "cutoff": "--cutoff",
+                   "layers": "--layers", "steps": "--steps", "seed": "--seed"}
+
+
+def _in_option_terms(exc: AlaeError) -> str:
+    """The error's message, led by the option's name where it is led by a Runtime argument's."""
+    text = str(exc)
+    field = getattr(exc, "field", None) or ""
+    option = OPTION_OF_FIELD.get(field)
+    return re.sub(rf"^{re.escape(field)}(\[\d+\])?(?!\w)", option, text) if option else text
+
+
 def _run(args: argparse.Namespace) -> int:
     """The command, with every expected failure as one line on stderr and exit status 2."""
     try:
         return args.func(args)
     except AlaeError as exc:
-        print(f"alae-rt: error: {exc}", file=sys.stderr)
+        print(f"alae-rt: error: {_in_option_terms(exc)}", file=sys.stderr)
     except KeyboardInterrupt:
         print("alae-rt: interrupted", file=sys.stderr)
         return 130
