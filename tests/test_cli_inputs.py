@@ -70,6 +70,10 @@ def test_an_output_folder_no_file_can_be_made_in_is_refused_before_the_work(caps
     (["digits", "--lr", "nan", "--steps", "1"], ["--lr must be a learning rate", "nan"]),
     # a missing folder was described as directions that "do not fit", and the demo went on with PCA
     (["demo", "--faces", "{faces}", "--directions-dir", "{tmp}/absent", "-o", "{tmp}/d"], ["absent", "no such"]),
+    # several sources where one .npy or one seeds:SPEC is taken: "seeds:0: no such file or directory"
+    (["edit", "seeds:0", "seeds:1", "--direction", "pc00=1", "-o", "{tmp}/e"], ["seeds:0: give one .npy file"]),
+    # found unwritable only after the training
+    (["digits", "--results", "/proc/r.json", "--steps", "1"], ["/proc", "not writable"]),
     # blamed --holdout 0 "in [1, 0]", an option not given
     (["eval", "--faces", "{faces}/00000.png", "-o", "{tmp}/ev"], ["1 image(s)", "needs at least 2"]),
     # a text file as the certificate was reported as "cannot listen ... (is the port in use?)"

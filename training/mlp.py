@@ -418,6 +418,10 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("steps", "latent_size", "hidden", "batch"):
         if getattr(args, flag) < 1:
             raise InputError(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.results:  # a folder no file can be made in is refused now, not after the training
+        from alae_rt.cli.options import out_file
+
+        out_file(args.results, ".json")
     torch.set_num_threads(max(1, args.threads))
     try:
         cfg = MLPConfig(latent_size=args.latent_size, hidden=args.hidden, batch=args.batch, steps=args.steps,

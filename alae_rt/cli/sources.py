@@ -48,6 +48,10 @@ def read_sources(items: Sequence[str]) -> Sources:
     if len(items) == 1 and items[0].startswith(SEEDS_PREFIX):
         seeds = parse_int_list(items[0][len(SEEDS_PREFIX):], unique=True)
         return Sources([f"seed{s:04d}" for s in seeds], seeds=seeds)
+    several = [item for item in items if item.endswith(".npy") or item.startswith(SEEDS_PREFIX)]
+    if len(items) > 1 and several:
+        raise InputError(f"{several[0]}: give one .npy file or one seeds:SPEC alone (seeds:0-3 takes a range), or "
+                         f"image files; got {len(items)} sources")
     from alae_rt.images import list_images
 
     paths = list_images(items)
