@@ -3,11 +3,24 @@ ports, server addresses, seconds, unsigned request fields, interpolation steps, 
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from helpers import assert_one_line_error, run_cli
 
 from alae_rt.errors import AlaeError
 from alae_rt.serve.client import AlaeClient, Seeds
+from alae_rt.serve.logs import LOGGER
+
+
+@pytest.fixture(autouse=True)
+def serve_logging_restored():
+    """`serve` run in this process points the server's log at this test's captured stderr; put it back, or the
+    servers of later tests in this worker log to a closed stream."""
+    logger = logging.getLogger(LOGGER)
+    saved = logger.handlers[:], logger.level, logger.propagate
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
 
 
 @pytest.mark.parametrize("argv, message", [
