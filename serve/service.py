@@ -303,7 +303,7 @@ class AlaeService(pb_grpc.AlaeServicer):
         """The response, built in the worker pool: image encoding and megabytes of pixels stay off the event loop
         (except a lone call's response that needs no encoding: INLINE_RESPONSE_BYTES)."""
         if self.inflight == 1 and (images is None or out.skip_images or (
-                out.format == pb.IMAGE_FORMAT_RAW and images.numel() * images.element_size() <= INLINE_RESPONSE_BYTES)):
+                out.format == pb.IMAGE_FORMAT_RAW and images.nbytes <= INLINE_RESPONSE_BYTES)):
             return self._on_stream(self._response, call, images, latents, out, message, fields)
         return await self._in_pool(self._response, call, images, latents, out, message, fields)
 

@@ -79,8 +79,8 @@ class OnnxSession:
         available = ort.get_available_providers()
         if isinstance(providers, str):  # from the CLI: --backend-option providers=CUDAExecutionProvider,CPU...
             providers = [p.strip() for p in providers.split(",") if p.strip()]
-        missing = [p if isinstance(p, str) else p[0] for p in providers or ()
-                   if (p if isinstance(p, str) else p[0]) not in available]
+        named = [p if isinstance(p, str) else p[0] for p in providers or ()]  # a name, or (name, options)
+        missing = [p for p in named if p not in available]
         if missing:
             raise InputError(f"backend 'onnxruntime' option providers: {', '.join(map(str, missing))} not available "
                              f"in this onnxruntime; it has {', '.join(available)}")

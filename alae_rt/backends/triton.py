@@ -55,7 +55,7 @@ class TritonBackend:
         self.model = model
         self.cfg = model.config
         self.allow_tf32 = allow_tf32
-        if isinstance(cudnn_max_res, bool) or not isinstance(cudnn_max_res, int) or cudnn_max_res < 0:
+        if cudnn_max_res < 0:  # an int: backends.check_options holds options to their annotations
             raise InputError(f"backend option cudnn_max_res: a resolution (0: none), got {cudnn_max_res!r}")
         self.cudnn_max_res = cudnn_max_res
         dtype = next(model.parameters()).dtype

@@ -284,10 +284,10 @@ def cmd_pca(args: argparse.Namespace) -> int:
 def _note_older(args: argparse.Namespace, info: Path, made) -> None:
     """Say which directions of the folder came from an earlier run (kept: a folder collects directions), so that a
     PCA set of fewer components does not pass for a whole set with older, non-orthogonal ones beside it."""
-    import json
+    from alae_rt.directions import read_info
 
     new = {m.name for m in made}
-    older = sorted(name for name in json.loads(info.read_text())["directions"] if name not in new)
+    older = sorted(name for name in read_info(info.parent)["directions"] if name not in new)
     if older:
         say(args, f"note: {info.parent} also holds {', '.join(older)} from earlier runs (other data; kept, listed in "
                   f"{info.name}); write to a new folder for a set of these alone")

@@ -9,6 +9,7 @@ import math
 import re
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,7 @@ def parse_int_list(text: str, what: str = "seeds", unique: bool = False) -> list
             raise InputError(f"{what}: range {part!r} is too long")
         values.extend(range(lo, hi + 1))
     if unique and len(set(values)) < len(values):
-        seen: set[int] = set()
-        twice = next(v for v in values if v in seen or seen.add(v))
+        twice = next(v for v, n in Counter(values).items() if n > 1)
         raise InputError(f"{what}: {twice} is given more than once in {text!r} (each names one output image)")
     return values
 
@@ -86,7 +86,7 @@ def server_address(text: str) -> str:
     if text.startswith("unix:"):
         return text
     host, sep, port = text.rpartition(":")
-    if not sep or not host or host in ("[]",) or not port.isdigit() or not 0 < int(port) <= 65535:
+    if not sep or not host or host == "[]" or not port.isdigit() or not 0 < int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT (port 1..65535), e.g. 127.0.0.1:50051, got {text!r}")
     return text
 
