@@ -5,5 +5,5 @@ Modules: `onnx_export` (export_onnx, verify_onnx), `tensorrt_build` (build_engin
 (`alae_rt.backends.onnxruntime`, `alae_rt.backends.tensorrt`) and share its file contract (`alae_rt.exported`).
 Nothing heavy is imported here: the CLI loads this package to build its parser.
 
-Installed as `alae_rt.export`: alae_rt/export is a link to this folder (pyproject.toml lists the package).
+The top-level `export/` folder is a link to this one (pyproject.toml lists the package).
 """

@@ -8,7 +8,7 @@ Leaf ops: this package imports torch and triton, nothing else of alae-rt, and im
 does not import triton. "auto" takes Triton on CUDA (or under TRITON_INTERPRET=1, for correctness checks on
 CPU), else the reference.
 
-Installed as `alae_rt.kernels`: alae_rt/kernels is a link to this folder (pyproject.toml lists the package).
+The top-level `kernels/` folder is a link to this one (pyproject.toml lists the package).
 """
 
 from alae_rt.kernels._dispatch import interpreting, triton_available, use_triton

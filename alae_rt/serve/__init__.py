@@ -7,5 +7,5 @@ responses in wire form), decoding (the request-image stage), codec_processes (PN
 simulated (a stand-in model for benchmarks). Every rule about a request's values is the Runtime's; these modules
 add transport.
 
-Installed as `alae_rt.serve`: alae_rt/serve is a link to this folder (pyproject.toml lists the package).
+The top-level `serve/` folder is a link to this one (pyproject.toml lists the package).
 """
