@@ -54,7 +54,7 @@ def test_the_wheel_holds_every_module_and_the_package_data(tmp_path):
             if "__pycache__" not in p.parts}
     assert tree - names == set()
     assert {"alae_rt/serve/editor/index.html", "alae_rt/serve/protos/alae_rt/v1/alae_rt.proto",
-            "alae_rt/models/default.safetensors"} <= names
+            "alae_rt/models/default.safetensors", "alae_rt/serve/editor/samples/generated-09.png"} <= names
     assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"alae_rt"}
 
 

@@ -73,8 +73,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="let pages from this origin (scheme://host[:port]) call the HTTP API from a browser; "
                         "repeat for several (default: none, CORS off)")
     h.add_argument("--sample-faces", metavar="DIR",
-                   help="image files the editor offers as sample faces (the first 64 by name, read at start; "
-                        "without it the editor offers generated faces)")
+                   help="image files (PNG, JPEG, WebP) the editor offers as sample faces: the first 64 by name, "
+                        "read and checked at start; a file that is not such an image is skipped with a warning "
+                        "(default: four 64x64 faces made by the bundled model, shipped with alae-rt)")
     n.add_argument("--metrics-port", type=port_number, metavar="PORT",
                    help="serve Prometheus metrics on http://METRICS_HOST:PORT/metrics (default: off)")
     n.add_argument("--metrics-host", default=d.metrics_host, help=f"metrics address (default {d.metrics_host})")

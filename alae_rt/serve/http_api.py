@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import re
 import ssl
 from collections.abc import Callable
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import grpc
@@ -23,7 +24,8 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from alae_rt.errors import AlaeError
+from alae_rt.codecs import DEFAULT_MAX_PIXELS, JPEG_SIGNATURE, PNG_SIGNATURE, decode_image
+from alae_rt.errors import AlaeError, InputError
 from alae_rt.serve import alae_rt_pb2 as pb
 from alae_rt.serve.auth import BearerAuth
 from alae_rt.serve.logs import log
@@ -42,22 +44,29 @@ TIMEOUT_HEADER = "X-Timeout-Ms"  # the call's deadline, as gRPC's timeout: queue
 PAGE = {"/": ("index.html", "text/html"), "/editor.js": ("editor.js", "text/javascript"),
         "/editor.css": ("editor.css", "text/css")}
 SAMPLE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+# What a sample's bytes are (its Content-Type), by their signature: a name can say anything.
+SAMPLE_SIGNATURES = ((re.escape(PNG_SIGNATURE), "image/png"), (re.escape(JPEG_SIGNATURE), "image/jpeg"),
+                     (b"RIFF....WEBP", "image/webp"))
 MAX_SAMPLES = 64
+# The editor's faces without --sample-faces: a few made by the bundled model (their README says how; Apache-2.0).
+BUNDLED_SAMPLES = resources.files("alae_rt.serve") / "editor" / "samples"
 # The page loads nothing from another site, and no other site may frame it.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
        "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 SHUTDOWN_S = 1.0  # on stop, calls still running get this long before they are cancelled (drain has waited already)
 
 
-def read_samples(folder: str | Path, max_bytes: int) -> dict[str, tuple[bytes, str]]:
-    """The editor's sample faces: the image files of a folder (the first MAX_SAMPLES by name), read once at start;
-    callers name a sample by its file name, never by a path."""
-    folder = Path(folder)
+def read_samples(folder: str | Path | None, max_bytes: int,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, tuple[bytes, str]]:
+    """The editor's sample faces: the image files of a folder (the first MAX_SAMPLES by name; None: the faces
+    bundled with the package), read and decoded once at start; callers name a sample by its file name, never by a
+    path. A file that is not a PNG, JPEG or WebP image the editor can open is skipped with a warning in the log, and
+    each is served as the type its bytes say, whatever its name says."""
+    folder = BUNDLED_SAMPLES if folder is None else Path(folder)
     if not folder.is_dir():
         raise AlaeError(f"{folder}: no such folder (--sample-faces)")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in SAMPLE_TYPES and p.is_file())[:MAX_SAMPLES]
-    if not files:
-        raise AlaeError(f"{folder}: holds no .png, .jpg or .webp image (--sample-faces)")
+    files = sorted((p for p in folder.iterdir() if PurePath(p.name).suffix.lower() in SAMPLE_TYPES and p.is_file()),
+                   key=lambda p: p.name)[:MAX_SAMPLES]
     samples = {}
     for p in files:
         try:
@@ -66,7 +75,18 @@ def read_samples(folder: str | Path, max_bytes: int) -> dict[str, tuple[bytes, s
             raise AlaeError(f"{p}: cannot read a sample face ({exc.strerror or exc})") from None
         if len(data) > max_bytes:
             raise AlaeError(f"{p}: {len(data)} bytes, over --max-message-mb; the editor could not send it back")
-        samples[p.name] = (data, SAMPLE_TYPES[p.suffix.lower()])
+        kind = next((kind for signature, kind in SAMPLE_SIGNATURES if re.match(signature, data, re.DOTALL)), None)
+        try:
+            if kind is None:
+                raise InputError(f"{p}: not a PNG, JPEG or WebP image")
+            # Every pixel, once: a file that passes opens in the editor (its header alone may hide a truncated body).
+            decode_image(data, max_pixels, str(p))
+        except InputError as err:
+            log.warning(f"sample face skipped: {err}", extra={"fields": {"event": "sample_skipped", "file": p.name}})
+            continue
+        samples[p.name] = (data, kind)
+    if not samples:
+        raise AlaeError(f"{folder}: holds no readable .png, .jpg or .webp image (--sample-faces)")
     return samples
 
 

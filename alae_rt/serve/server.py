@@ -123,7 +123,8 @@ class AlaeServer:
             auth = BearerAuth(cfg.auth_tokens,
                               on_reject=lambda m: reject(m.rsplit("/", 1)[-1], "UNAUTHENTICATED").inc())
             interceptors.append(auth)
-        samples = read_samples(cfg.sample_faces, cfg.max_message_bytes) if cfg.sample_faces else None
+        samples = read_samples(cfg.sample_faces, cfg.max_message_bytes, cfg.max_pixels) if cfg.http_port is not None \
+            else None
         limit = cfg.max_message_bytes
         options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                    ("grpc.so_reuseport", int(cfg.reuse_port))]

@@ -1,16 +1,23 @@
 // The face editor: calls the HTTP API of `alae-rt serve` (/api/v1, the RPCs in the proto3 JSON mapping) and shows
 // the results. The page keeps the face's latent w (from Reconstruct) and every edit starts from it, so that the
 // image shown is always decode(edit(w, sliders)); the latent of the image shown can be downloaded and opened again.
+// The page opens on a face (the one its address names, else the generated face of seed 0) and keeps what it shows in
+// its address (?seed=0 or ?sample=NAME, the sliders, layers, cutoff, second seed), so a view can be reloaded and shared.
 "use strict";
 
 const API = "api/v1/";
 const DEBOUNCE_MS = 15; // slider events closer than this are one request; a newer request aborts the older one
+const FIRST_SEED = "0"; // the face the page opens on when its address names none
+const SEEDS_LISTED = 8; // the menu's generated faces: seeds 0..7
+const DEFAULT_CUTOFF = 4; // the Mix cutoff the page starts with (at most the model's style count)
 const $ = (id) => document.getElementById(id);
 
 const state = {
   token: sessionStorage.getItem("alae-rt-token") || "",
   info: null,
   base: null, // the face's latent (w [1, D], or styles [1, 2L, D] opened from a file): {shape, data (base64)}
+  face: null, // what the face is: {key: "seed:0" | "sample:NAME" | "photo:NAME" | "latent:NAME", query}
+  opening: 0, // the newest face opened; an older one still loading is dropped
   current: null, // what #result shows: {png (base64), latents}
   second: { seeds: ["1"] }, // the second face, a LatentSource
   seq: 0, // the newest edit request; a response for an older one is never shown
@@ -114,47 +121,146 @@ async function npyLatents(file) {
 }
 
 // ---- the face ------------------------------------------------------------------------------------------
-// An image file (a photo, a sample, a generated face) -> original, reconstruction, PSNR and the face's w.
-async function openFace(blob) {
-  const b64 = await fileBase64(blob);
-  const original = $("original");
-  original.src = URL.createObjectURL(blob);
-  original.decode().then(() => {
-    const r = state.info.resolution, w = original.naturalWidth, h = original.naturalHeight;
-    $("resize-note").textContent = w === r && h === r ? `${w}x${h}, as it is.` :
-      `${w}x${h} -> ${r}x${r}${w !== h ? " (centre-cropped to a square first)" : ""}.`;
-  }, () => { $("resize-note").textContent = "your browser cannot show this file; the server will say whether it can read it."; });
+// face: {key, query} for the menu, the address and data-face; query is [name, value] for the address, or null (a
+// photo or a latent file cannot be named there).
+
+// Nothing of the face before: a failed open shows no face rather than the previous one beside the error.
+function clearFace() {
+  state.base = state.current = state.face = null;
+  for (const id of ["original", "reconstruction", "result"]) $(id).removeAttribute("src");
+  delete $("result").dataset.edit;
+  delete $("result").dataset.face;
+  $("psnr").textContent = "";
+  $("original-caption").textContent = "original";
+  showFaceChoice(null);
+}
+
+// The menu shows the face open now: its entry, or for a photo or a latent its name in the first entry.
+function showFaceChoice(face) {
+  const select = $("sample"), first = select.options[0];
+  const value = face && face.key.startsWith("sample:") ? face.key.slice(7) : face && face.key;
+  const [kind, name] = face ? [face.key.slice(0, face.key.indexOf(":")), face.key.slice(face.key.indexOf(":") + 1)]
+    : ["", ""];
+  if (kind === "seed" && ![...select.options].some((o) => o.value === face.key))
+    select.append(new Option(`generated face, seed ${name}`, face.key));
+  first.textContent = kind === "photo" ? `your photo: ${name}` : kind === "latent" ? `a latent: ${name}` : "(none)";
+  select.value = kind === "seed" || kind === "sample" ? value : "";
+  writeAddress();
+}
+
+async function originalShown(img) {
+  try {
+    await img.decode();
+    return true;
+  } catch {
+    img.removeAttribute("src"); // no broken-image icon: the note says why
+    return false;
+  }
+}
+
+// An image file (a photo, a sample, a generated face) -> original, reconstruction, PSNR and the face's w; all three
+// views change together once the server has answered.
+async function openFace(blob, face) {
+  const opening = ++state.opening;
   const started = performance.now();
-  const resp = await api("reconstruct", { images: [{ encoded: b64 }], return_psnr: true, output: { return_latents: true } });
-  await show($("reconstruction"), resp.images[0].encoded);
-  $("psnr").textContent = `${resp.psnr[0].toFixed(2)} dB`;
+  const b64 = await fileBase64(blob);
+  let resp;
+  try {
+    resp = await api("reconstruct", { images: [{ encoded: b64 }], return_psnr: true, output: { return_latents: true } });
+  } catch (err) {
+    if (opening === state.opening) clearFace();
+    throw err;
+  }
+  if (opening !== state.opening) return;
+  const original = $("original");
+  if (original.src.startsWith("blob:")) URL.revokeObjectURL(original.src);
+  original.src = URL.createObjectURL(blob);
+  const [readable] = await Promise.all([originalShown(original), show($("reconstruction"), resp.images[0].encoded)]);
+  if (opening !== state.opening) return;
+  const r = state.info.resolution, w = original.naturalWidth, h = original.naturalHeight;
+  $("resize-note").textContent = !readable ? "Your browser cannot show this file; the server could read it." :
+    w === r && h === r ? `This face is ${w}x${h}, the model's resolution: used as it is.` :
+    `This face is ${w}x${h}: the server resized it to ${r}x${r}${w !== h ? " (centre-cropped to a square first)" : ""}.`;
+  $("original-caption").textContent = "original";
+  $("psnr").textContent = `, PSNR ${resp.psnr[0].toFixed(2)} dB`;
   state.base = resp.latents;
+  state.face = face;
+  showFaceChoice(face);
   setLatency(performance.now() - started);
   await render(started);
 }
 
 async function openLatent(file) {
   const latents = await npyLatents(file);
+  const opening = ++state.opening;
   const started = performance.now();
-  const resp = await api("decode", { latents, output: { return_latents: true } });
+  let resp;
+  try {
+    resp = await api("decode", { latents, output: { return_latents: true } });
+  } catch (err) {
+    if (opening === state.opening) clearFace();
+    throw err;
+  }
+  if (opening !== state.opening) return;
   $("original").removeAttribute("src");
-  $("resize-note").textContent = "a latent: no photo.";
-  $("psnr").textContent = "–";
+  $("original-caption").textContent = "original: none (a latent has no photo)";
+  $("resize-note").textContent = "";
+  $("psnr").textContent = ": the latent decoded";
   await show($("reconstruction"), resp.images[0].encoded);
+  if (opening !== state.opening) return;
   state.base = resp.latents;
+  state.face = { key: `latent:${file.name}`, query: null };
+  showFaceChoice(state.face);
   await render(started);
 }
 
-async function openSample(name) {
-  if (name.startsWith("seed:")) {
-    const resp = await api("generate", { seeds: [name.slice(5)] });
+// A menu entry: "seed:N" (the generated face of seed N, constant noise) or a sample face's file name.
+async function openSample(value) {
+  if (value.startsWith("seed:")) {
+    const seed = value.slice(5);
+    const resp = await api("generate", { seeds: [seed], noise: { mode: "NOISE_MODE_CONST" } });
     return openFace(new Blob([Uint8Array.from(atob(resp.images[0].encoded), (c) => c.charCodeAt(0))],
-      { type: "image/png" }));
+      { type: "image/png" }), { key: value, query: ["seed", seed] });
   }
   const headers = state.token ? { Authorization: "Bearer " + state.token } : {};
-  const resp = await fetch(API + "samples/" + encodeURIComponent(name), { headers });
+  const resp = await fetch(API + "samples/" + encodeURIComponent(value), { headers });
   if (!resp.ok) throw new ApiError(`${resp.status}: ${(await resp.json()).message}`);
-  return openFace(await resp.blob());
+  return openFace(await resp.blob(), { key: `sample:${value}`, query: ["sample", value] });
+}
+
+// ---- the page's state in its address -----------------------------------------------------------------------------
+function writeAddress() {
+  const parts = [];
+  // ":" and "," need no escaping in a query: the address stays readable (?seed=0&edit=pc00:1.5,pc01:-2)
+  const add = (key, value) => parts.push(`${key}=${encodeURIComponent(value).replace(/%3A/g, ":").replace(/%2C/g, ",")}`);
+  if (state.face && state.face.query) add(...state.face.query);
+  // a slider's value to the digits that set it again (its steps count from min: 1.9866885 is written 1.99)
+  const short = (s) => Number(Number(s.value).toFixed(Math.max(0, Math.ceil(-Math.log10(Number(s.step) / 4)))));
+  const moved = [...document.querySelectorAll("#sliders input")].filter((s) => edits().some((e) => e.name === s.dataset.name));
+  if (moved.length) add("edit", moved.map((s) => `${s.dataset.name}:${short(s)}`).join(","));
+  if ($("layers").value !== "all") add("layers", $("layers").value);
+  if (state.info && Number($("cutoff").value) !== Math.min(DEFAULT_CUTOFF, state.info.num_styles))
+    add("cutoff", $("cutoff").value);
+  if (state.second.seeds && state.second.seeds[0] !== "1") add("second", state.second.seeds[0]);
+  history.replaceState(null, "", parts.length ? `?${parts.join("&")}` : location.pathname);
+}
+
+// The controls as the address says (what it does not say stays at the default); returns the face to open.
+function readAddress(samples) {
+  const q = new URLSearchParams(location.search);
+  for (const item of (q.get("edit") || "").split(",").filter(Boolean)) {
+    const [name, value] = item.split(":");
+    const slider = document.querySelector(`#sliders input[data-name="${CSS.escape(name)}"]`);
+    if (slider && Number.isFinite(Number(value))) {
+      slider.value = value;
+      slider.nextElementSibling.textContent = Number(slider.value).toFixed(2);
+    }
+  }
+  if ([...$("layers").options].some((o) => o.value === q.get("layers"))) $("layers").value = q.get("layers");
+  if (q.has("cutoff") && Number.isInteger(Number(q.get("cutoff")))) $("cutoff").value = q.get("cutoff");
+  if (/^\d+$/.test(q.get("second") || "")) setSecondSeed(q.get("second"));
+  if (q.has("sample") && samples.includes(q.get("sample"))) return q.get("sample");
+  return /^\d+$/.test(q.get("seed") || "") ? `seed:${q.get("seed")}` : `seed:${FIRST_SEED}`;
 }
 
 // ---- edits -------------------------------------------------------------------------------------------------
@@ -198,6 +304,7 @@ async function render(started) {
     if (seq !== state.seq) return;
     state.current = { png, latents };
     result.dataset.edit = JSON.stringify({ edits: req.edits, layers: req.layers });
+    result.dataset.face = state.face ? state.face.key : "";
     setLatency(performance.now() - started);
   } catch (err) {
     if (seq === state.seq) showError(err);
@@ -213,6 +320,7 @@ function setLatency(ms) {
 
 function scheduleRender(event) {
   const started = event ? event.timeStamp : performance.now(); // the move, on performance.now()'s clock
+  writeAddress();
   clearTimeout(state.timer);
   state.timer = setTimeout(() => render(started), DEBOUNCE_MS);
 }
@@ -278,6 +386,12 @@ function play() {
   }, 120);
 }
 
+function setSecondSeed(seed) {
+  state.second = { seeds: [seed] };
+  $("second-seed").value = seed;
+  $("second-name").textContent = `second face: seed ${seed}`;
+}
+
 function currentLatents() {
   if (!state.current) throw new Error("open a face first");
   return state.current.latents;
@@ -289,12 +403,20 @@ async function start() {
   $("auth").hidden = true;
   $("facts").textContent = `${info.config_name} · ${info.resolution}x${info.resolution} · ${info.backend} · ` +
     `${info.device} · ${info.dtype} · ${info.weights}`;
+  $("resize-note").textContent = `The model's resolution is ${info.resolution}x${info.resolution}: ` +
+    "the server resizes a photo of another size.";
+  // max before value: a value over the old max would be clamped to it (and sent so) while the label said otherwise
   $("cutoff").max = info.num_styles;
+  $("cutoff").value = Math.min(DEFAULT_CUTOFF, info.num_styles);
   buildSliders(info);
   const select = $("sample");
   const { samples } = await api("samples");
   for (const name of samples) select.append(new Option(name, name));
-  for (let seed = 0; seed < 8; seed++) select.append(new Option(`generated face, seed ${seed}`, `seed:${seed}`));
+  for (let seed = 0; seed < SEEDS_LISTED; seed++) select.append(new Option(`generated face, seed ${seed}`, `seed:${seed}`));
+  const face = readAddress(samples);
+  $("cutoff-value").textContent = $("cutoff").value;
+  await openSample(face);
+  document.body.dataset.firstFaceMs = performance.now().toFixed(0); // since navigation began
   document.body.dataset.ready = "1";
 }
 
@@ -305,8 +427,12 @@ function wire() {
     sessionStorage.setItem("alae-rt-token", state.token);
     guarded(start);
   });
-  $("sample").addEventListener("change", (e) => e.target.value && guarded(() => openSample(e.target.value)));
-  $("upload").addEventListener("change", (e) => e.target.files[0] && guarded(() => openFace(e.target.files[0])));
+  $("sample").addEventListener("change", (e) => e.target.value && guarded(() => openSample(e.target.value).catch((err) => {
+    clearFace(); // the menu names the face asked for: no other face beside it
+    throw err;
+  })));
+  const photo = (file) => guarded(() => openFace(file, { key: `photo:${file.name}`, query: null }));
+  $("upload").addEventListener("change", (e) => e.target.files[0] && photo(e.target.files[0]));
   $("open-latent").addEventListener("change", (e) => e.target.files[0] && guarded(() => openLatent(e.target.files[0])));
   const drop = $("drop");
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("dragging"); });
@@ -314,7 +440,7 @@ function wire() {
   drop.addEventListener("drop", (e) => {
     e.preventDefault();
     drop.classList.remove("dragging");
-    if (e.dataTransfer.files[0]) guarded(() => openFace(e.dataTransfer.files[0]));
+    if (e.dataTransfer.files[0]) photo(e.dataTransfer.files[0]);
   });
   $("layers").addEventListener("change", scheduleRender);
   $("reset").addEventListener("click", reset);
@@ -322,17 +448,21 @@ function wire() {
   $("download-npy").addEventListener("click", () => state.current &&
     download("face_latent.npy", URL.createObjectURL(npyBlob(state.current.latents))));
   $("second-seed").addEventListener("input", (e) => {
-    state.second = { seeds: [String(Math.max(0, Math.floor(Number(e.target.value) || 0)))] };
-    $("second-name").textContent = `second face: seed ${state.second.seeds[0]}`;
+    setSecondSeed(String(Math.max(0, Math.floor(Number(e.target.value) || 0))));
+    writeAddress();
   });
   $("second-upload").addEventListener("change", (e) => {
     const file = e.target.files[0];
     if (file) guarded(async () => {
       state.second = { images: [{ encoded: await fileBase64(file) }] };
       $("second-name").textContent = `second face: ${file.name}`;
+      writeAddress();
     });
   });
-  $("cutoff").addEventListener("input", (e) => { $("cutoff-value").textContent = e.target.value; });
+  $("cutoff").addEventListener("input", () => {
+    $("cutoff-value").textContent = $("cutoff").value;
+    writeAddress();
+  });
   $("mix").addEventListener("click", () => guarded(mix));
   $("interpolate").addEventListener("click", () => guarded(interpolate));
   $("play").addEventListener("click", play);
