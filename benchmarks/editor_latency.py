@@ -152,7 +152,7 @@ def main() -> int:
 
     result = {
         "meta": {**info, "model": facts, "browser": browser_path, "face": face.name, "moves": args.moves,
-                 "opens": args.opens, "slider": name},
+                 "opens": args.opens, "slider": name, "load_average_after": os.getloadavg()},
         "first_face_ms": summary(first_face), "first_face_seen_ms": summary(first_seen), "opens": opens,
         "shown_ms": {"median": statistics.median(shown), "p90": sorted(shown)[int(0.9 * (len(shown) - 1))],
                      "min": min(shown), "max": max(shown)},
@@ -167,11 +167,13 @@ def main() -> int:
     s, o = result["shown_ms"], result["page_ms"]
     f, fs = result["first_face_ms"], result["first_face_seen_ms"]
     (args.out / f"{stem}.md").write_text("\n".join([
-        f"# Face editor latency: slider move -> new image shown, {model}, {info['device_name']} "
+        f"# Face editor latency: page opened -> first face, slider move -> new image shown, {model}, "
+        f"{info['device_name']} "
         f"({info['cpu_count']} cores), {info['date'][:10]}, commit {info['commit']}", "",
         f"{args.opens} page loads (each in a fresh browser context) and {args.moves} moves of slider `{name}` in "
         f"headless Chromium against `alae-rt serve --http-port` on the same machine ({facts}); each move waits for its "
-        "image. Goals: the first face within 2 s of opening, a slider move within 100 ms.", "",
+        "image. Goals: the first face within 2 s of opening, a slider move within 100 ms. Load average (1, 5, 15 "
+        f"min) at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} (other jobs on the cores).", "",
         "| measure | median ms | p90 ms | min | max |", "|---|---|---|---|---|",
         f"| page opened (navigation start) -> first face shown in original, reconstruction and edited view (the "
         f"page's figure) | {f['median']:.1f} | {f['p90']:.1f} | {f['min']:.1f} | {f['max']:.1f} |",
