@@ -1,8 +1,8 @@
 // The face editor: calls the HTTP API of `alae-rt serve` (/api/v1, the RPCs in the proto3 JSON mapping) and shows
 // the results. The page keeps the face's latent w (from Reconstruct) and every edit starts from it, so that the
 // image shown is always decode(edit(w, sliders)); the latent of the image shown can be downloaded and opened again.
-// The page opens on a face (the one its address names, else the generated face of seed 0) and keeps what it shows in
-// its address (?seed=0 or ?sample=NAME, the sliders, layers, cutoff, second seed), so a view can be reloaded and shared.
+// The page opens on a face (the one its address names, else the generated face of seed 0) and keeps what it shows
+// in its address (?seed=0 or ?sample=NAME, the sliders, layers, cutoff, second seed): a view can be reloaded, shared.
 "use strict";
 
 const API = "api/v1/";
@@ -137,14 +137,13 @@ function clearFace() {
 
 // The menu shows the face open now: its entry, or for a photo or a latent its name in the first entry.
 function showFaceChoice(face) {
-  const select = $("sample"), first = select.options[0];
-  const value = face && face.key.startsWith("sample:") ? face.key.slice(7) : face && face.key;
-  const [kind, name] = face ? [face.key.slice(0, face.key.indexOf(":")), face.key.slice(face.key.indexOf(":") + 1)]
-    : ["", ""];
-  if (kind === "seed" && ![...select.options].some((o) => o.value === face.key))
-    select.append(new Option(`generated face, seed ${name}`, face.key));
-  first.textContent = kind === "photo" ? `your photo: ${name}` : kind === "latent" ? `a latent: ${name}` : "(none)";
-  select.value = kind === "seed" || kind === "sample" ? value : "";
+  const select = $("sample"), key = face ? face.key : ":";
+  const kind = key.slice(0, key.indexOf(":")), name = key.slice(key.indexOf(":") + 1);
+  if (kind === "seed" && ![...select.options].some((o) => o.value === key))
+    select.append(new Option(`generated face, seed ${name}`, key)); // a seed the menu does not list (from the address)
+  select.options[0].textContent = kind === "photo" ? `your photo: ${name}` : kind === "latent" ? `a latent: ${name}` :
+    "(none)";
+  select.value = kind === "seed" ? key : kind === "sample" ? name : "";
   writeAddress();
 }
 
@@ -166,7 +165,8 @@ async function openFace(blob, face) {
   const b64 = await fileBase64(blob);
   let resp;
   try {
-    resp = await api("reconstruct", { images: [{ encoded: b64 }], return_psnr: true, output: { return_latents: true } });
+    resp = await api("reconstruct",
+      { images: [{ encoded: b64 }], return_psnr: true, output: { return_latents: true } });
   } catch (err) {
     if (opening === state.opening) clearFace();
     throw err;
@@ -178,9 +178,10 @@ async function openFace(blob, face) {
   const [readable] = await Promise.all([originalShown(original), show($("reconstruction"), resp.images[0].encoded)]);
   if (opening !== state.opening) return;
   const r = state.info.resolution, w = original.naturalWidth, h = original.naturalHeight;
+  const crop = w !== h ? " (centre-cropped to a square first)" : "";
   $("resize-note").textContent = !readable ? "Your browser cannot show this file; the server could read it." :
     w === r && h === r ? `This face is ${w}x${h}, the model's resolution: used as it is.` :
-    `This face is ${w}x${h}: the server resized it to ${r}x${r}${w !== h ? " (centre-cropped to a square first)" : ""}.`;
+    `This face is ${w}x${h}: the server resized it to ${r}x${r}${crop}.`;
   $("original-caption").textContent = "original";
   $("psnr").textContent = `, PSNR ${resp.psnr[0].toFixed(2)} dB`;
   state.base = resp.latents;
@@ -232,12 +233,14 @@ async function openSample(value) {
 function writeAddress() {
   const parts = [];
   // ":" and "," need no escaping in a query: the address stays readable (?seed=0&edit=pc00:1.5,pc01:-2)
-  const add = (key, value) => parts.push(`${key}=${encodeURIComponent(value).replace(/%3A/g, ":").replace(/%2C/g, ",")}`);
+  const add = (key, value) =>
+    parts.push(`${key}=${encodeURIComponent(value).replace(/%3A/g, ":").replace(/%2C/g, ",")}`);
   if (state.face && state.face.query) add(...state.face.query);
   // a slider's value to the digits that set it again (its steps count from min: 1.9866885 is written 1.99)
   const short = (s) => Number(Number(s.value).toFixed(Math.max(0, Math.ceil(-Math.log10(Number(s.step) / 4)))));
-  const moved = [...document.querySelectorAll("#sliders input")].filter((s) => edits().some((e) => e.name === s.dataset.name));
-  if (moved.length) add("edit", moved.map((s) => `${s.dataset.name}:${short(s)}`).join(","));
+  const moved = new Set(edits().map((e) => e.name));
+  const sliders = [...document.querySelectorAll("#sliders input")].filter((s) => moved.has(s.dataset.name));
+  if (sliders.length) add("edit", sliders.map((s) => `${s.dataset.name}:${short(s)}`).join(","));
   if ($("layers").value !== "all") add("layers", $("layers").value);
   if (state.info && Number($("cutoff").value) !== Math.min(DEFAULT_CUTOFF, state.info.num_styles))
     add("cutoff", $("cutoff").value);
@@ -258,7 +261,10 @@ function readAddress(samples) {
   }
   if ([...$("layers").options].some((o) => o.value === q.get("layers"))) $("layers").value = q.get("layers");
   if (q.has("cutoff") && Number.isInteger(Number(q.get("cutoff")))) $("cutoff").value = q.get("cutoff");
-  if (/^\d+$/.test(q.get("second") || "")) setSecondSeed(q.get("second"));
+  if (/^\d+$/.test(q.get("second") || "")) {
+    $("second-seed").value = q.get("second");
+    setSecondSeed(q.get("second"));
+  }
   if (q.has("sample") && samples.includes(q.get("sample"))) return q.get("sample");
   return /^\d+$/.test(q.get("seed") || "") ? `seed:${q.get("seed")}` : `seed:${FIRST_SEED}`;
 }
@@ -388,7 +394,6 @@ function play() {
 
 function setSecondSeed(seed) {
   state.second = { seeds: [seed] };
-  $("second-seed").value = seed;
   $("second-name").textContent = `second face: seed ${seed}`;
 }
 
@@ -412,7 +417,8 @@ async function start() {
   const select = $("sample");
   const { samples } = await api("samples");
   for (const name of samples) select.append(new Option(name, name));
-  for (let seed = 0; seed < SEEDS_LISTED; seed++) select.append(new Option(`generated face, seed ${seed}`, `seed:${seed}`));
+  for (let seed = 0; seed < SEEDS_LISTED; seed++)
+    select.append(new Option(`generated face, seed ${seed}`, `seed:${seed}`));
   const face = readAddress(samples);
   $("cutoff-value").textContent = $("cutoff").value;
   await openSample(face);
@@ -427,10 +433,14 @@ function wire() {
     sessionStorage.setItem("alae-rt-token", state.token);
     guarded(start);
   });
-  $("sample").addEventListener("change", (e) => e.target.value && guarded(() => openSample(e.target.value).catch((err) => {
-    clearFace(); // the menu names the face asked for: no other face beside it
-    throw err;
-  })));
+  $("sample").addEventListener("change", (e) => e.target.value && guarded(async () => {
+    try {
+      await openSample(e.target.value);
+    } catch (err) {
+      clearFace(); // the menu named the face asked for: no other face beside it
+      throw err;
+    }
+  }));
   const photo = (file) => guarded(() => openFace(file, { key: `photo:${file.name}`, query: null }));
   $("upload").addEventListener("change", (e) => e.target.files[0] && photo(e.target.files[0]));
   $("open-latent").addEventListener("change", (e) => e.target.files[0] && guarded(() => openLatent(e.target.files[0])));
