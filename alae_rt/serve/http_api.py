@@ -414,7 +414,8 @@ def openapi_description() -> dict[str, Any]:
                                       "security": [], "responses": {
                                           "200": {"description": "serving", "content": json_of("Health")},
                                           "503": {"description": "not serving", "content": json_of("Health")}}}}
-    paths[f"{API}/samples"] = {"get": {"operationId": "Samples", "summary": "The sample faces' names (--sample-faces)",
+    paths[f"{API}/samples"] = {"get": {"operationId": "Samples",
+                                       "summary": "The sample faces' names (--sample-faces, else the bundled ones)",
                                        "responses": {"200": {"description": "{\"samples\": [name, ...]}"}}}}
     paths[API + "/samples/{name}"] = {"get": {
         "operationId": "Sample", "summary": "One sample face's image file",
