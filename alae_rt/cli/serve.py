@@ -72,6 +72,11 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     h.add_argument("--http-cors-origin", metavar="ORIGIN", action="append", default=[],
                    help="let pages from this origin (scheme://host[:port]) call the HTTP API from a browser; "
                         "repeat for several (default: none, CORS off)")
+    h.add_argument("--http-allowed-hosts", metavar="NAME", nargs="+", action="extend", default=[],
+                   help="host names the HTTP API answers to besides localhost and the --host address (a name of "
+                        "this machine, or the one a reverse proxy forwards); requests naming any other host in their "
+                        "Host header get 421, so that no other site's page can reach the API by pointing its own "
+                        "name at this machine (DNS rebinding)")
     h.add_argument("--sample-faces", metavar="DIR",
                    help="image files the editor offers as sample faces (the first 64 by name, read at start; "
                         "without it the editor offers generated faces)")
@@ -151,6 +156,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_cert=Path(args.tls_cert) if args.tls_cert else None, tls_key=Path(args.tls_key) if args.tls_key else None,
         auth_tokens=read_tokens(args.auth_token_file) if args.auth_token_file else (), workers=args.workers,
         warmup=not args.no_warmup, http_port=args.http_port, http_cors_origins=tuple(args.http_cors_origin),
+        http_allowed_hosts=tuple(args.http_allowed_hosts),
         sample_faces=Path(args.sample_faces) if args.sample_faces else None, reuse_port=args.reuse_port)
     cfg.check(args.batch_size)
     if args.processes > 1:
