@@ -31,7 +31,9 @@ Logs are JSON lines on stderr (--log-format text for people).
 With --http-port the same server also answers HTTP: a face editor at http://HOST:PORT/ (pick or upload a face,
 drag attribute sliders, mix styles, interpolate, download the image and its latent) and the JSON API it uses,
 POST /api/v1/{encode,decode,reconstruct,generate,edit,mix,interpolate}, GET /api/v1/{info,health}, described at
-/api/openapi.json. The HTTP calls go through the same batchers, limits, metrics and bearer tokens as gRPC."""
+/api/openapi.json. The HTTP calls go through the same batchers, limits, metrics and bearer tokens as gRPC.
+Only requests whose Host header names localhost, the --host address or an --http-allowed-hosts name are answered
+(others: 421), so that no other site's page reaches the API through a name pointed at this machine."""
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
