@@ -212,7 +212,7 @@ class HttpApi:
         """DNS rebinding: a page of another site whose name the attacker points at this machine would call the API
         as same-origin (auth off, CORS no help). Its Host header carries that name: only this server's own names
         and addresses pass, on every path but health (load balancers probe by any name)."""
-        host = request.headers.get("Host")
+        host = request.headers.get("Host")  # none: HTTP/1.0, which no browser sends
         if host is None or request.path == f"{API}/health" or self.host_allowed(host):
             return await handler(request)
         log.warning("host refused", extra={"fields": {"event": "host_refused", "host": host[:200],
@@ -388,7 +388,8 @@ def host_check(listen: str, allowed: tuple[str, ...]) -> Callable[[str], bool]:
         own = ipaddress.ip_address(listen)
     except ValueError:
         own = None
-        names |= {listen}  # --host given as a name
+        if not wildcard:
+            names |= {listen}  # --host given as a name
     if listen == "localhost":
         own = "loopback"
 

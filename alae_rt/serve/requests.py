@@ -54,7 +54,7 @@ def parse_problem(error: Exception) -> str:
         return f"not UTF-8 text at byte {error.start}"
     if isinstance(error, RecursionError):
         return "nested too deeply"
-    text = str(error)
+    text = " ".join(str(error).split())  # one line
     if isinstance(error, DecodeError):  # "Error parsing message with type '...': Wire format was corrupt"
         text = text.rpartition(": ")[2]
     return text or "unreadable"

@@ -143,7 +143,7 @@ class AlaeService(pb_grpc.AlaeServicer):
         self.inflight = 0
         self.idle = asyncio.Event()
         self.idle.set()
-        self._release: asyncio.TimerHandle | None = None  # a release_memory to come (_released_later)
+        self._release: asyncio.TimerHandle | None = None  # a release_memory to come (_release_later)
         common = {"max_batch": rt.max_batch, "max_delay_s": cfg.max_delay_ms / 1000, "max_queue": cfg.max_queue,
                   "may_grow": self._others_in_flight}
         self.encode_batcher = DynamicBatcher("encode", self._encode_batch, compute, stats=self._stats("encode"),
@@ -207,6 +207,8 @@ class AlaeService(pb_grpc.AlaeServicer):
         self.decode_batcher.start()
 
     async def close(self) -> None:
+        if self._release is not None:
+            self._release.cancel()
         await self.encode_batcher.close()
         await self.decode_batcher.close()
 
@@ -379,7 +381,10 @@ class AlaeService(pb_grpc.AlaeServicer):
 
     def _release_now(self) -> None:
         self._release = None
-        self.pool.submit(release_memory)  # a few ms: off the event loop
+        try:
+            self.pool.submit(release_memory)  # a few ms: off the event loop
+        except RuntimeError:  # the server has stopped, and its pool with it
+            pass
 
     def _status_of(self, exc: BaseException) -> RequestError:
         if isinstance(exc, InputError):
