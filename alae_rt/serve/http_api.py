@@ -13,6 +13,7 @@ import asyncio
 import functools
 import ipaddress
 import json
+import socket
 import ssl
 from collections.abc import Callable
 from importlib import resources
@@ -379,11 +380,13 @@ def http_error_code(status: int, reason: str) -> str:
 
 def host_check(listen: str, allowed: tuple[str, ...]) -> Callable[[str], bool]:
     """Whether a Host header (name or address, with or without a port) names this server: localhost, a name of
-    --http-allowed-hosts, or the --host address (listening on every address: any address literal; a name can
-    be rebound to this machine, an address cannot)."""
+    --http-allowed-hosts, or the --host address (listening on every address: any address literal, and this
+    machine's host name; a name can be rebound to this machine, an address cannot)."""
     names = LOCAL_NAMES | {name.lower().rstrip(".") for name in allowed}
     listen = listen.strip("[]").lower()
     wildcard = listen in WILDCARD_HOSTS
+    if wildcard:
+        names |= {socket.gethostname().lower()}
     try:
         own = ipaddress.ip_address(listen)
     except ValueError:

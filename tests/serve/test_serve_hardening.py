@@ -190,7 +190,8 @@ def test_a_server_on_every_address_takes_any_address_but_no_other_name():
     from alae_rt.serve.http_api import host_check
 
     allowed = host_check("0.0.0.0", ("gpu-box.lan",))
-    assert all(map(allowed, ["10.1.2.3:8080", "[fe80::1]:8080", "localhost", "gpu-box.lan:8080", "GPU-BOX.LAN."]))
+    assert all(map(allowed, ["10.1.2.3:8080", "[fe80::1]:8080", "localhost", "gpu-box.lan:8080", "GPU-BOX.LAN.",
+                             f"{socket.gethostname()}:8080"]))
     assert not any(map(allowed, ["evil.example", "10.1.2.3.nip.io", "gpu-box.lan.evil.example", "[::1"]))
     one = host_check("::1", ())
     assert one("[::1]:9") and not one("127.0.0.1") and not one("[::2]")
