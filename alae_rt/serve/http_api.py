@@ -201,7 +201,8 @@ class HttpApi:
         except asyncio.CancelledError:
             if task not in self._cut:
                 raise
-            task.uncancel()
+            if hasattr(task, "uncancel"):  # Python 3.11+ counts cancellations: this one is answered (3.10 does not)
+                task.uncancel()
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down: the call was cut at the "
                                "end of its grace period (--grace-s); retry") from None
         finally:
@@ -289,12 +290,9 @@ class HttpApi:
             return await call(req, ctx), None
 
         try:
-            # At the deadline the call is cancelled, as gRPC cancels it: work still queued is dropped. (A timeout
-            # scope, not wait_for: wait_for's task would hold a refused call's error, and through its traceback the
-            # request, in a cycle.)
-            async with asyncio.timeout(ctx.timeout_s):
-                resp, frames = await answer()
-        except TimeoutError:
+            # At the deadline the call is cancelled, as gRPC cancels it: work still queued is dropped.
+            resp, frames = await asyncio.wait_for(answer(), ctx.timeout_s)
+        except asyncio.TimeoutError:
             raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, f"{TIMEOUT_HEADER}: the deadline "
                                f"({ctx.timeout_s * 1000:g} ms) passed before the call finished") from None
         if accept:
