@@ -509,6 +509,7 @@ def openapi_description() -> dict[str, Any]:
 
     errors = {str(code): {"description": why, "content": json_of("Error")} for code, why in (
         (400, "bad input: the message names the field"), (401, "missing or invalid bearer token"),
+        (421, "the Host header names neither this server nor localhost (--http-allowed-hosts)"),
         (413, "over a server limit (images, pixels, bytes)"), (429, "a queue is full: retry later"),
         (503, "warming up or shutting down"), (504, "the X-Timeout-Ms deadline passed before compute"))}
     service = pb.DESCRIPTOR.services_by_name["Alae"]
@@ -529,18 +530,18 @@ def openapi_description() -> dict[str, Any]:
                                                  "first image as a file)", "content": answer}, **errors}}}
     paths[f"{API}/info"] = {"get": {"operationId": "GetModelInfo", "summary": "The model and the server's limits",
                                     "responses": {"200": {"description": "ModelInfo", "content": json_of("ModelInfo")},
-                                                  "401": errors["401"]}}}
+                                                  "401": errors["401"], "421": errors["421"]}}}
     paths[f"{API}/health"] = {"get": {"operationId": "Health", "summary": "gRPC health's status (no token needed)",
                                       "security": [], "responses": {
                                           "200": {"description": "serving", "content": json_of("Health")},
                                           "503": {"description": "not serving", "content": json_of("Health")}}}}
     paths[f"{API}/samples"] = {"get": {"operationId": "Samples", "summary": "The sample faces' names (--sample-faces)",
                                        "responses": {"200": {"description": "{\"samples\": [name, ...]}"},
-                                                     "401": errors["401"]}}}
+                                                     "401": errors["401"], "421": errors["421"]}}}
     paths[API + "/samples/{name}"] = {"get": {
         "operationId": "Sample", "summary": "One sample face's image file",
         "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
-        "responses": {"200": {"description": "the image file"}, "401": errors["401"],
+        "responses": {"200": {"description": "the image file"}, "401": errors["401"], "421": errors["421"],
                       "404": {"description": "no such sample", "content": json_of("Error")}}}}
     return {
         "openapi": "3.1.0",

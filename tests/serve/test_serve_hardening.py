@@ -272,8 +272,9 @@ def test_405_says_allow_and_both_413s_say_one_code(auth_server):
 def test_the_openapi_lists_401_for_the_samples(auth_server):
     _, _, body = _get(auth_server.server.http_port, "/api/openapi.json")
     paths = json.loads(body)["paths"]
-    assert "401" in paths["/api/v1/samples"]["get"]["responses"]
-    assert "401" in paths["/api/v1/samples/{name}"]["get"]["responses"]
+    for path in ("/api/v1/samples", "/api/v1/samples/{name}"):
+        assert {"401", "421"} <= set(paths[path]["get"]["responses"]), path
+    assert "421" in paths["/api/v1/generate"]["post"]["responses"]
 
 
 def test_messages_name_no_python_exception_type(auth_server):
