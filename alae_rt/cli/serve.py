@@ -25,7 +25,8 @@ waiting at most --max-delay-ms for a batch to fill). Health (grpc.health.v1) say
 model warms up and while the server drains; reflection is on; Prometheus metrics are on --metrics-port.
 Health also says NOT_SERVING while a queue is over half full (overloaded).
 SIGTERM or Ctrl-C drains: new calls get UNAVAILABLE, calls in flight finish within --grace-s, and the
-process exits within --grace-s plus a second, abandoning work still running.
+process exits within --grace-s plus a second, abandoning work still running (calls cut then get UNAVAILABLE,
+over HTTP 503).
 Logs are JSON lines on stderr (--log-format text for people).
 
 With --http-port the same server also answers HTTP: a face editor at http://HOST:PORT/ (pick or upload a face,
