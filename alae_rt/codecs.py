@@ -215,7 +215,7 @@ def _decode_fast(decode, name: str, shape: tuple[int, int]) -> np.ndarray:
     try:
         arr = decode()
     except Exception as exc:  # noqa: BLE001 - the libraries raise assorted types for corrupt data
-        raise InputError(f"{name}: corrupt or truncated image ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{name}: corrupt or truncated image ({exc})") from None  # the library's words, no type
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.dtype != np.uint8 or arr.shape[:2] != shape:

@@ -25,13 +25,16 @@ waiting at most --max-delay-ms for a batch to fill). Health (grpc.health.v1) say
 model warms up and while the server drains; reflection is on; Prometheus metrics are on --metrics-port.
 Health also says NOT_SERVING while a queue is over half full (overloaded).
 SIGTERM or Ctrl-C drains: new calls get UNAVAILABLE, calls in flight finish within --grace-s, and the
-process exits within --grace-s plus a second, abandoning work still running.
+process exits within --grace-s plus a second, abandoning work still running (calls cut then get UNAVAILABLE,
+over HTTP 503).
 Logs are JSON lines on stderr (--log-format text for people).
 
 With --http-port the same server also answers HTTP: a face editor at http://HOST:PORT/ (pick or upload a face,
 drag attribute sliders, mix styles, interpolate, download the image and its latent) and the JSON API it uses,
 POST /api/v1/{encode,decode,reconstruct,generate,edit,mix,interpolate}, GET /api/v1/{info,health}, described at
-/api/openapi.json. The HTTP calls go through the same batchers, limits, metrics and bearer tokens as gRPC."""
+/api/openapi.json. The HTTP calls go through the same batchers, limits, metrics and bearer tokens as gRPC.
+Only requests whose Host header names localhost, the --host address or an --http-allowed-hosts name are answered
+(others: 421), so that no other site's page reaches the API through a name pointed at this machine."""
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -72,6 +75,11 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     h.add_argument("--http-cors-origin", metavar="ORIGIN", action="append", default=[],
                    help="let pages from this origin (scheme://host[:port]) call the HTTP API from a browser; "
                         "repeat for several (default: none, CORS off)")
+    h.add_argument("--http-allowed-hosts", metavar="NAME", nargs="+", action="extend", default=[],
+                   help="host names the HTTP API answers to besides localhost and the --host address (a name of "
+                        "this machine, or the one a reverse proxy forwards); requests naming any other host in their "
+                        "Host header get 421, so that no other site's page can reach the API by pointing its own "
+                        "name at this machine (DNS rebinding)")
     h.add_argument("--sample-faces", metavar="DIR",
                    help="image files (PNG, JPEG, WebP) the editor offers as sample faces: the first 64 by name, "
                         "read and checked at start; a file that is not such an image is skipped with a warning "
@@ -152,6 +160,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_cert=Path(args.tls_cert) if args.tls_cert else None, tls_key=Path(args.tls_key) if args.tls_key else None,
         auth_tokens=read_tokens(args.auth_token_file) if args.auth_token_file else (), workers=args.workers,
         warmup=not args.no_warmup, http_port=args.http_port, http_cors_origins=tuple(args.http_cors_origin),
+        http_allowed_hosts=tuple(args.http_allowed_hosts),
         sample_faces=Path(args.sample_faces) if args.sample_faces else None, reuse_port=args.reuse_port)
     cfg.check(args.batch_size)
     if args.processes > 1:

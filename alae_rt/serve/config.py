@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from alae_rt.errors import AlaeError
 
+HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
+                       r"[A-Za-z0-9])?)*\.?")
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
@@ -34,6 +37,8 @@ class ServeConfig:
     auth_tokens: tuple[str, ...] = ()
     http_port: int | None = None  # None: no HTTP API and editor; 0: any free port (AlaeServer.http_port tells which)
     http_cors_origins: tuple[str, ...] = ()  # origins whose pages may call the HTTP API (none: CORS off)
+    # Host names the HTTP API answers to besides localhost and --host (others: 421, against DNS rebinding)
+    http_allowed_hosts: tuple[str, ...] = ()
     sample_faces: Path | None = None  # a folder of face images the editor offers
     # Codec work scales with cores (the codecs release the GIL: benchmarks/codecs.py), so both pools default to them.
     workers: int = CORES  # threads that prepare latents and noise and encode output images
@@ -88,8 +93,13 @@ class ServeConfig:
             if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
                 raise AlaeError(f"--http-cors-origin {origin!r}: expected an origin, scheme://host[:port] "
                                 "(e.g. https://tools.example.com), without a path")
-        if self.http_port is None and (self.http_cors_origins or self.sample_faces):
-            raise AlaeError("--http-cors-origin and --sample-faces are for the HTTP API: add --http-port")
+        for name in self.http_allowed_hosts:
+            if not HOST_NAME.fullmatch(name):
+                raise AlaeError(f"--http-allowed-hosts {name!r}: expected a host name (e.g. editor.example.com), "
+                                "without a scheme, port or path")
+        if self.http_port is None and (self.http_cors_origins or self.sample_faces or self.http_allowed_hosts):
+            raise AlaeError("--http-cors-origin, --http-allowed-hosts and --sample-faces are for the HTTP API: add "
+                            "--http-port")
 
 
 def read_tokens(path: str | Path) -> tuple[str, ...]:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import json
 import re
+import socket
 import ssl
 from collections.abc import Callable
 from importlib import resources
@@ -20,7 +22,8 @@ from pathlib import Path, PurePath
 from typing import Any
 
 import grpc
-from aiohttp import web
+from aiohttp import web, web_protocol
+from aiohttp.http_exceptions import BadHttpMethod, InvalidHeader, InvalidURLError, LineTooLong
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
@@ -31,7 +34,7 @@ from alae_rt.serve.auth import BearerAuth
 from alae_rt.serve.logs import log
 from alae_rt.serve.requests import BadMessage
 from alae_rt.serve.service import AlaeService, CallContext
-from alae_rt.serve.wire import RequestError, invalid, over_limit
+from alae_rt.serve.wire import HTTP_STATUS, RequestError, invalid, over_limit
 
 API = "/api/v1"
 OPENAPI = "/api/openapi.json"
@@ -54,6 +57,15 @@ BUNDLED_SAMPLES = resources.files("alae_rt.serve") / "editor" / "samples"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
        "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 SHUTDOWN_S = 1.0  # on stop, calls still running get this long before they are cancelled (drain has waited already)
+# Names every server answers to besides its --host and --http-allowed-hosts: a browser reaches it through these
+# without DNS, so no other site's name can be rebound to it.
+LOCAL_NAMES = frozenset({"localhost"})
+WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")  # --host values that listen on every address of the machine
+HSTS = "max-age=31536000"  # HTTPS responses: a browser that saw one never calls this name over plain HTTP
+# aiohttp's own parser errors, told without the bytes that caused them (its text echoes them)
+PARSER_ERRORS = ((LineTooLong, "a request line or header is over the server's limit"),
+                 (BadHttpMethod, "not an HTTP method this server knows"),
+                 (InvalidURLError, "the request target is not a path"), (InvalidHeader, "a malformed header"))
 
 
 def read_samples(folder: str | Path | None, max_bytes: int,
@@ -107,6 +119,7 @@ class HttpApi:
         self.service = service
         self.cfg = service.cfg
         self.auth = auth
+        self.host_allowed = host_check(self.cfg.host, self.cfg.http_allowed_hosts)
         self.health = health  # "SERVING" or "NOT_SERVING", as gRPC health says
         self.cors_origins = frozenset(cors_origins)
         self.samples = samples or {}
@@ -114,10 +127,13 @@ class HttpApi:
         self.page = {path: (folder.joinpath(name).read_bytes(), kind) for path, (name, kind) in PAGE.items()}
         self.openapi = json.dumps(openapi_description(), indent=1).encode()
         self._runner: web.AppRunner | None = None
+        self._running: set[asyncio.Task] = set()  # the requests being handled (_cuttable)
+        self._cut: set[asyncio.Task] = set()  # those that cut() cancelled: they answer 503
 
     def app(self) -> web.Application:
         # The body limit is the gRPC message limit; a declared length over it is refused before reading (_body).
-        app = web.Application(middlewares=[self._guard], client_max_size=self.cfg.max_message_bytes)
+        app = web.Application(middlewares=[self._guard, self._check_host, self._cuttable],
+                              client_max_size=self.cfg.max_message_bytes)
         r = app.router
         for path in PAGE:
             r.add_get(path, self._page)
@@ -140,6 +156,9 @@ class HttpApi:
         self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None,
                                      shutdown_timeout=SHUTDOWN_S)
         await self._runner.setup()
+        # aiohttp's Server makes one RequestHandler per connection and takes no class for it: this one answers the
+        # parser's own errors in JSON (_JsonErrorsHandler)
+        self._runner.server.__class__ = _JsonErrorsServer
         site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port or None)
         try:
             await site.start()
@@ -148,6 +167,16 @@ class HttpApi:
             raise AlaeError(f"cannot serve HTTP on {host}:{port}: {exc.strerror or exc} (is the port in use?)") \
                 from None
         return self._runner.addresses[0][1]
+
+    async def cut(self) -> None:
+        """End the calls in flight (the grace period is over): each answers 503 (_cuttable), and is written before
+        stop() closes its connection - not a connection dropped mid-call."""
+        tasks = list(self._running)
+        self._cut.update(tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=SHUTDOWN_S)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -164,18 +193,55 @@ class HttpApi:
         except web.HTTPException as exc:  # aiohttp's own: no such path or method, a body over client_max_size
             message = exc.reason if exc.status != 413 else (
                 f"request: over this server's {self.cfg.max_message_mb:g} MiB (--max-message-mb)")
-            resp = web.json_response({"code": exc.reason.upper().replace(" ", "_"), "message": message},
+            resp = web.json_response({"code": http_error_code(exc.status, exc.reason), "message": message},
                                      status=exc.status)
+            if exc.status == 405:
+                resp.headers["Allow"] = exc.headers.get("Allow", "")
         except Exception as exc:  # noqa: BLE001 - the service answers its own errors; this is the rest
             log.error("internal error (HTTP)", exc_info=exc, extra={"fields": {"event": "internal_error"}})
-            resp = error_response(RequestError(grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); "
-                                                                         "the server log has the details"))
+            resp = error_response(RequestError(grpc.StatusCode.INTERNAL, "internal error; the server log has the "
+                                                                         "details"))
         origin = request.headers.get("Origin")
         if origin and origin in self.cors_origins:
             resp.headers["Access-Control-Allow-Origin"] = origin
             resp.headers["Vary"] = "Origin"
         resp.headers["X-Content-Type-Options"] = "nosniff"
+        if request.secure:
+            resp.headers["Strict-Transport-Security"] = HSTS
         return resp
+
+    @web.middleware
+    async def _cuttable(self, request: web.Request, handler) -> web.StreamResponse:
+        """A request cancelled by cut() answers UNAVAILABLE (503); any other cancellation (the caller hung up) goes
+        on as cancellation."""
+        task = asyncio.current_task()
+        self._running.add(task)
+        try:
+            return await handler(request)
+        except asyncio.CancelledError:
+            if task not in self._cut:
+                raise
+            if hasattr(task, "uncancel"):  # Python 3.11+ counts cancellations: this one is answered (3.10 does not)
+                task.uncancel()
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down: the call was cut at the "
+                               "end of its grace period (--grace-s); retry") from None
+        finally:
+            self._running.discard(task)
+            self._cut.discard(task)
+
+    @web.middleware
+    async def _check_host(self, request: web.Request, handler) -> web.StreamResponse:
+        """DNS rebinding: a page of another site whose name the attacker points at this machine would call the API
+        as same-origin (auth off, CORS no help). Its Host header carries that name: only this server's own names
+        and addresses pass, on every path but health (load balancers probe by any name)."""
+        host = request.headers.get("Host")  # none: HTTP/1.0, which no browser sends
+        if host is None or request.path == f"{API}/health" or self.host_allowed(host):
+            return await handler(request)
+        log.warning("host refused", extra={"fields": {"event": "host_refused", "host": host[:200],
+                                                      "path": request.path[:200]}})
+        raise RequestError(grpc.StatusCode.PERMISSION_DENIED, "the Host header names neither this server's address "
+                           "nor localhost; start the server with --http-allowed-hosts NAME to serve a name",
+                           http=421)
 
     async def _preflight(self, request: web.Request) -> web.Response:
         origin = request.headers.get("Origin", "")
@@ -213,7 +279,7 @@ class HttpApi:
     async def _get_rpc(self, request: web.Request) -> web.Response:
         """GET of a call (they take a POST body) or of no such path: say which."""
         if request.match_info["rpc"] in RPCS:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{request.path} takes a POST with a JSON body",
+            raise RequestError(grpc.StatusCode.UNIMPLEMENTED, f"{request.path} takes a POST with a JSON body",
                                http=405)
         raise self._no_such_call(request)
 
@@ -317,7 +383,81 @@ def error_response(err: RequestError) -> web.Response:
         headers["WWW-Authenticate"] = "Bearer"
     elif err.http == 429:
         headers["Retry-After"] = "1"
+    elif err.http == 405:  # only the calls' paths say 405 themselves (_get_rpc); aiohttp's come with their Allow
+        headers["Allow"] = "POST, OPTIONS"
     return web.json_response({"code": err.code.name, "message": err.message}, status=err.http, headers=headers)
+
+
+def http_error_code(status: int, reason: str) -> str:
+    """The error's "code" for an HTTP status that aiohttp answers itself: the gRPC code the API's own errors of that
+    status carry (413: RESOURCE_EXHAUSTED, as a Content-Length over the limit says), else the status's reason."""
+    codes = {status: code.name for code, status in HTTP_STATUS.items()}
+    codes[405] = grpc.StatusCode.UNIMPLEMENTED.name
+    return codes.get(status) or reason.upper().replace(" ", "_")
+
+
+def host_check(listen: str, allowed: tuple[str, ...]) -> Callable[[str], bool]:
+    """Whether a Host header (name or address, with or without a port) names this server: localhost, a name of
+    --http-allowed-hosts, or the --host address (listening on every address: any address literal, and this
+    machine's host name; a name can be rebound to this machine, an address cannot)."""
+    names = LOCAL_NAMES | {name.lower().rstrip(".") for name in allowed}
+    listen = listen.strip("[]").lower()
+    wildcard = listen in WILDCARD_HOSTS
+    if wildcard:
+        names |= {socket.gethostname().lower()}
+    try:
+        own = ipaddress.ip_address(listen)
+    except ValueError:
+        own = None
+        if not wildcard:
+            names |= {listen}  # --host given as a name
+    if listen == "localhost":
+        own = "loopback"
+
+    def allowed_host(header: str) -> bool:
+        name = header.strip().lower()
+        if name.startswith("["):  # [v6]:port
+            name = name[1:name.find("]")] if "]" in name else name
+        elif name.count(":") == 1:
+            name = name.partition(":")[0]
+        name = name.rstrip(".")
+        if name in names:
+            return True
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return wildcard or address == own or (own == "loopback" and address.is_loopback)
+
+    return allowed_host
+
+
+class _JsonErrorsHandler(web_protocol.RequestHandler):
+    """aiohttp's connection handler, answering a request its parser refuses (a bad method, a 10 KB URL, `GET *`)
+    as the API's errors are: JSON that does not echo the request, nosniff, one log line (aiohttp's own writes the
+    request's bytes as text/plain, and a traceback to the log)."""
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # the answer has begun: the connection can only be dropped
+            raise ConnectionError("an error after the response began")
+        if status >= 500:
+            log.error("internal error (HTTP)", exc_info=exc, extra={"fields": {"event": "internal_error"}})
+            text = "internal error; the server log has the details"
+        else:
+            text = next((why for kind, why in PARSER_ERRORS if isinstance(exc, kind)), "a malformed HTTP request")
+            log.warning("bad HTTP request", extra={"fields": {"event": "bad_http_request", "status": status,
+                                                              "error": text, "peer": request.remote}})
+        code = http_error_code(status, "error") if status != 400 else grpc.StatusCode.INVALID_ARGUMENT.name
+        resp = web.json_response({"code": code, "message": f"request: {text}"}, status=status,
+                                 headers={"X-Content-Type-Options": "nosniff"})
+        resp.force_close()
+        return resp
+
+
+class _JsonErrorsServer(web.Server):
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _JsonErrorsHandler(self, loop=self._loop, **self._kwargs)
 
 
 def to_json(resp: Any, frames: list | None = None) -> bytes:
@@ -389,6 +529,7 @@ def openapi_description() -> dict[str, Any]:
 
     errors = {str(code): {"description": why, "content": json_of("Error")} for code, why in (
         (400, "bad input: the message names the field"), (401, "missing or invalid bearer token"),
+        (421, "the Host header names neither this server nor localhost (--http-allowed-hosts)"),
         (413, "over a server limit (images, pixels, bytes)"), (429, "a queue is full: retry later"),
         (503, "warming up or shutting down"), (504, "the X-Timeout-Ms deadline passed before compute"))}
     service = pb.DESCRIPTOR.services_by_name["Alae"]
@@ -409,19 +550,20 @@ def openapi_description() -> dict[str, Any]:
                                                  "first image as a file)", "content": answer}, **errors}}}
     paths[f"{API}/info"] = {"get": {"operationId": "GetModelInfo", "summary": "The model and the server's limits",
                                     "responses": {"200": {"description": "ModelInfo", "content": json_of("ModelInfo")},
-                                                  "401": errors["401"]}}}
+                                                  "401": errors["401"], "421": errors["421"]}}}
     paths[f"{API}/health"] = {"get": {"operationId": "Health", "summary": "gRPC health's status (no token needed)",
                                       "security": [], "responses": {
                                           "200": {"description": "serving", "content": json_of("Health")},
                                           "503": {"description": "not serving", "content": json_of("Health")}}}}
     paths[f"{API}/samples"] = {"get": {"operationId": "Samples",
                                        "summary": "The sample faces' names (--sample-faces, else the bundled ones)",
-                                       "responses": {"200": {"description": "{\"samples\": [name, ...]}"}}}}
+                                       "responses": {"200": {"description": "{\"samples\": [name, ...]}"},
+                                                     "401": errors["401"], "421": errors["421"]}}}
     paths[API + "/samples/{name}"] = {"get": {
         "operationId": "Sample", "summary": "One sample face's image file",
         "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
-        "responses": {"200": {"description": "the image file"}, "404": {"description": "no such sample",
-                                                                        "content": json_of("Error")}}}}
+        "responses": {"200": {"description": "the image file"}, "401": errors["401"], "421": errors["421"],
+                      "404": {"description": "no such sample", "content": json_of("Error")}}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "alae-rt HTTP API", "version": __version__, "description": (

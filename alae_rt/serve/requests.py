@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import torch
+from google.protobuf.message import DecodeError
 from torch import Tensor
 
 from alae_rt import nvjpeg
@@ -44,7 +45,19 @@ class BadMessage:
     the call then gets INVALID_ARGUMENT, counted and logged like any other bad request."""
 
     def __init__(self, kind: str, error: Exception):
-        self.message = f"request: not a valid {kind} message ({type(error).__name__}: {error})"
+        self.message = f"request: not a valid {kind} message ({parse_problem(error)})"
+
+
+def parse_problem(error: Exception) -> str:
+    """What a parser's exception says about the bytes, in words: never the exception's Python type."""
+    if isinstance(error, UnicodeDecodeError):
+        return f"not UTF-8 text at byte {error.start}"
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    text = " ".join(str(error).split())  # one line
+    if isinstance(error, DecodeError):  # "Error parsing message with type '...': Wire format was corrupt"
+        text = text.rpartition(": ")[2]
+    return text or "unreadable"
 
 
 def tolerant_parser(message_class: Any) -> Any:

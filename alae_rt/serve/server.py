@@ -258,9 +258,12 @@ class AlaeServer:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
-        await self._server.stop(0)
+        # HTTP calls still running answer 503 (gRPC's, UNAVAILABLE) as their connections close
         if self._http is not None:
+            await asyncio.gather(self._server.stop(0), self._http.cut())
             await self._http.stop()
+        else:
+            await self._server.stop(0)
         for task in (self._warm_task, self._load_task):
             if task is not None and not task.done():
                 task.cancel()

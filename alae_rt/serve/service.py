@@ -4,6 +4,7 @@ around every call for its status code, metrics and access log."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import logging
 import re
@@ -71,6 +72,11 @@ INLINE_BYTES = 64 * 1024
 # the event loop when no other call is in flight: the hop to the pool and back cost a lone caller ~0.3 ms of CPU a
 # call (two thread wake-ups), more than the framing's copy. Under load, and for PNG/JPEG, the pool frames it.
 INLINE_RESPONSE_BYTES = 8 * 2**20
+# gRPC receives a message in many small slices, and the C allocator keeps their pages once they are freed: after a
+# refused request of this many bytes the server gives them back to the system (release_memory), so that an attack
+# of refused 60 MB calls leaves no more resident than one call's.
+RELEASE_BYTES = 16 * 2**20
+RELEASE_DELAY_S = 0.05  # after the refused call has ended and gRPC has freed its message
 
 
 @dataclass
@@ -137,6 +143,7 @@ class AlaeService(pb_grpc.AlaeServicer):
         self.inflight = 0
         self.idle = asyncio.Event()
         self.idle.set()
+        self._release: asyncio.TimerHandle | None = None  # a release_memory to come (_release_later)
         common = {"max_batch": rt.max_batch, "max_delay_s": cfg.max_delay_ms / 1000, "max_queue": cfg.max_queue,
                   "may_grow": self._others_in_flight}
         self.encode_batcher = DynamicBatcher("encode", self._encode_batch, compute, stats=self._stats("encode"),
@@ -200,6 +207,8 @@ class AlaeService(pb_grpc.AlaeServicer):
         self.decode_batcher.start()
 
     async def close(self) -> None:
+        if self._release is not None:
+            self._release.cancel()
         await self.encode_batcher.close()
         await self.decode_batcher.close()
 
@@ -225,7 +234,9 @@ class AlaeService(pb_grpc.AlaeServicer):
         return None if remaining is None else asyncio.get_running_loop().time() + remaining
 
     async def _latents(self, t: pb.Tensor, field: str, allow_styles: bool = True) -> Tensor:
-        if len(t.data) <= INLINE_BYTES:  # checked and moved to the device at once: a hop to the pool costs more
+        # checked and moved to the device at once: a hop to the pool costs more. (ByteSize, not len(t.data): every
+        # read of a bytes field copies it, and a 60 MB one would be copied on the event loop.)
+        if t.ByteSize() <= INLINE_BYTES:
             return latents_tensor(t, field, self.rt, self.cfg, allow_styles)
         return await self._in_pool(latents_tensor, t, field, self.rt, self.cfg, allow_styles)
 
@@ -331,35 +342,49 @@ class AlaeService(pb_grpc.AlaeServicer):
         records metrics and logs."""
         call = Call(method, context.peer(), time.perf_counter(), self._deadline(context),
                     wire=not isinstance(context, CallContext))
+        # A refused call raises a fresh copy of its error, held by no local: the error caught holds its traceback,
+        # whose frames hold the request message (a refused 60 MB Decode) and this frame, whose locals would hold
+        # the error again - a cycle that only the garbage collector frees, long after (alae_rt.serve.wire's
+        # RequestError.copy). gRPC's callers get it as a status (add_to_server), never through context.abort:
+        # its AbortError and the call's state hold each other, and with them every frame of the call.
+        refused = None
         try:
             if isinstance(request, BadMessage):
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, request.message)
             self._begin(needs_model)
         except RequestError as exc:
-            self._finish(call, exc.code, exc.message)
-            await self._refuse(context, exc)
+            refused = exc.copy()
+        if refused is not None:
+            self._finish(call, refused.code, refused.message)
+            self._release_later(request)
+            raise refused.copy()
         try:
             yield call
         except asyncio.CancelledError:
             self._finish(call, grpc.StatusCode.CANCELLED)
             raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a traceback to the caller
-            error = self._status_of(exc)
+            refused = self._status_of(exc).copy()
         else:
             self._finish(call, grpc.StatusCode.OK)
             return
         finally:
             self._end()
-        self._finish(call, error.code, error.message)
-        await self._refuse(context, error)
+        self._finish(call, refused.code, refused.message)
+        self._release_later(request)
+        raise refused.copy()
 
-    @staticmethod
-    async def _refuse(context, error: RequestError) -> None:
-        """End a refused call: gRPC's context aborts with the code and message; a CallContext's caller gets the
-        error itself."""
-        if isinstance(context, CallContext):
-            raise error
-        await context.abort(error.code, error.message)
+    def _release_later(self, request: Any) -> None:
+        """After a large refused request: release_memory once it is freed (one for a burst of them)."""
+        if self._release is None and getattr(request, "ByteSize", lambda: 0)() >= RELEASE_BYTES:
+            self._release = asyncio.get_running_loop().call_later(RELEASE_DELAY_S, self._release_now)
+
+    def _release_now(self) -> None:
+        self._release = None
+        try:
+            self.pool.submit(release_memory)  # a few ms: off the event loop
+        except RuntimeError:  # the server has stopped, and its pool with it
+            pass
 
     def _status_of(self, exc: BaseException) -> RequestError:
         if isinstance(exc, InputError):
@@ -374,8 +399,7 @@ class AlaeService(pb_grpc.AlaeServicer):
         if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc)):
             return RequestError(code, "out of memory on the server; send fewer images per request", http=503)
         log.error("internal error", exc_info=exc, extra={"fields": {"event": "internal_error"}})
-        return RequestError(grpc.StatusCode.INTERNAL,
-                            f"internal error ({type(exc).__name__}); the server log has the details")
+        return RequestError(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
 
     def _begin(self, needs_model: bool) -> None:
         if needs_model and self.state != "serving":
@@ -521,6 +545,21 @@ class AlaeService(pb_grpc.AlaeServicer):
                 method=rt.method.name))
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc
+    except (OSError, AttributeError):
+        return None
+
+
+def release_memory() -> None:
+    """Give the pages of freed memory back to the system (glibc's malloc_trim; elsewhere nothing)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def file_names_only(text: str) -> str:
     """A description of the weights with each file path cut to its name: callers learn which file, not where the
     server keeps it ("alae-rt checkpoint /srv/models/ffhq.safetensors (...)" -> "... ffhq.safetensors (...)")."""
@@ -533,9 +572,36 @@ def add_to_server(service: AlaeService, server: grpc.aio.Server) -> None:
     handlers = {}
     for method in pb.DESCRIPTOR.services_by_name["Alae"].methods:
         make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
-        handlers[method.name] = make(getattr(service, method.name),
+        answer = _streamed_status if method.server_streaming else _unary_status
+        handlers[method.name] = make(answer(getattr(service, method.name)),
                                      request_deserializer=tolerant_parser(getattr(pb, method.input_type.name)),
                                      response_serializer=serialize)
     name = pb.DESCRIPTOR.services_by_name["Alae"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
     server.add_registered_method_handlers(name, handlers)
+
+
+def _unary_status(rpc: Callable) -> Callable:
+    """A unary RPC whose RequestError becomes the call's status, set on the context (see AlaeService._call)."""
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await rpc(request, context)
+        except RequestError as exc:
+            context.set_code(exc.code)
+            context.set_details(exc.message)
+            return None
+
+    return unary
+
+
+def _streamed_status(rpc: Callable) -> Callable:
+    """A streaming RPC whose RequestError becomes the call's status, set on the context (see AlaeService._call)."""
+    async def streamed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for item in rpc(request, context):
+                yield item
+        except RequestError as exc:
+            context.set_code(exc.code)
+            context.set_details(exc.message)
+
+    return streamed

@@ -38,6 +38,11 @@ class RequestError(Exception):
         self.message = message
         self.http = http or HTTP_STATUS.get(code, 500)
 
+    def copy(self) -> RequestError:
+        """The same refusal without a traceback or context: what the caller is told, holding no frame (and so no
+        request message) of where it was raised."""
+        return RequestError(self.code, self.message, self.http)
+
 
 def invalid(field: str, problem: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {problem}")
@@ -61,10 +66,11 @@ def tensor_to_array(t: pb.Tensor, field: str, finite: bool = True) -> np.ndarray
     if 0 in shape:
         raise invalid(f"{field}.shape", f"{list(shape)} is empty")
     count = math.prod(shape)  # Python integers: np.prod wraps around int64 for [65536] * 4
-    if len(t.data) != 4 * count:
-        raise invalid(f"{field}.data", f"{len(t.data)} bytes, but shape {list(shape)} needs {4 * count} "
+    data = t.data  # read once: each read of a bytes field is a copy of it
+    if len(data) != 4 * count:
+        raise invalid(f"{field}.data", f"{len(data)} bytes, but shape {list(shape)} needs {4 * count} "
                                        "(packed little-endian float32)")
-    arr = np.frombuffer(t.data, dtype="<f4").reshape(shape)
+    arr = np.frombuffer(data, dtype="<f4").reshape(shape)
     if finite and not np.isfinite(arr).all():
         raise invalid(f"{field}.data", "holds NaN or Inf")
     return arr.astype(np.float32)  # a writable native-order copy: torch.from_numpy needs one
