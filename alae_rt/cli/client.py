@@ -28,11 +28,12 @@ from alae_rt.cli.options import (
     add_mix_args,
     add_noise_args,
     add_out_arg,
+    check_input_options,
     out_dir,
     out_file,
     parse_directions,
-    parse_int_list,
     parse_layers,
+    parse_seeds,
     positive_seconds,
     progress_bar,
     save_images,
@@ -370,9 +371,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from alae_rt.cli.ops import generate_caption
-    from alae_rt.serve.client import seed_values
 
-    seeds = seed_values(parse_int_list(args.seeds, unique=True))  # the wire's range, before any call
+    seeds = parse_seeds(args.seeds, "--seeds")  # the Runtime's range (the wire's), before any call
+    check_input_options(args)
     out = out_dir(args.out)
     names = [f"seed{s:04d}" for s in seeds]
     images: list[np.ndarray] = []
@@ -416,6 +417,7 @@ def _direction_value(name: str):
 def cmd_edit(args: argparse.Namespace) -> int:
     from alae_rt.cli.ops import edit_note
 
+    check_input_options(args)
     named = parse_directions(args.direction)
     edits = [(_direction_value(n), s) for n, s in named]
     layers = parse_layers(args)
@@ -464,6 +466,7 @@ def _both_ends(c, args: argparse.Namespace, info, src_a: Sources, src_b: Sources
 
 
 def cmd_mix(args: argparse.Namespace) -> int:
+    check_input_options(args)
     src_a0, src_b0 = read_sources(args.a), read_sources(args.b)
     out = out_dir(args.out)
     noise = {"noise": args.noise, "seed": args.seed}
@@ -494,8 +497,7 @@ def cmd_mix(args: argparse.Namespace) -> int:
 def cmd_interpolate(args: argparse.Namespace) -> int:
     from alae_rt.cli.ops import interpolate_names
 
-    if args.steps < 2:
-        raise InputError(f"--steps {args.steps}: frames include both ends, so at least 2")
+    check_input_options(args)
     src_a0, src_b0 = read_sources(args.a), read_sources(args.b)
     out = out_dir(args.out)
     noise = {"noise": args.noise, "seed": args.seed}

@@ -21,13 +21,14 @@ from alae_rt.cli.options import (
     add_mix_args,
     add_noise_args,
     add_out_arg,
+    check_input_options,
     host,
     make_runtime,
     out_dir,
     out_file,
     parse_directions,
-    parse_int_list,
     parse_layers,
+    parse_seeds,
     progress_bar,
     save_images,
     say,
@@ -150,7 +151,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    seeds = parse_int_list(args.seeds, unique=True)
+    seeds = parse_seeds(args.seeds, "--seeds")
+    check_input_options(args)
     out = out_dir(args.out)
     rt = make_runtime(args)
     # Styles and noise as Runtime.generate makes them, kept to save the styles.
@@ -175,6 +177,7 @@ def generate_caption(n: int, psi: float, cutoff: int, noise: str, seed: int | No
 
 
 def cmd_mix(args: argparse.Namespace) -> int:
+    check_input_options(args)
     src_a, src_b = read_sources(args.a), read_sources(args.b)
     out = out_dir(args.out)
     rt = make_runtime(args)
@@ -199,6 +202,7 @@ def cmd_mix(args: argparse.Namespace) -> int:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
+    check_input_options(args)
     edits = parse_directions(args.direction)
     _direction_files(edits)
     layers = parse_layers(args)
@@ -242,6 +246,7 @@ def interpolate_names(names_a: list[str], names_b: list[str]) -> list[str]:
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
+    check_input_options(args)
     src_a, src_b = read_sources(args.a), read_sources(args.b)
     pairs = interpolate_names(src_a.names, src_b.names)
     out = out_dir(args.out)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alae_rt.cli.options import parse_int_list
+from alae_rt.cli.options import parse_seeds
 from alae_rt.errors import InputError
 from alae_rt.latents import check_latents
 
@@ -46,7 +46,7 @@ def read_sources(items: Sequence[str]) -> Sources:
         w = read_latents(items[0])
         return Sources([f"{Path(items[0]).stem}_{i}" for i in range(len(w))], latents=w, where=items[0])
     if len(items) == 1 and items[0].startswith(SEEDS_PREFIX):
-        seeds = parse_int_list(items[0][len(SEEDS_PREFIX):], unique=True)
+        seeds = parse_seeds(items[0][len(SEEDS_PREFIX):])
         return Sources([f"seed{s:04d}" for s in seeds], seeds=seeds)
     several = [item for item in items if item.endswith(".npy") or item.startswith(SEEDS_PREFIX)]
     if len(items) > 1 and several:
