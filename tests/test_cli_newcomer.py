@@ -101,3 +101,16 @@ def test_client_errors_name_the_options_not_the_request_fields(capsys, tmp_path,
     code, _, err = run_cli(capsys, "client", *argv, "--server", server, "-o", str(tmp_path / "out"))
     assert_one_line_error(code, err, needle)
     assert "truncation_cutoff" not in err and "INVALID_ARGUMENT" not in err
+
+
+def test_directions_fit_without_scikit_learn_names_the_extra_before_the_model_loads(capsys, tmp_path, faces128,
+                                                                                      no_model, monkeypatch):
+    """It was a ModuleNotFoundError traceback after loading the model and encoding the examples."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # as if not installed: find_spec and import both fail
+    faces = sorted(map(str, faces128.glob("*.png")))
+    code, _, err = run_cli(capsys, "directions", "fit", "--positive", *faces[:4], "--negative", *faces[4:8],
+                           "--name", "x", "-o", str(tmp_path / "d"))
+    assert_one_line_error(code, err, "directions fit needs sklearn", "pip install 'alae-rt[train]'")
+    assert not (tmp_path / "d").exists()

@@ -248,6 +248,14 @@ def host(t) -> np.ndarray:
     return t.float().cpu().numpy()
 
 
+def require(module: str, command: str, extra: str = "train") -> None:
+    """A clear error, before any work, when an optional dependency of an extra is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise InputError(f"alae-rt {command} needs {module}: pip install 'alae-rt[{extra}]'")
+
+
 # ---- the model -------------------------------------------------------------------------------------------
 
 
