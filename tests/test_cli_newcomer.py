@@ -114,3 +114,115 @@ def test_directions_fit_without_scikit_learn_names_the_extra_before_the_model_lo
                            "--name", "x", "-o", str(tmp_path / "d"))
     assert_one_line_error(code, err, "directions fit needs sklearn", "pip install 'alae-rt[train]'")
     assert not (tmp_path / "d").exists()
+
+
+# ---- output written as it goes ---------------------------------------------------------------------------------
+
+
+def test_ctrl_c_keeps_every_image_written_and_their_styles(tmp_path):
+    """A real SIGINT to `alae-rt generate --seeds 0-19999`: it exited 130 having written nothing (5,368 images lost
+    at 27%). Now every chunk is written before the next: the images so far stay, whole, with their styles."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import numpy as np
+
+    from alae_rt.images import read_image
+
+    gen = tmp_path / "gen"
+    proc = subprocess.Popen([sys.executable, "-m", "alae_rt.cli", "generate", "--seeds", "0-19999", "--batch-size",
+                             "4", "--noise", "const", "-o", str(gen)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.monotonic()
+        while len(list(gen.glob("seed*.png"))) < 8:  # the run is under way: some chunks are on disk
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() - t0 < 300, "no images written"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    files = sorted(p.name for p in gen.iterdir())
+    images = [name for name in files if name.startswith("seed")]
+    written = len(images)
+    assert 8 <= written < 20000
+    assert images == [f"seed{s:04d}.png" for s in range(written)]  # the first seeds, in order, no gaps
+    assert set(files) == {*images, "styles.npy"}  # no half-written file left behind, no grid of a stopped run
+    assert f"wrote {written} of 20000 image(s) to {gen} before the interruption" in err
+    assert err.strip().splitlines()[-1] == "alae-rt: interrupted"
+    for name in images[-3:]:  # whole PNGs
+        assert read_image(gen / name).shape == (64, 64, 3)
+    styles = np.load(gen / "styles.npy")
+    assert styles.shape == (written, 10, 64)
+    from alae_rt import Runtime
+
+    rt = Runtime.load()
+    np.testing.assert_allclose(styles[[0, -1]], rt.seed_styles([0, written - 1]).numpy(), atol=1e-5)
+
+
+def test_a_long_run_draws_a_capped_grid(capsys, tmp_path):
+    """5,000 seeds made a 1042 x 26398 grid.png holding every image (and the run held them all in memory); the grid
+    shows the first grids.grid_capacity images and says so. Every image is still written."""
+    import numpy as np
+    from helpers import find_row
+
+    from alae_rt.cli import grids
+    from alae_rt.images import read_image
+
+    assert grids.grid_capacity(64) == 64 and grids.grid_capacity(1024) == 16  # bounded pixels at any resolution
+    code, out, _ = run_cli(capsys, "-q", "generate", "--seeds", "0-69", "--noise", "const", "--batch-size", "16",
+                           "-o", str(tmp_path / "g"))
+    assert code == 0 and "wrote 70 image(s)" in out
+    assert len(list((tmp_path / "g").glob("seed*.png"))) == 70
+    grid = read_image(tmp_path / "g" / "grid.png")
+    assert grid.shape[1] == 2 + 8 * 130  # 8 a row, cells enlarged to 128
+    big = lambda name: np.repeat(np.repeat(read_image(tmp_path / "g" / name), 2, 0), 2, 1)  # noqa: E731
+    assert find_row(grid, big("seed0063.png"), column=7) is not None  # the 64th is shown
+    assert all(find_row(grid, big("seed0064.png"), column=j) is None for j in range(8))  # the 65th is not
+    assert np.load(tmp_path / "g" / "styles.npy").shape[0] == 70
+
+
+# ---- names -------------------------------------------------------------------------------------------------------
+
+
+def test_output_names_sort_in_input_order_and_the_mix_grid_names_the_files(capsys, tmp_path, faces128, monkeypatch,
+                                                                            server):
+    """`client edit w.npy` wrote w_0 ... w_109 (sorting w_0, w_1, w_10), `decode` 000000.png, and mix grid rows said
+    `a: 0000_00000` instead of the file's name: one naming for the local and the client commands."""
+    import numpy as np
+
+    from alae_rt.cli import grids
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "w64.npy", rng.standard_normal((11, 64)).astype(np.float32))  # the bundled model's D
+    np.save(tmp_path / "w32.npy", rng.standard_normal((11, 32)).astype(np.float32))  # the tiny server's
+    direction = tmp_path / "d.npy"
+    np.save(direction, np.ones(64, np.float32))
+    np.save(tmp_path / "d32.npy", np.ones(32, np.float32))
+    shown = []
+    mix_grid = grids.mix_grid
+    monkeypatch.setattr(grids, "mix_grid", lambda *a, **k: shown.append((a[3], a[4])) or mix_grid(*a, **k))
+    face = str(sorted(faces128.glob("*.png"))[0])
+    local, remote = ["--noise", "const"], ["--noise", "const", "--server", server]
+    runs = [(["edit", str(tmp_path / "w64.npy"), "--direction", f"{direction}=1", *local], "w64"),
+            (["decode", str(tmp_path / "w64.npy"), *local], "w64"),
+            (["client", "edit", str(tmp_path / "w32.npy"), "--direction", f"{tmp_path / 'd32.npy'}=1", *remote], "w32"),
+            (["client", "decode", str(tmp_path / "w32.npy"), *remote], "w32")]
+    for k, (argv, stem) in enumerate(runs):
+        out = tmp_path / f"out{k}"
+        code, _, err = run_cli(capsys, "-q", *argv, "-o", str(out))
+        assert code == 0, err
+        names = sorted(p.stem for p in out.glob(f"{stem}_*.png"))
+        assert names == [f"{stem}_{i:04d}" for i in range(11)], argv  # sorted = row order
+    for argv in (["mix", "--a", face, "--b", "seeds:3", *local],
+                 ["client", "mix", "--a", face, "--b", "seeds:3", *remote]):
+        code, _, err = run_cli(capsys, "-q", *argv, "-o", str(tmp_path / "mix"))
+        assert code == 0, err
+        assert (tmp_path / "mix" / "mix_0000_00000__seed0003.png").is_file()
+    assert shown == [(["00000.png"], ["seed 3"])] * 2  # the grid's row and column labels
