@@ -226,3 +226,47 @@ def test_output_names_sort_in_input_order_and_the_mix_grid_names_the_files(capsy
         assert code == 0, err
         assert (tmp_path / "mix" / "mix_0000_00000__seed0003.png").is_file()
     assert shown == [(["00000.png"], ["seed 3"])] * 2  # the grid's row and column labels
+
+
+def test_info_and_the_generate_caption_say_which_style_inputs_truncation_takes(capsys):
+    """`info` on the tiny preset said cutoff=8 for a model with 6 style inputs."""
+    from alae_rt.cli.ops import generate_caption
+
+    code, out, _ = run_cli(capsys, "info", "--preset", "tiny")
+    assert code == 0 and "truncation:     psi=0.7 on all 6 style inputs (cutoff 8)" in out
+    code, out, _ = run_cli(capsys, "info")  # the bundled model: 10 style inputs
+    assert code == 0 and "truncation:     psi=0.7 on style inputs < 8 (of 10)" in out
+    assert "on all 6 style inputs (cutoff 8)" in generate_caption(1, 0.7, 8, 6, "const", None)
+
+
+# ---- the demo ------------------------------------------------------------------------------------------------------
+
+
+def test_make_demo_on_the_bundled_model_edits_along_its_own_directions(capsys, tmp_path, monkeypatch):
+    """`make demo` passed the official 512-d directions to the bundled model (D=64), so its caption always said
+    "(the directions do not fit this model ...)"; its columns said pca0/pca1, not the bundled pc00/pc01; and the
+    caption gave the weights' absolute path (the client's grids give the file's name)."""
+    import shlex
+    import subprocess
+
+    from helpers import ROOT
+
+    from alae_rt import demo
+
+    line = subprocess.run(["make", "-n", "-s", "demo", f"OUT={tmp_path / 'demo'}"], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout.strip().splitlines()[-1]
+    argv = shlex.split(line)
+    assert argv[0].endswith("alae-rt") and "--directions-dir" not in argv  # no checkpoint: the bundled model
+    with_checkpoint = subprocess.run(["make", "-n", "-s", "demo", "CHECKPOINT=model_157.pth"], cwd=ROOT,
+                                     capture_output=True, text=True, check=True).stdout
+    assert "--directions-dir" in with_checkpoint
+    captions = []
+    save_grid = demo.save_grid
+    monkeypatch.setattr(demo, "save_grid", lambda grid, path: captions.append(grid.caption) or save_grid(grid, path))
+    monkeypatch.chdir(ROOT)  # the Makefile's paths are the checkout's
+    code, out, _ = run_cli(capsys, *argv[1:], "--count", "2")
+    assert code == 0
+    assert "edits: the model's own principal directions pc00, pc01" in out and "do not fit" not in out
+    assert "columns: original | reconstruction | pc00 -" in out and "pca0" not in out
+    assert captions[0][0].startswith("weights: alae-rt checkpoint default.safetensors (alae-rt default model")
+    assert not any("/" in line for line in captions[0])
