@@ -270,3 +270,30 @@ def test_make_demo_on_the_bundled_model_edits_along_its_own_directions(capsys, t
     assert "columns: original | reconstruction | pc00 -" in out and "pca0" not in out
     assert captions[0][0].startswith("weights: alae-rt checkpoint default.safetensors (alae-rt default model")
     assert not any("/" in line for line in captions[0])
+
+
+def test_a_disk_that_fills_part_way_keeps_the_images_written_and_says_how_many(capsys, tmp_path, monkeypatch):
+    """The fifth PNG meets a full disk: the four before it stay, with their latents, and the one line says so."""
+    import errno
+
+    import numpy as np
+
+    from alae_rt import images
+
+    np.save(tmp_path / "w.npy", np.random.default_rng(0).standard_normal((9, 64)).astype(np.float32))
+    save_image, calls = images.save_image, []
+
+    def filling(image, path):
+        calls.append(path)
+        if len(calls) == 5:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return save_image(image, path)
+
+    monkeypatch.setattr(images, "save_image", filling)
+    out = tmp_path / "e"
+    code, _, err = run_cli(capsys, "-q", "edit", str(tmp_path / "w.npy"), "--direction", "pc00=1", "--batch-size", "2",
+                           "-o", str(out))
+    assert_one_line_error(code, err, f"{out / 'w_0004.png'}: No space left on device; wrote 4 of 9 edited image(s) "
+                                     f"to {out} before the failure")
+    assert sorted(p.name for p in out.iterdir()) == ["edited.npy", *(f"w_{i:04d}.png" for i in range(4))]
+    assert np.load(out / "edited.npy").shape == (4, 64)

@@ -351,13 +351,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     names = seed_names(seeds)
     images: list[np.ndarray] = []  # the first ones, for the grid
     written = Written(len(seeds), "image(s)", out)
-    styles = NpyRows(out / "styles.npy")  # [N, 2L, D], a request's rows before its images
 
     def interrupted(n: int) -> None:
         styles.finish(n)
         say(args, f"wrote styles.npy of the {n} image(s) written")
 
-    with _client(args) as c:
+    # styles.npy [N, 2L, D]: a request's rows go before its images
+    with _client(args) as c, NpyRows(out / "styles.npy") as styles:
         info = c.info()
         shown = min(len(seeds), grids.grid_capacity(info.resolution))
         with progress_bar(args, len(seeds), "generate") as bar, reporting(args, written, interrupted):
@@ -368,7 +368,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 save_images(r.images, names[sl], out, written)
                 images.extend(r.images[:max(0, shown - len(images))])
                 bar.update(len(r.images))
-    styles.finish()
+        styles.finish()
     psi = info.truncation_psi if args.psi is None else args.psi
     cutoff = info.truncation_cutoff if args.cutoff is None else args.cutoff
     caption = [generate_caption(len(seeds), psi, cutoff, info.num_styles, args.noise, args.seed),

@@ -212,8 +212,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     psi, cutoff = rt.check_psi(args.psi), rt.check_cutoff(args.cutoff, "truncation_cutoff")
     shown = min(len(seeds), grids.grid_capacity(rt.config.resolution))
     written = Written(len(seeds), "image(s)", out)
-    styles = NpyRows(out / "styles.npy")  # [N, 2L, D], a chunk's rows before its images
-
     def styles_of(sl: slice):  # Runtime.generate's styles, kept to save them
         return rt.seed_styles(seeds[sl], truncation_psi=psi, truncation_cutoff=cutoff)
 
@@ -221,11 +219,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         styles.finish(n)
         say(args, f"wrote styles.npy of the {n} image(s) written")
 
-    with reporting(args, written, interrupted):
+    # styles.npy [N, 2L, D]: a chunk's rows go before its images
+    with NpyRows(out / "styles.npy") as styles, reporting(args, written, interrupted):
         images = _decode_and_save(rt, args, styles_of, seed_names(seeds), out, written, "generate",
                                   _noise_of_rows(rt, len(seeds), args.noise, args.seed, seeds), keep=shown,
                                   before_save=lambda sl, w: styles.add(host(w)))
-    styles.finish()
+        styles.finish()
     caption = [generate_caption(len(seeds), psi, cutoff, rt.config.num_styles, args.noise, args.seed),
                f"weights: {grids.file_names_only(rt.source)}"]
     grid = grids.generate_grid(images, [f"seed {s}" for s in seeds[:shown]], caption, total=len(seeds))

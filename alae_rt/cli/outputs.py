@@ -53,8 +53,9 @@ def seed_names(seeds: Sequence[int]) -> list[str]:
 class Written:
     """What a command has written so far, for the message when it fails part-way.
 
-    `state` is (files finished, the file being renamed into place or None), assigned as one value: a Ctrl-C
-    arrives between two Python steps, never inside an assignment, so the count read after it is exact."""
+    `state` is (files finished, the hidden file being renamed into place or None), assigned as one value: a Ctrl-C
+    arrives between two Python steps, never inside an assignment, so the count read after it is exact (a rename
+    that happened has consumed the hidden file)."""
 
     def __init__(self, total: int, what: str, out: Path):
         self.total, self.what, self.out = total, what, out
@@ -63,7 +64,7 @@ class Written:
     @property
     def count(self) -> int:
         done, landing = self.state
-        return done + (landing is not None and landing.exists())
+        return done + (landing is not None and not landing.exists())
 
     def add(self, k: int) -> None:
         self.state = (self.state[0] + k, None)
@@ -75,7 +76,7 @@ def reporting(args: argparse.Namespace, written: Written, on_failure: Callable[[
     files (the latents of the images written). The files of the steps that completed stay."""
     try:
         yield
-    except (AlaeError, KeyboardInterrupt) as exc:
+    except (AlaeError, OSError, KeyboardInterrupt) as exc:  # OSError: writing (a full disk, permissions, ...)
         count = written.count
         if not count:
             raise
@@ -85,6 +86,8 @@ def reporting(args: argparse.Namespace, written: Written, on_failure: Callable[[
         if isinstance(exc, KeyboardInterrupt):
             say(args, done.replace("the failure", "the interruption"))
             raise
+        if isinstance(exc, OSError):
+            exc = f"{exc.filename}: {exc.strerror or exc}" if exc.filename else (exc.strerror or exc)
         raise AlaeError(f"{exc}; {done}") from None
 
 
@@ -98,10 +101,15 @@ def save_images(images: Sequence[np.ndarray], names: Sequence[str], out: Path, w
         try:
             save_image(img, part)
             if written is not None:
-                written.state = (written.state[0], path)
+                written.state = (written.state[0], part)
             os.replace(part, path)
-        except BaseException:
-            part.unlink(missing_ok=True)
+        except BaseException as exc:
+            if part.exists():  # not renamed: this image is not written
+                part.unlink()
+                if written is not None:
+                    written.state = (written.state[0], None)
+            if isinstance(exc, OSError) and exc.errno is not None:  # named by the file it was for
+                raise OSError(exc.errno, exc.strerror, str(path)) from None
             raise
         if written is not None:
             written.add(1)
@@ -109,7 +117,8 @@ def save_images(images: Sequence[np.ndarray], names: Sequence[str], out: Path, w
 
 class NpyRows:
     """An .npy file written a block of rows at a time (memory: one block), whole once `finish`ed: the rows go to a
-    hidden file as they come, and `finish(n)` writes the header and the first n rows to `path`."""
+    hidden file as they come, and `finish(n)` writes the header and the first n rows to `path`. As a context, a
+    run that leaves it unfinished leaves no file."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -117,6 +126,14 @@ class NpyRows:
         self.rows = 0
         self.row_shape: tuple[int, ...] | None = None
         self._file = open(self.part, "wb")
+
+    def __enter__(self) -> NpyRows:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self._file.closed:
+            self._file.close()
+            self.part.unlink(missing_ok=True)
 
     def add(self, block: np.ndarray) -> None:
         block = np.ascontiguousarray(block, dtype=np.float32)
