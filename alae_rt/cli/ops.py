@@ -1,7 +1,8 @@
 """The local model operations: `alae-rt encode | decode | reconstruct | generate | mix | edit`.
 
-Each is one Runtime call per step; the Runtime chunks by --batch-size and reports each chunk to the progress bar.
-Latents stay on the Runtime's device between steps and come to the host only to be saved.
+Each works --batch-size rows at a time, one Runtime call a chunk, and writes a chunk's files before the next is
+computed (alae_rt.cli.outputs: sortable names, "wrote K of N" when a run stops part-way). Latents stay on the
+Runtime's device between steps and come to the host only to be saved.
 """
 
 from __future__ import annotations
