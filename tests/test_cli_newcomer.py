@@ -122,6 +122,7 @@ def test_directions_fit_without_scikit_learn_names_the_extra_before_the_model_lo
 def test_ctrl_c_keeps_every_image_written_and_their_styles(tmp_path):
     """A real SIGINT to `alae-rt generate --seeds 0-19999`: it exited 130 having written nothing (5,368 images lost
     at 27%). Now every chunk is written before the next: the images so far stay, whole, with their styles."""
+    import os
     import signal
     import subprocess
     import sys
@@ -132,21 +133,24 @@ def test_ctrl_c_keeps_every_image_written_and_their_styles(tmp_path):
     from alae_rt.images import read_image
 
     gen = tmp_path / "gen"
-    proc = subprocess.Popen([sys.executable, "-m", "alae_rt.cli", "generate", "--seeds", "0-19999", "--batch-size",
-                             "4", "--noise", "const", "-o", str(gen)], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        t0 = time.monotonic()
-        while len(list(gen.glob("seed*.png"))) < 8:  # the run is under way: some chunks are on disk
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() - t0 < 300, "no images written"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    log = tmp_path / "stderr.txt"  # a file, not a pipe: the progress bar must never block on a full pipe
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "alae_rt.cli", "generate", "--seeds", "0-19999",
+                                 "--batch-size", "4", "--noise", "const", "-o", str(gen)], cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        try:
+            t0 = time.monotonic()
+            while len(list(gen.glob("seed*.png"))) < 8:  # the run is under way: some chunks are on disk
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() - t0 < 300, "no images written"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    err = log.read_text()
     assert proc.returncode == 130, err
     files = sorted(p.name for p in gen.iterdir())
     images = [name for name in files if name.startswith("seed")]
