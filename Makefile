@@ -28,8 +28,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -c "import torch; print('torch', torch.__version__, '(CUDA ' + str(torch.version.cuda) + ')')"
 	touch $@
 
+# The official FFHQ directions (DIRECTIONS) are for the official D=512 models: passed with a CHECKPOINT only. The
+# bundled model edits along its own principal directions (pc00, pc01; alae_rt/models/directions).
 demo: setup
-	$(VENV)/bin/alae-rt demo $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)") --faces "$(FACES)" --directions-dir "$(DIRECTIONS)" -o "$(OUT)"
+	$(VENV)/bin/alae-rt demo $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)" --directions-dir "$(DIRECTIONS)") --faces "$(FACES)" -o "$(OUT)"
 
 # Start `alae-rt serve` on CHECKPOINT (any free ports on 127.0.0.1, the face editor's too), wait for it to warm up,
 # print the editor's URL, make a client round trip on the sample faces (info, reconstruct, generate, mix), then stop

@@ -70,10 +70,8 @@ class Split:
     held_names: list[str]
 
 
-def load_split(folder: str | Path, resolution: int, channels: int, holdout: int | None = None) -> Split:
-    """The trainer's split of an image folder at the model's resolution."""
-    from alae_rt.images import image_to_tensor, read_image
-
+def split_files(folder: str | Path, holdout: int | None = None) -> tuple[list[Path], int]:
+    """The folder's images and the number held out, checked (the CLI calls it before the model loads)."""
     files = list_images([folder])
     if len(files) < 2:
         raise InputError(f"{folder}: {len(files)} image(s); evaluation holds some out and fits on the rest, so it "
@@ -81,6 +79,14 @@ def load_split(folder: str | Path, resolution: int, channels: int, holdout: int 
     holdout = default_holdout(len(files)) if holdout is None else holdout
     if not 1 <= holdout < len(files):
         raise InputError(f"--holdout {holdout}: must be in [1, {len(files) - 1}] for {len(files)} image(s)")
+    return files, holdout
+
+
+def load_split(folder: str | Path, resolution: int, channels: int, holdout: int | None = None) -> Split:
+    """The trainer's split of an image folder at the model's resolution."""
+    from alae_rt.images import image_to_tensor, read_image
+
+    files, holdout = split_files(folder, holdout)
     x = torch.stack([image_to_tensor(read_image(p), resolution, channels, name=str(p)) for p in files])
     images = to_uint8(x)
     n = len(files) - holdout

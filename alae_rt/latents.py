@@ -1,4 +1,5 @@
-"""The one rule for latents given from outside: w [N, D] or styles [N, 2L, D], float, finite (numpy only)."""
+"""The rules for inputs given from outside that need no model: latents (w [N, D] or styles [N, 2L, D], float,
+finite), truncation psi, seeds and interpolation steps (numpy only: the CLI checks them before a model loads)."""
 
 from __future__ import annotations
 
@@ -48,3 +49,34 @@ def check_latents(arr: Any, latent_size: int, num_styles: int, name: str, allow_
         if peak > LATENT_LIMIT:
             raise InputError(f"{values_name}: holds values up to {peak:.3g}; latents lie within +-{LATENT_LIMIT:g}",
                              field=values_name)
+
+
+# ---- the other inputs whose rule needs no model: checked by the Runtime, and by the CLI before a model loads -----
+
+PSI_RANGE = (-2.0, 2.0)  # truncation psi: 0 gives dlatent_avg, 1 no truncation, beyond +-2 only noise
+SEED_MAX = 2**64 - 1  # seeds seed torch generators, which take 64-bit unsigned values
+
+
+def check_psi(truncation_psi: Any, field: str = "truncation_psi") -> float:
+    """A truncation psi, finite and within PSI_RANGE -> float (InputError(field=field) otherwise)."""
+    try:
+        psi = float(truncation_psi)
+    except (TypeError, ValueError):
+        raise InputError(f"{field}: {truncation_psi!r} is not a number", field=field) from None
+    if not (np.isfinite(psi) and PSI_RANGE[0] <= psi <= PSI_RANGE[1]):
+        raise InputError(f"{field}: {psi} is out of range [{PSI_RANGE[0]}, {PSI_RANGE[1]}]", field=field)
+    return psi
+
+
+def check_seed(value: Any, field: str = "seeds") -> int:
+    """A seed as an int in [0, 2**64 - 1] (what a torch generator takes)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= int(value) <= SEED_MAX:
+        raise InputError(f"{field}: {value!r} is not a seed; seeds are integers in [0, 2**64 - 1]", field=field)
+    return int(value)
+
+
+def check_steps(steps: Any, field: str = "steps") -> int:
+    """Interpolation frames, both ends included: an integer >= 2."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or int(steps) < 2:
+        raise InputError(f"{field} must be >= 2 (frames include both ends), got {steps!r}", field=field)
+    return int(steps)

@@ -18,16 +18,13 @@ from alae_rt.config import PRESETS, ModelConfig, resolve_config
 from alae_rt.directions import INFO_FILE, read_info
 from alae_rt.errors import CheckpointError, InputError
 from alae_rt.images import images_to_tensor, list_images, read_image, to_uint8, to_uint8_tensor
-from alae_rt.latents import LATENT_LIMIT, check_latents
+from alae_rt.latents import LATENT_LIMIT, check_latents, check_psi, check_seed, check_steps
 from alae_rt.methods import MethodConfig, build_model, method_of
 from alae_rt.network import StyleALAE
 
 NoiseArg = str | Sequence[Tensor]
 DirectionArg = str | Path | np.ndarray | Tensor
 Progress = Callable[[int], object] | None  # called with the rows each chunk just finished
-
-PSI_RANGE = (-2.0, 2.0)  # truncation psi: 0 gives dlatent_avg, 1 no truncation, beyond +-2 only noise
-SEED_MAX = 2**64 - 1  # seeds seed torch generators, which take 64-bit unsigned values
 
 CONST_NOISE_SEED = 0  # the "const" noise maps are drawn once, from this seed, on the CPU
 DEFAULT_MAX_BATCH = 8
@@ -236,7 +233,8 @@ class Runtime:
                 return list(self._const_noise)
             if mode == "random":
                 gen = torch.Generator(device=self.device)
-                gen.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1 if seed is None else _seed(seed, "seed"))
+                gen.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1 if seed is None
+                                else check_seed(seed, "seed"))
                 # Block 0's first map has batch 1, as in the official code: it is added to `const`.
                 return [torch.randn(1 if i == 0 else n, 1, r, r, generator=gen, device=self.device).to(self.dtype)
                         for i, r in enumerate(self._noise_resolutions())]
@@ -259,7 +257,7 @@ class Runtime:
 
     def seed_noise(self, seeds: Sequence[int]) -> list[Tensor]:
         """Random noise for a batch, one stream per seed: a seed gives the same maps alone or in any batch."""
-        per_seed = [self.noise(1, "random", seed=_seed(s, "seeds")) for s in seeds]
+        per_seed = [self.noise(1, "random", seed=check_seed(s, "seeds")) for s in seeds]
         return [torch.cat(maps) for maps in zip(*per_seed)]
 
     def generation_noise(self, n: int, noise: NoiseArg = "random", seed: int | None = None,
@@ -354,20 +352,14 @@ class Runtime:
         Seeds are integers in [0, 2**64 - 1]."""
         if len(seeds) == 0:
             raise InputError("seeds: empty list", field="seeds")
-        seeds = [_seed(s, "seeds") for s in seeds]
+        seeds = [check_seed(s, "seeds") for s in seeds]
         d = self.config.latent_size
         z = torch.stack([torch.randn(d, generator=torch.Generator().manual_seed(s)) for s in seeds])
         return z.to(self.device, self.dtype)
 
     def check_psi(self, truncation_psi: float | None) -> float:
         """truncation_psi (None: the config's) checked to be finite and in PSI_RANGE."""
-        if truncation_psi is None:
-            return self.config.truncation_psi
-        psi = float(truncation_psi)
-        if not (np.isfinite(psi) and PSI_RANGE[0] <= psi <= PSI_RANGE[1]):
-            raise InputError(f"truncation_psi: {psi} is out of range [{PSI_RANGE[0]}, {PSI_RANGE[1]}]",
-                             field="truncation_psi")
-        return psi
+        return self.config.truncation_psi if truncation_psi is None else check_psi(truncation_psi)
 
     def check_cutoff(self, cutoff: int | None, field: str = "cutoff") -> int:
         """A style-input cutoff (mix, truncation) checked to be in [0, 2L]; None: the config's truncation cutoff
@@ -583,8 +575,7 @@ class Runtime:
 
         Ends of different shapes (w against styles, or a batch of 1 against n) both become styles [n, 2L, D].
         """
-        if int(steps) < 2:
-            raise InputError(f"steps must be >= 2, got {steps}", field="steps")
+        steps = check_steps(steps)
         a, b = self._latent(w_a, "w_a"), self._latent(w_b, "w_b")
         if a.shape != b.shape:
             n = _batch_of_pair(a, b)
@@ -597,13 +588,6 @@ class Runtime:
     def to_uint8(images: Tensor) -> np.ndarray:
         """float [N, C, R, R] in [-1, 1] -> uint8 [N, R, R, C]."""
         return to_uint8(images)
-
-
-def _seed(value: Any, field: str) -> int:
-    """A seed as an int in [0, 2**64 - 1] (what a torch generator takes)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= int(value) <= SEED_MAX:
-        raise InputError(f"{field}: {value!r} is not a seed; seeds are integers in [0, 2**64 - 1]", field=field)
-    return int(value)
 
 
 _PRESET_LATENT_SIZES = {cfg.latent_size for cfg in PRESETS.values()}

@@ -52,7 +52,7 @@ def test_encode_decode_reconstruct(capsys, rgb128_checkpoint, tmp_path, faces3):
     code, _, _ = run(capsys, "decode", str(tmp_path / "w.npy"), "-c", ck, "-o", str(tmp_path / "dec"))
     assert code == 0
     decoded = sorted((tmp_path / "dec").glob("*.png"))
-    assert [p.name for p in decoded] == ["000000.png", "000001.png", "000002.png"]
+    assert [p.name for p in decoded] == ["w_0000.png", "w_0001.png", "w_0002.png"]
     rt = Runtime.load(rgb128_checkpoint)
     expected = rt.to_uint8(rt.decode(torch.from_numpy(w), noise="const"))
     assert np.array_equal(read_image(decoded[1]), expected[1])
@@ -206,7 +206,8 @@ class _Bar:
 
 
 def test_progress_comes_from_the_runtimes_chunks(capsys, rgb128_checkpoint, faces128, tmp_path, monkeypatch):
-    """--batch-size is the Runtime's chunk; the bar moves once per chunk, from one Runtime call (no second loop)."""
+    """--batch-size is the chunk: one Runtime call each, written before the next (a run stopped part-way keeps what
+    it wrote, and memory holds one chunk); the bar moves once per chunk."""
     bars: list[_Bar] = []
     monkeypatch.setattr("alae_rt.cli.ops.progress_bar", lambda args, total, desc: _Bar(bars, total, desc))
     calls = {"encode": 0, "decode_uint8": 0}
@@ -226,7 +227,7 @@ def test_progress_comes_from_the_runtimes_chunks(capsys, rgb128_checkpoint, face
     assert run(capsys, "encode", *five, "-c", ck, "--batch-size", "2", "-o", str(tmp_path / "w.npy"))[0] == 0
     assert run(capsys, "generate", "--seeds", "0-4", "-c", ck, "--batch-size", "2", "-o", str(tmp_path / "g"))[0] == 0
     assert [(b.desc, b.total, b.updates) for b in bars] == [("encode", 5, [2, 2, 1]), ("generate", 5, [2, 2, 1])]
-    assert calls == {"encode": 1, "decode_uint8": 1}
+    assert calls == {"encode": 3, "decode_uint8": 3}
 
 
 def test_random_noise_with_a_seed_does_not_depend_on_the_batch_size(capsys, rgb128_checkpoint, tmp_path):
@@ -239,7 +240,7 @@ def test_random_noise_with_a_seed_does_not_depend_on_the_batch_size(capsys, rgb1
     assert code == 0
     rt = Runtime.load(rgb128_checkpoint)
     expected = rt.to_uint8(rt.decode(torch.from_numpy(w), noise="random", seed=3))
-    assert np.array_equal(read_image(tmp_path / "dec" / "000002.png"), expected[2])
+    assert np.array_equal(read_image(tmp_path / "dec" / "w_0002.png"), expected[2])
 
 
 def test_edit_with_named_official_directions(capsys, tmp_path):

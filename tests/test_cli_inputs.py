@@ -59,7 +59,7 @@ def test_client_fields_out_of_range_are_named_before_a_call():
 def test_client_interpolate_needs_two_steps_before_connecting(capsys, tmp_path):
     code, _, err = run_cli(capsys, "client", "interpolate", "--a", "seeds:0", "--b", "seeds:1", "--steps", "1",
                            "--server", "127.0.0.1:1", "-o", str(tmp_path / "out"))
-    assert_one_line_error(code, err, "--steps 1", "at least 2")
+    assert_one_line_error(code, err, "--steps must be >= 2", "got 1")
 
 
 def test_an_output_folder_no_file_can_be_made_in_is_refused_before_the_work(capsys, tmp_path):

@@ -105,17 +105,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-# The Runtime names its arguments (the Python API's words); at the command line the options that carry them.
+# The Runtime names its arguments and a server its request fields (the APIs' words); at the command line the
+# options that carry them. A request field inside a message ("a.truncation_psi", "noise.seed") is named by its last
+# part.
 OPTION_OF_FIELD = {"truncation_psi": "--psi", "truncation_cutoff": "--cutoff", "cutoff": "--cutoff",
                    "layers": "--layers", "steps": "--steps", "seed": "--seed"}
 
 
 def _in_option_terms(exc: AlaeError) -> str:
-    """The error's message, led by the option's name where it is led by a Runtime argument's."""
+    """The error's message, led by the option's name where it is led by a Runtime argument's or a request field's
+    (a server's refusal then reads as the local command's)."""
     text = str(exc)
     field = getattr(exc, "field", None) or ""
-    option = OPTION_OF_FIELD.get(field)
-    return re.sub(rf"^{re.escape(field)}(\[\d+\])?(?!\w)", option, text) if option else text
+    option = OPTION_OF_FIELD.get(field.rpartition(".")[2])
+    if not option:
+        return text
+    text = getattr(exc, "details", text)  # a RemoteError: its message less the method and status
+    return re.sub(rf"^{re.escape(field)}(\[\d+\])?(?!\w)", option, text)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -13,7 +13,6 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +27,19 @@ from alae_rt.cli.options import (
     add_mix_args,
     add_noise_args,
     add_out_arg,
+    check_input_options,
     out_dir,
     out_file,
     parse_directions,
-    parse_int_list,
     parse_layers,
+    parse_seeds,
     positive_seconds,
     progress_bar,
-    save_images,
     say,
     seconds,
     server_address,
 )
+from alae_rt.cli.outputs import NpyRows, Written, image_names, latent_names, reporting, save_images, seed_names
 from alae_rt.cli.sources import Sources, check_latent_array, read_latents, read_npy, read_sources
 from alae_rt.errors import AlaeError, InputError
 
@@ -229,37 +229,10 @@ def _for_files(paths: Sequence[Path], sl: slice, send: Callable[..., Any], **kwa
         raise AlaeError(re.sub(r"\b(?:\w+\.)*images\[(\d+)\](?:\.encoded|\.raw)?", file_of, str(exc))) from None
 
 
-class Written:
-    """What a verb has written so far, for the message when it fails part-way."""
-
-    def __init__(self, total: int, what: str, out: Path):
-        self.total, self.what, self.out, self.count = total, what, out, 0
-
-    def add(self, k: int) -> None:
-        self.count += k
-
-
-@contextmanager
-def reporting(args: argparse.Namespace, written: Written, on_failure: Callable[[], None] | None = None):
-    """A failure part-way names what was written before it (`on_failure` first saves what it can, e.g. the
-    latents so far); the files of the requests that completed stay."""
-    try:
-        yield
-    except (AlaeError, KeyboardInterrupt) as exc:
-        if not written.count:
-            raise
-        if on_failure is not None:
-            on_failure()
-        done = f"wrote {written.count} of {written.total} {written.what} to {written.out} before the failure"
-        if isinstance(exc, KeyboardInterrupt):
-            say(args, done)
-            raise
-        raise AlaeError(f"{exc}; {done}") from None
-
-
 def _source_latents(c, args: argparse.Namespace, src: Sources, info, noise: dict, decode: bool, bar,
-                    on_part: Callable[[slice, np.ndarray, list | None], None] | None = None):
-    """A source's latents on the server, request by request -> (latents, their decoded images or None).
+                    on_part: Callable[[slice, np.ndarray, list | None], None] | None = None, keep: int | None = None):
+    """A source's latents on the server, request by request -> (latents, the first `keep` (default all) of their
+    decoded images, or None).
 
     Images are encoded (and with `decode`, reconstructed in the same call); seeds generated (with their images);
     latents sent for decoding when `decode`. `on_part(rows, latents, images)` hears of each request's results."""
@@ -284,12 +257,12 @@ def _source_latents(c, args: argparse.Namespace, src: Sources, info, noise: dict
             imgs = c.decode(w, **noise).images if decode else None
         parts.append(w)
         if imgs is not None:
-            images.extend(imgs)
+            images.extend(imgs if keep is None else imgs[:max(0, keep - len(images))])
         if on_part is not None:
             on_part(sl, w, imgs)
         if bar is not None:
             bar.update(sl.stop - sl.start)
-    return np.concatenate(parts), (images or None)
+    return np.concatenate(parts), (images if decode or src.seeds is not None else None)
 
 
 def _originals(paths: Sequence[Path], info) -> list[np.ndarray]:
@@ -315,7 +288,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     written = Written(len(paths), "latents (the first images' rows, in input order)", out)
     with _client(args) as c, progress_bar(args, len(paths), "encode") as bar:
         info = c.info()
-        with reporting(args, written, lambda: np.save(out, np.concatenate(parts))):
+        with reporting(args, written, lambda n: np.save(out, np.concatenate(parts)[:n])):
             for sl in _path_slices(paths, info):
                 parts.append(_for_files(paths, sl, c.encode))
                 written.add(sl.stop - sl.start)
@@ -335,14 +308,14 @@ def cmd_decode(args: argparse.Namespace) -> int:
         if raw.ndim == 1:
             say(args, f"{args.latents}: one w [{raw.shape[0]}], decoded as [1, {raw.shape[0]}]")
         w = check_latent_array(raw, info.latent_size, info.num_styles, args.latents)
+        names = latent_names(args.latents, len(w))
         written = Written(len(w), "image(s)", out)
         with progress_bar(args, len(w), "decode") as bar, reporting(args, written):
             for sl in _slices(len(w), per_request(info)):
                 images = c.decode(w[sl], **noise).images
-                save_images(images, [f"{i:06d}" for i in range(sl.start, sl.stop)], out)
-                written.add(len(images))
+                save_images(images, names[sl], out, written)
                 bar.update(len(images))
-    print(f"wrote {written.count} image(s) to {out}")
+    print(f"wrote {written.count} image(s) ({names[0]}.png ...) to {out}")
     return 0
 
 
@@ -351,54 +324,57 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
     paths = list_images(args.images)
     out = out_dir(args.out)
-    names = [f"{i:04d}_{p.stem}" for i, p in enumerate(paths)]
-    recs: list[np.ndarray] = []
+    names = image_names(paths)
+    recs: list[np.ndarray] = []  # the first ones, for the grid
     written = Written(len(paths), "reconstruction(s)", out)
     with _client(args) as c:
         info = c.info()
+        shown = min(len(paths), grids.grid_capacity(info.resolution))
         with progress_bar(args, len(paths), "reconstruct") as bar, reporting(args, written):
             for sl in _path_slices(paths, info):
                 images = _for_files(paths, sl, c.reconstruct, noise=args.noise, seed=args.seed).images
-                save_images(images, names[sl], out)
-                recs.extend(images)
-                written.add(len(images))
+                save_images(images, names[sl], out, written)
+                recs.extend(images[:max(0, shown - len(recs))])
                 bar.update(len(images))
-    grids.save_grid(grids.reconstruct_grid(_originals(paths, info), recs, _weights(info)), out / "grid.png", args)
-    print(f"wrote {len(recs)} reconstruction(s) and grid.png (original | reconstruction) to {out}")
+    grid = grids.reconstruct_grid(_originals(paths[:shown], info), recs, _weights(info), total=len(paths))
+    grids.save_grid(grid, out / "grid.png", args)
+    print(f"wrote {len(paths)} reconstruction(s) and grid.png (original | reconstruction) to {out}")
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from alae_rt.cli.ops import generate_caption
-    from alae_rt.serve.client import seed_values
 
-    seeds = seed_values(parse_int_list(args.seeds, unique=True))  # the wire's range, before any call
+    seeds = parse_seeds(args.seeds, "--seeds")  # the Runtime's range (the wire's), before any call
+    check_input_options(args)
     out = out_dir(args.out)
-    names = [f"seed{s:04d}" for s in seeds]
-    images: list[np.ndarray] = []
-    styles: list[np.ndarray] = []
+    names = seed_names(seeds)
+    images: list[np.ndarray] = []  # the first ones, for the grid
     written = Written(len(seeds), "image(s)", out)
 
-    def save_styles() -> None:
-        np.save(out / "styles.npy", np.concatenate(styles))
-        say(args, f"wrote styles.npy of the {written.count} image(s) written")
+    def interrupted(n: int) -> None:
+        styles.finish(n)
+        say(args, f"wrote styles.npy of the {n} image(s) written")
 
-    with _client(args) as c:
+    # styles.npy [N, 2L, D]: a request's rows go before its images
+    with _client(args) as c, NpyRows(out / "styles.npy") as styles:
         info = c.info()
-        with progress_bar(args, len(seeds), "generate") as bar, reporting(args, written, save_styles):
+        shown = min(len(seeds), grids.grid_capacity(info.resolution))
+        with progress_bar(args, len(seeds), "generate") as bar, reporting(args, written, interrupted):
             for sl in _slices(len(seeds), per_request(info)):
                 r = c.generate(seeds=seeds[sl], psi=args.psi, cutoff=args.cutoff, noise=args.noise, seed=args.seed,
                                return_latents=True)
-                save_images(r.images, names[sl], out)
-                images.extend(r.images)
-                styles.append(r.latents)
-                written.add(len(r.images))
+                styles.add(r.latents)
+                save_images(r.images, names[sl], out, written)
+                images.extend(r.images[:max(0, shown - len(images))])
                 bar.update(len(r.images))
-    np.save(out / "styles.npy", np.concatenate(styles))
+        styles.finish()
     psi = info.truncation_psi if args.psi is None else args.psi
     cutoff = info.truncation_cutoff if args.cutoff is None else args.cutoff
-    caption = [generate_caption(len(seeds), psi, cutoff, args.noise, args.seed), f"weights: {_weights(info)}"]
-    grids.save_grid(grids.generate_grid(images, [f"seed {s}" for s in seeds], caption), out / "grid.png", args)
+    caption = [generate_caption(len(seeds), psi, cutoff, info.num_styles, args.noise, args.seed),
+               f"weights: {_weights(info)}"]
+    grid = grids.generate_grid(images, [f"seed {s}" for s in seeds[:shown]], caption, total=len(seeds))
+    grids.save_grid(grid, out / "grid.png", args)
     print(f"wrote {len(images)} image(s), styles.npy [N, 2L, D] and grid.png to {out}")
     return 0
 
@@ -416,54 +392,57 @@ def _direction_value(name: str):
 def cmd_edit(args: argparse.Namespace) -> int:
     from alae_rt.cli.ops import edit_note
 
+    check_input_options(args)
     named = parse_directions(args.direction)
     edits = [(_direction_value(n), s) for n, s in named]
     layers = parse_layers(args)
     src0 = read_sources(args.inputs)
     out = out_dir(args.out)
     noise = {"noise": args.noise, "seed": args.seed}
-    decoded: list[np.ndarray] = []
     edited_images: list[np.ndarray] = []
     edited_latents: list[np.ndarray] = []
-    written = Written(len(src0.names), "edited image(s)", out)
+    n = len(src0.names)
+    written = Written(n, "edited image(s)", out)
 
-    def save_latents() -> None:
-        np.save(out / "edited.npy", np.concatenate(edited_latents))
+    def save_latents(rows: int | None = None) -> None:
+        np.save(out / "edited.npy", np.concatenate(edited_latents)[:rows])
 
     with _client(args) as c:
         info = c.info()
         src = src0.checked(info.latent_size, info.num_styles)
-        say(args, f"edit: {len(src.names)} input(s) on {args.server}")
+        shown = min(n, grids.grid_capacity(info.resolution))
+        say(args, f"edit: {n} input(s) on {args.server}")
 
         def edit_part(sl: slice, w: np.ndarray, images: list | None) -> None:
             r = c.edit(w, edits, mode=args.mode, layers=layers, return_latents=True, **noise)
-            save_images(r.images, src.names[sl], out)
-            decoded.extend(images or [])
-            edited_images.extend(r.images)
             edited_latents.append(r.latents)
-            written.add(len(r.images))
+            save_images(r.images, src.names[sl], out, written)
+            edited_images.extend(r.images[:max(0, shown - len(edited_images))])
 
-        with progress_bar(args, len(src.names), "edit") as bar, reporting(args, written, save_latents):
-            _source_latents(c, args, src, info, noise, True, bar, on_part=edit_part)
+        with progress_bar(args, n, "edit") as bar, reporting(args, written, save_latents):
+            _, decoded = _source_latents(c, args, src, info, noise, True, bar, on_part=edit_part, keep=shown)
     save_latents()
-    originals = _originals(src.paths, info) if src.paths is not None else None
+    originals = _originals(src.paths[:shown], info) if src.paths is not None else None
     grid, columns = grids.edit_grid(originals, decoded, edited_images, grids.edit_label(named, args.mode),
-                                    _weights(info), edit_note(named, args.mode, args.layers))
+                                    _weights(info), edit_note(named, args.mode, args.layers), total=n)
     grids.save_grid(grid, out / "grid.png", args)
-    print(f"wrote {len(edited_images)} edited image(s), edited.npy and grid.png ({columns}) to {out}")
+    print(f"wrote {n} edited image(s), edited.npy and grid.png ({columns}) to {out}")
     return 0
 
 
-def _both_ends(c, args: argparse.Namespace, info, src_a: Sources, src_b: Sources, noise: dict, images: bool):
+def _both_ends(c, args: argparse.Namespace, info, src_a: Sources, src_b: Sources, noise: dict, images: bool,
+               keep: tuple[int | None, int | None] = (None, None)):
     """The two sides of mix and interpolate, checked against the server's model -> (sources, latents, images or
-    None) for each; with `images`, latents and seeds are decoded (photos are shown as the model sees them)."""
+    None) for each; with `images`, latents and seeds are decoded, the first `keep` of each side kept (photos are
+    shown as the model sees them)."""
     src_a, src_b = (s.checked(info.latent_size, info.num_styles) for s in (src_a, src_b))
     with progress_bar(args, len(src_a.names) + len(src_b.names), "inputs") as bar:
-        return tuple((s, *_source_latents(c, args, s, info, noise, images and s.paths is None, bar))
-                     for s in (src_a, src_b))
+        return tuple((s, *_source_latents(c, args, s, info, noise, images and s.paths is None, bar, keep=k))
+                     for s, k in ((src_a, keep[0]), (src_b, keep[1])))
 
 
 def cmd_mix(args: argparse.Namespace) -> int:
+    check_input_options(args)
     src_a0, src_b0 = read_sources(args.a), read_sources(args.b)
     out = out_dir(args.out)
     noise = {"noise": args.noise, "seed": args.seed}
@@ -471,21 +450,26 @@ def cmd_mix(args: argparse.Namespace) -> int:
     written = Written(total, "mix(es)", out)
     with _client(args) as c:
         info = c.info()
-        (src_a, w_a, images_a), (src_b, w_b, images_b) = _both_ends(c, args, info, src_a0, src_b0, noise, True)
-        images_a = images_a if images_a is not None else _originals(src_a.paths, info)
-        images_b = images_b if images_b is not None else _originals(src_b.paths, info)
+        n_a, n_b = len(src_a0.names), len(src_b0.names)
+        rows, cols = grids.mix_shown(n_a, n_b, grids.grid_capacity(info.resolution))
+        (src_a, w_a, images_a), (src_b, w_b, images_b) = _both_ends(c, args, info, src_a0, src_b0, noise, True,
+                                                                    keep=(rows, cols))
+        images_a = images_a if images_a is not None else _originals(src_a.paths[:rows], info)
+        images_b = images_b if images_b is not None else _originals(src_b.paths[:cols], info)
         mixed = []
         with progress_bar(args, total, "mix") as bar, reporting(args, written):
             for i, name_a in enumerate(src_a.names):  # one row of the grid: a_i against every b
                 row: list[np.ndarray] = []
-                for sl in _slices(len(w_b), per_request(info)):
+                for sl in _slices(n_b, per_request(info)):
                     images = c.mix(w_a[i:i + 1], w_b[sl], args.cutoff, **noise).images
-                    save_images(images, [f"mix_{name_a}__{name_b}" for name_b in src_b.names[sl]], out)
-                    row.extend(images)
-                    written.add(len(images))
+                    save_images(images, [f"mix_{name_a}__{name_b}" for name_b in src_b.names[sl]], out, written)
+                    if i < rows:
+                        row.extend(images[:max(0, cols - len(row))])
                     bar.update(len(images))
-                mixed.append(row)
-    grid = grids.mix_grid(images_a, images_b, mixed, src_a.names, src_b.names, args.cutoff, _weights(info))
+                if i < rows:
+                    mixed.append(row)
+    grid = grids.mix_grid(images_a, images_b, mixed, src_a.labels[:rows], src_b.labels[:cols], args.cutoff,
+                          _weights(info), total=(n_a, n_b))
     grids.save_grid(grid, out / "grid.png", args)
     print(f"wrote {total} mix(es) and grid.png (rows: a = styles < {args.cutoff}; columns: b) to {out}")
     return 0
@@ -494,8 +478,7 @@ def cmd_mix(args: argparse.Namespace) -> int:
 def cmd_interpolate(args: argparse.Namespace) -> int:
     from alae_rt.cli.ops import interpolate_names
 
-    if args.steps < 2:
-        raise InputError(f"--steps {args.steps}: frames include both ends, so at least 2")
+    check_input_options(args)
     src_a0, src_b0 = read_sources(args.a), read_sources(args.b)
     out = out_dir(args.out)
     noise = {"noise": args.noise, "seed": args.seed}
@@ -503,24 +486,26 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         info = c.info()
         (src_a, w_a, _), (src_b, w_b, _) = _both_ends(c, args, info, src_a0, src_b0, noise, False)
         pairs = interpolate_names(src_a.names, src_b.names)
+        labels = interpolate_names(src_a.labels, src_b.labels, " -> ")
         n = len(pairs)
-        frames: list[list[np.ndarray]] = [[] for _ in range(n)]  # [pair][step]
+        shown_steps, shown_pairs = grids.frames_shown(args.steps, n, grids.grid_capacity(info.resolution))
+        frames: list[list[np.ndarray]] = [[] for _ in range(shown_pairs)]  # [pair][step], those the grid shows
         latents: list[list[np.ndarray]] = [[] for _ in range(args.steps)]  # [step][parts]
-        ts = [i / (args.steps - 1) for i in range(args.steps)]
+        ts = [i / (args.steps - 1) for i in shown_steps]
         written = Written(n * args.steps, "frame(s)", out)
         with progress_bar(args, n * args.steps, "interpolate") as bar, reporting(args, written):
             for sl in _slices(n, per_request(info)):
                 a = w_a if len(w_a) == 1 else w_a[sl]  # a batch of 1 pairs with every row of the other end
                 b = w_b if len(w_b) == 1 else w_b[sl]
                 for index, _, r in c.interpolate(a, b, args.steps, return_latents=True, **noise):
-                    save_images(r.images, [f"{name}_t{index:03d}" for name in pairs[sl]], out)
-                    for k, img in enumerate(r.images):
-                        frames[sl.start + k].append(img)
+                    save_images(r.images, [f"{name}_t{index:03d}" for name in pairs[sl]], out, written)
+                    if index in shown_steps:
+                        for k in range(sl.start, min(sl.stop, shown_pairs)):
+                            frames[k].append(r.images[k - sl.start])
                     latents[index].append(r.latents)
-                    written.add(len(r.images))
                     bar.update(len(r.images))
     np.save(out / "latents.npy", np.stack([np.concatenate(parts) for parts in latents]))
-    grid = grids.interpolate_grid(frames, pairs, ts, _weights(info))
+    grid = grids.interpolate_grid(frames, labels[:shown_pairs], ts, _weights(info), total=(n, args.steps))
     grids.save_grid(grid, out / "grid.png", args)
     print(f"wrote {n * args.steps} frame(s) of {n} interpolation(s), latents.npy [steps, N, ...] and grid.png "
           f"to {out}")

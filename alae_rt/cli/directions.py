@@ -21,6 +21,7 @@ from alae_rt.cli.options import (
     make_runtime,
     out_dir,
     progress_bar,
+    require,
     say,
 )
 from alae_rt.cli.sources import Sources, read_sources
@@ -296,6 +297,7 @@ def _note_older(args: argparse.Namespace, info: Path, made) -> None:
 def cmd_fit(args: argparse.Namespace) -> int:
     from alae_rt.directions import check_name, fit_direction, save_directions
 
+    require("sklearn", "directions fit")  # the classifier and its folds: before the model loads and encodes
     faces = _read_preview(args)
     check_name(args.name, "--name")
     if args.folds < 2:

@@ -26,18 +26,19 @@ def add_parsers(sub) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from alae_rt.evaluation import evaluate, pca_reconstruct, table
+    from alae_rt.evaluation import evaluate, pca_reconstruct, split_files, table
 
-    rt = make_runtime(args, announce=False)
+    split_files(args.faces, args.holdout)  # before the model loads: an empty folder is reported at once
     pca = parse_int_list(args.pca, "--pca") if args.pca else None
+    out = out_dir(args.out) if args.out else None
+    rt = make_runtime(args, announce=False)
     result = evaluate(rt, args.faces, args.holdout, pca, name=args.name)
     split, rec = result.pop("_split"), result.pop("_reconstructions")
     text = table(result)
     print(f"{result['heldout_images']} held-out faces of {result['folder']} at {result['resolution']}x"
           f"{result['resolution']} ({result['train_images']} training faces for the baselines)\n")
     print(text)
-    if args.out:
-        out = out_dir(args.out)
+    if out is not None:
         (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         (out / "eval.md").write_text(text + "\n")
         d = rt.config.latent_size

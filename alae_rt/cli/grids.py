@@ -10,6 +10,7 @@ fit; the pixels of each image are otherwise as written to its PNG.
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,47 @@ PAD = 2
 MARGIN = 6
 LABEL_LINES = 2  # a label wraps to at most this many lines, then ends in "..."
 INK, PAPER = 0, 255
+# A grid shows at most GRID_MAX_IMAGES results (the first ones; every one is in the output folder) in at most
+# GRID_MAX_PIXELS pixels of cells: a run of any length and resolution draws a grid of bounded size and memory.
+GRID_MAX_IMAGES = 64
+GRID_MAX_PIXELS = 2**24  # 16 cells of 1024 x 1024, 64 of 512 x 512 or smaller
+
+
+def grid_capacity(resolution: int) -> int:
+    """The results a grid of R x R images shows."""
+    cell = max(resolution, MIN_CELL)
+    return max(1, min(GRID_MAX_IMAGES, GRID_MAX_PIXELS // (cell * cell)))
+
+
+def shown_note(shown: int, total: int, what: str = "results") -> list[str]:
+    """The caption line of a grid that shows the first `shown` of `total` results (none when it shows them all)."""
+    return [f"the first {shown} of {total} {what} are shown; all {total} are in the folder"] if total > shown else []
+
+
+def mix_shown(n_a: int, n_b: int, capacity: int) -> tuple[int, int]:
+    """The rows (a) and columns (b) of a mix grid: all of them within `capacity` mixes, else the first ones - up to
+    capacity rows of one b, or capacity columns of one a, at least 8 of each where there are that many."""
+    if n_a * n_b <= capacity:
+        return n_a, n_b
+    rows = min(n_a, max(GENERATE_PER_ROW, capacity // n_b))
+    return rows, min(n_b, max(1, capacity // rows))
+
+
+def frames_shown(steps: int, pairs: int, capacity: int) -> tuple[list[int], int]:
+    """An interpolation grid's frames (indices, both ends among them, evenly spaced when there are more than
+    `capacity`) and its rows (the first pairs)."""
+    if steps <= capacity:
+        frames = list(range(steps))
+    else:
+        frames = sorted({round(i * (steps - 1) / (capacity - 1)) for i in range(capacity)}) if capacity > 1 else [0]
+    return frames, min(pairs, max(1, capacity // len(frames)))
+
+
+def file_names_only(text: str) -> str:
+    """A description of the weights with each file path cut to its name: a grid (and a server's caller) says which
+    file, not where it lies ("alae-rt checkpoint /srv/models/ffhq.safetensors (...)" -> "... ffhq.safetensors
+    (...)"). Every grid's caption names the weights so, the local commands', the client's and the demo's alike."""
+    return re.sub(r"(?:[A-Za-z]:)?[^\s()'\"]*[/\\](?=[^\s/\\])", "", text)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -71,24 +113,28 @@ def in_rows(groups: Sequence[Sequence[Image]], per_row: int) -> list[list[Image]
             for start in range(0, len(groups), per_row)]
 
 
-def generate_grid(images: Sequence[Image], names: Sequence[str], caption: Sequence[str]) -> Grid:
-    """The generated images, GENERATE_PER_ROW a row, each labelled with its seed."""
+def generate_grid(images: Sequence[Image], names: Sequence[str], caption: Sequence[str],
+                  total: int | None = None) -> Grid:
+    """The generated images, GENERATE_PER_ROW a row, each labelled with its seed; `total`: of a run that made more
+    than the grid shows."""
     rows = in_rows([[img] for img in images], GENERATE_PER_ROW)
     labels = in_rows([[n] for n in names], GENERATE_PER_ROW)
-    return Grid(rows, labels=labels, caption=list(caption))
+    return Grid(rows, labels=labels, caption=[*caption, *shown_note(len(images), total or len(images), "images")])
 
 
-def reconstruct_grid(originals: Sequence[Image], reconstructions: Sequence[Image], weights: str) -> Grid:
+def reconstruct_grid(originals: Sequence[Image], reconstructions: Sequence[Image], weights: str,
+                     total: int | None = None) -> Grid:
     """original | reconstruction, RECONSTRUCT_PER_ROW pairs a row; the caption gives the PSNR."""
     rows = in_rows(list(zip(originals, reconstructions)), RECONSTRUCT_PER_ROW)
     n = len(originals)
     return Grid(rows, header=["original", "reconstruction"] * min(n, RECONSTRUCT_PER_ROW),
-                caption=[f"{n} image(s): original (as the model sees it) | reconstruction",
+                caption=[f"{total or n} image(s): original (as the model sees it) | reconstruction",
+                         *shown_note(n, total or n, "reconstructions"),
                          psnr_line(originals, reconstructions), f"weights: {weights}"])
 
 
 def edit_grid(originals: Sequence[Image] | None, decoded: Sequence[Image], edited: Sequence[Image],
-              edit_label: str, weights: str, edit_note: str = "") -> tuple[Grid, str]:
+              edit_label: str, weights: str, edit_note: str = "", total: int | None = None) -> tuple[Grid, str]:
     """original | reconstruction | edited for images, decoded | edited for latents and seeds, EDIT_PER_ROW
     groups a row -> (the grid, the columns as the command's message names them)."""
     n = len(decoded)
@@ -102,14 +148,18 @@ def edit_grid(originals: Sequence[Image] | None, decoded: Sequence[Image], edite
         rows = in_rows(list(zip(decoded, edited)), EDIT_PER_ROW)
         quality = []
     names = " | ".join(columns[:-1] + ["edited"])
-    caption = [f"{n} input(s): {names}; edited: {edit_note or edit_label}", *quality, f"weights: {weights}"]
+    caption = [f"{total or n} input(s): {names}; edited: {edit_note or edit_label}",
+               *shown_note(n, total or n, "inputs"), *quality, f"weights: {weights}"]
     return Grid(rows, header=columns * groups, caption=caption), names
 
 
 def mix_grid(images_a: Sequence[Image], images_b: Sequence[Image], mixed: Sequence[Sequence[Image]],
-             names_a: Sequence[str], names_b: Sequence[str], cutoff: int, weights: str) -> Grid:
+             names_a: Sequence[str], names_b: Sequence[str], cutoff: int, weights: str,
+             total: tuple[int, int] | None = None) -> Grid:
     """The b inputs along the top, the a inputs down the left, mix (a_i, b_j) at row i, column j; inputs that are
-    images are shown as the photos (as the model sees them), latents and seeds decoded."""
+    images are shown as the photos (as the model sees them), latents and seeds decoded. `total`: the (a, b) counts
+    of a run that made more mixes than the grid shows (mix_shown)."""
+    n_a, n_b = total or (len(images_a), len(images_b))
     rows: list[list[Image | None]] = [[None, *images_b]]
     rows.extend([a, *row] for a, row in zip(images_a, mixed))
     header = ["a \\ b", *(f"b: {n}" for n in names_b)]
@@ -117,17 +167,26 @@ def mix_grid(images_a: Sequence[Image], images_b: Sequence[Image], mixed: Sequen
     note = f"styles < {cutoff} from a (rows), the rest from b (columns)"
     return Grid(rows, header=header, labels=labels, notes={(0, 0): note},
                 caption=[f"mix: style inputs < {cutoff} (coarse) from a, >= {cutoff} from b; "
-                         f"{len(images_a)} x {len(images_b)} mixes", f"weights: {weights}"])
+                         f"{n_a} x {n_b} mixes",
+                         *shown_note(len(images_a) * len(images_b), n_a * n_b,
+                                     f"mixes ({len(images_a)} x {len(images_b)})"),
+                         f"weights: {weights}"])
 
 
 def interpolate_grid(frames: Sequence[Sequence[Image]], names: Sequence[str], ts: Sequence[float],
-                     weights: str) -> Grid:
-    """One row per (a, b) pair, its frames from a (t = 0) to b (t = 1) left to right."""
+                     weights: str, total: tuple[int, int] | None = None) -> Grid:
+    """One row per (a, b) pair (labelled 'a -> b'), its frames from a (t = 0) to b (t = 1) left to right. `total`:
+    the (pairs, frames) of a run that made more than the grid shows (frames_shown)."""
+    pairs, steps = total or (len(names), len(ts))
     header = [f"t = {t:.2f}" + (" (a)" if t == 0 else " (b)" if t == 1 else "") for t in ts]
-    labels = [[name.replace("__", " -> ")] + [""] * (len(ts) - 1) for name in names]
+    labels = [[name] + [""] * (len(ts) - 1) for name in names]
+    shown = []
+    if steps > len(ts):
+        shown.append(f"{len(ts)} of the {steps} frames are shown, evenly spaced; all are in the folder")
+    shown += shown_note(len(names), pairs, "interpolations")
     return Grid([list(row) for row in frames], header=header, labels=labels,
-                caption=[f"interpolation in W, {len(ts)} frames from a to b (both included), {len(names)} pair(s)",
-                         f"weights: {weights}"])
+                caption=[f"interpolation in W, {steps} frames from a to b (both included), {pairs} pair(s)",
+                         *shown, f"weights: {weights}"])
 
 
 def psnr_line(originals: Sequence[Image], reconstructions: Sequence[Image]) -> str:

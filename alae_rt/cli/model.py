@@ -37,6 +37,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from alae_rt.cli.ops import truncated_styles
     from alae_rt.config import resolve_config
     from alae_rt.flops import count_flops, count_params
 
@@ -77,7 +78,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"config:         {c.name}: L={c.layer_count} startf={c.startf} maxf={c.maxf} D={c.latent_size} "
           f"M={c.mapping_layers} C={c.channels}")
     print(f"resolution:     {c.resolution}x{c.resolution}, {c.num_styles} style inputs")
-    print(f"truncation:     psi={c.truncation_psi} cutoff={c.truncation_cutoff}")
+    # A cutoff past the model's style inputs truncates them all (the presets' 8 on a 6-input model): said so.
+    print(f"truncation:     psi={c.truncation_psi} on {truncated_styles(c.truncation_cutoff, c.num_styles)}")
     print(f"generator ch.:  {' '.join(map(str, c.generator_channels))}")
     print(f"encoder ch.:    {' '.join(f'{a}->{b}' for a, b in c.encoder_channels)}")
     print("parameters:     " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in params.items()))

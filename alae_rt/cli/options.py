@@ -45,6 +45,24 @@ def parse_int_list(text: str, what: str = "seeds", unique: bool = False) -> list
     return values
 
 
+def parse_seeds(text: str, what: str = "seeds") -> list[int]:
+    """A seed list ('0-3,7'), each seed named once and within the Runtime's range: checked before a model loads."""
+    from alae_rt.latents import check_seed
+
+    return [check_seed(s, what) for s in parse_int_list(text, what, unique=True)]
+
+
+def check_input_options(args: argparse.Namespace) -> None:
+    """The options whose rule needs no model (--psi, --steps), by the Runtime's rules, before a model loads or a
+    server is called: a bad value costs nothing and is named as the option (the errors' fields map to options)."""
+    from alae_rt.latents import check_psi, check_steps
+
+    if getattr(args, "psi", None) is not None:
+        check_psi(args.psi)
+    if getattr(args, "steps", None) is not None:
+        check_steps(args.steps)
+
+
 def parse_direction(text: str) -> tuple[str, float]:
     """'smile=3' or 'path/to/dir.npy=-1.5' -> (name, strength)."""
     name, sep, value = text.rpartition("=")
@@ -228,6 +246,14 @@ def say(args: argparse.Namespace, message: str) -> None:
 def host(t) -> np.ndarray:
     """A tensor of the Runtime's (any device, any dtype) -> float32 numpy, for saving."""
     return t.float().cpu().numpy()
+
+
+def require(module: str, command: str, extra: str = "train") -> None:
+    """A clear error, before any work, when an optional dependency of an extra is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise InputError(f"alae-rt {command} needs {module}: pip install 'alae-rt[{extra}]'")
 
 
 # ---- the model -------------------------------------------------------------------------------------------

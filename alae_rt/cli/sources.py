@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from alae_rt.cli.options import parse_int_list
+from alae_rt.cli.options import parse_seeds
+from alae_rt.cli.outputs import image_names, latent_names, seed_names
 from alae_rt.errors import InputError
 from alae_rt.latents import check_latents
 
@@ -22,9 +23,12 @@ NPY_MAGIC = b"\x93NUMPY"
 
 @dataclass(frozen=True)
 class Sources:
-    """What a command's inputs name - exactly one of latents, seeds and paths - and an output name for each."""
+    """What a command's inputs name - exactly one of latents, seeds and paths - with an output name for each
+    (alae_rt.cli.outputs: sortable, the same in the local and the client commands) and a label for the grids (the
+    file's name, `w.npy[3]`, `seed 7`)."""
 
     names: list[str]
+    labels: list[str]
     latents: np.ndarray | None = None  # [N, D] or [N, 2L, D] float32 once checked
     seeds: list[int] | None = None
     paths: list[Path] | None = None
@@ -40,14 +44,16 @@ class Sources:
 def read_sources(items: Sequence[str]) -> Sources:
     """One .npy file (latents), one `seeds:SPEC` (e.g. seeds:0-3), or image files and folders.
 
-    Output names: `STEM_i` for latents, `seedNNNN` for seeds, `NNNN_STEM` for images (in input order).
+    Output names: `STEM_NNNN` for latents, `seedNNNN` for seeds, `NNNN_STEM` for images (in input order).
     """
     if len(items) == 1 and items[0].endswith(".npy"):
         w = read_latents(items[0])
-        return Sources([f"{Path(items[0]).stem}_{i}" for i in range(len(w))], latents=w, where=items[0])
+        n = 1 if w.ndim == 1 else len(w)
+        name = Path(items[0]).name
+        return Sources(latent_names(items[0], n), [f"{name}[{i}]" for i in range(n)], latents=w, where=items[0])
     if len(items) == 1 and items[0].startswith(SEEDS_PREFIX):
-        seeds = parse_int_list(items[0][len(SEEDS_PREFIX):], unique=True)
-        return Sources([f"seed{s:04d}" for s in seeds], seeds=seeds)
+        seeds = parse_seeds(items[0][len(SEEDS_PREFIX):])
+        return Sources(seed_names(seeds), [f"seed {s}" for s in seeds], seeds=seeds)
     several = [item for item in items if item.endswith(".npy") or item.startswith(SEEDS_PREFIX)]
     if len(items) > 1 and several:
         raise InputError(f"{several[0]}: give one .npy file or one seeds:SPEC alone (seeds:0-3 takes a range), or "
@@ -55,7 +61,7 @@ def read_sources(items: Sequence[str]) -> Sources:
     from alae_rt.images import list_images
 
     paths = list_images(items)
-    return Sources([f"{i:04d}_{p.stem}" for i, p in enumerate(paths)], paths=paths)
+    return Sources(image_names(paths), [p.name for p in paths], paths=paths)
 
 
 def read_npy(path: str | Path, what: str = "array") -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -12,7 +13,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from alae_rt.errors import AlaeError
+from alae_rt.errors import AlaeError, InputError
+from alae_rt.latents import check_seed
 from alae_rt.serve import alae_rt_pb2 as pb
 from alae_rt.serve import alae_rt_pb2_grpc as pb_grpc
 from alae_rt.serve.wire import array_to_tensor, decode_image_message
@@ -25,7 +27,6 @@ EDIT_MODES = {"add": pb.EDIT_MODE_ADD, "set": pb.EDIT_MODE_SET}
 
 # An image: a file path, encoded bytes (PNG, JPEG, ...) or uint8 pixels [H, W, C] / [H, W].
 ImageInput = str | Path | bytes | np.ndarray
-UINT64_MAX = 2**64 - 1  # seeds travel as uint64
 # Retries of UNAVAILABLE (a server warming up, draining or restarting): the first wait, doubling up to the last.
 RETRY_FIRST_S, RETRY_MAX_S = 0.25, 4.0
 # While retrying, the channel reconnects this often at least (grpc's own backoff would grow to minutes).
@@ -34,12 +35,16 @@ _RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_rec
 
 
 class RemoteError(AlaeError):
-    """The server refused or failed a call: `code` is the gRPC status, `details` its message."""
+    """The server refused or failed a call: `code` is the gRPC status, `details` its message; `field` the request
+    field an INVALID_ARGUMENT names first ("truncation_psi", "a.truncation_psi", "cutoff"), for a front end to name
+    its own option instead."""
 
     def __init__(self, code: grpc.StatusCode, details: str, method: str = ""):
         super().__init__(f"{method + ': ' if method else ''}{code.name}: {details}")
         self.code = code
         self.details = details
+        named = re.match(r"([A-Za-z_][\w.]*)(?:\[\d+\])?: ", details)
+        self.field = named.group(1) if named and code == grpc.StatusCode.INVALID_ARGUMENT else None
 
 
 @dataclass(frozen=True)
@@ -103,13 +108,8 @@ def source_message(src: Any) -> pb.LatentSource:
 
 
 def seed_values(seeds: Iterable[Any], field: str = "seeds") -> list[int]:
-    """Seeds as the wire's uint64 values (the server's Runtime checks the rest)."""
-    out = []
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= int(s) <= UINT64_MAX:
-            raise AlaeError(f"{field}: {s!r} is not a seed; seeds are integers in [0, 2**64 - 1]")
-        out.append(int(s))
-    return out
+    """Seeds as the wire's uint64 values: the Runtime's rule (alae_rt.latents.check_seed), before any call."""
+    return [check_seed(s, field) for s in seeds]
 
 
 def uint_value(value: Any, field: str, bits: int = 32) -> int:
@@ -118,7 +118,7 @@ def uint_value(value: Any, field: str, bits: int = 32) -> int:
     top = 2**bits - 1
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= int(value) <= top:
         bound = "2**64 - 1" if bits == 64 else str(top)
-        raise AlaeError(f"{field}: {value!r} is out of range; expected an integer in [0, {bound}]")
+        raise InputError(f"{field}: {value!r} is out of range; expected an integer in [0, {bound}]", field=field)
     return int(value)
 
 

@@ -7,7 +7,6 @@ import asyncio
 import ctypes
 import functools
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ import torch
 from torch import Tensor
 
 from alae_rt import nvjpeg
-from alae_rt.cli.grids import psnr
+from alae_rt.cli.grids import file_names_only, psnr
 from alae_rt.codecs import DEFAULT_JPEG_QUALITY
 from alae_rt.directions import DEFAULT_RANGE
 from alae_rt.errors import InputError
@@ -558,12 +557,6 @@ def release_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
-
-
-def file_names_only(text: str) -> str:
-    """A description of the weights with each file path cut to its name: callers learn which file, not where the
-    server keeps it ("alae-rt checkpoint /srv/models/ffhq.safetensors (...)" -> "... ffhq.safetensors (...)")."""
-    return re.sub(r"(?:[A-Za-z]:)?[^\s()'\"]*[/\\](?=[^\s/\\])", "", text)
 
 
 def add_to_server(service: AlaeService, server: grpc.aio.Server) -> None:

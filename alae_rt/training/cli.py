@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from alae_rt.cli.options import add_device_arg, add_out_arg, add_threads_arg
+from alae_rt.cli.options import add_device_arg, add_out_arg, add_threads_arg, require
 from alae_rt.config import PRESETS, ModelConfig
 from alae_rt.errors import ConfigError, InputError
 from alae_rt.evaluation import default_holdout
@@ -240,14 +240,6 @@ def distributed_setup(device_arg: str) -> tuple[Distributed, torch.device]:
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
     return ddp, device
-
-
-def require(module: str, command: str) -> None:
-    """A clear error when an optional dependency of the [train] extra is missing."""
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        raise InputError(f"alae-rt {command} needs {module}: pip install 'alae-rt[train]'")
 
 
 def _command_line() -> str:

@@ -169,7 +169,7 @@ def test_cli_client_round_trip(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "edit_all" / "edited.npy"), w + d.numpy(), atol=1e-5)
     assert len(list((tmp_path / "edit_all").glob("w_*.png"))) == 3
     assert len(list((tmp_path / "mix_all").glob("mix_*.png"))) == 9
-    decoded = [read_image(tmp_path / "dec" / f"{i:06d}.png").astype(int) for i in range(3)]
+    decoded = [read_image(tmp_path / "dec" / f"w_{i:04d}.png").astype(int) for i in range(3)]
     assert np.abs(np.stack(decoded) - rt.to_uint8(rt.decode(w, noise="const")).astype(int)).max() <= 1
     path = np.load(tmp_path / "interp" / "latents.npy")  # [steps, N, 2L, D]
     ends = rt.seed_styles([0]), rt.seed_styles([1, 2, 3])
@@ -193,7 +193,7 @@ def test_cli_client_round_trip(tmp_path):
     assert unknown.returncode == 2
     assert unknown.stderr.strip().splitlines()[-1].startswith("alae-rt: error: Edit: INVALID_ARGUMENT: edits[0].name")
     assert "Traceback" not in unknown.stderr
-    assert psi.returncode == 2 and "truncation_psi" in psi.stderr and "[-2.0, 2.0]" in psi.stderr
+    assert psi.returncode == 2 and "--psi: 1e+30 is out of range" in psi.stderr and "[-2.0, 2.0]" in psi.stderr
 
 
 def test_client_writes_as_it_goes_and_says_how_much_when_the_server_goes(tmp_path):
