@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -46,8 +47,16 @@ def test_one_real_path_per_module():
 def test_the_wheel_holds_every_module_and_the_package_data(tmp_path):
     """The wheel, built from the tree, holds every .py file under alae_rt/ (at one path each) and the package data
     the server and the CLI read (the editor, the .proto, the bundled model), and no top-level package but alae_rt."""
+    # Built from a copy of the tracked tree: setuptools' build/ folder would otherwise stay in the checkout, and
+    # files it kept from an earlier build could reach the wheel.
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True).stdout
+    src = tmp_path / "src"
+    for name in tracked.decode().split("\0"):
+        if name and (ROOT / name).is_file() and not (ROOT / name).is_symlink():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp_path), str(ROOT)], check=True, capture_output=True)
+                    str(tmp_path), str(src)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("alae_rt-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     tree = {p.relative_to(ROOT).as_posix() for p in (ROOT / "alae_rt").rglob("*.py")
