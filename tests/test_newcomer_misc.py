@@ -3,8 +3,10 @@ repository's default device, the labels of training's and the directions' pictur
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -31,3 +33,56 @@ def test_serve_demo_with_missing_faces_says_so_in_one_line_and_leaves_nothing(tm
     assert lines == [f"alae-rt: error: {tmp_path}/missing/data/faces128: no such folder (--sample-faces)"], proc.stderr
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp.iterdir() if p.name.startswith("tmp.")] == []  # mktemp -d's port-file folder
+
+
+@pytest.fixture
+def busy_port():
+    """A port that a socket on 127.0.0.1 listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture
+def serve_logger():
+    """`serve` in this process points the server's log at this test's stderr: put it back afterwards."""
+    from alae_rt.serve.logs import LOGGER
+
+    logger = logging.getLogger(LOGGER)
+    saved = logger.handlers[:], logger.level, logger.propagate
+    yield logger
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
+@pytest.mark.parametrize(("flag", "what"), [("--port", "listen on"), ("--http-port", "serve HTTP on"),
+                                            ("--metrics-port", "serve metrics on")])
+def test_serve_on_a_port_in_use_says_so_in_one_line(capfd, busy_port, serve_logger, flag, what):
+    """The whole of stderr (gRPC's core writes to the file descriptor) is one line: no gRPC log line and hint
+    around it, no "stopped" line before it; checked before the model loads."""
+    from alae_rt.cli import main
+
+    code = main(["serve", "--preset", "tiny", *([] if flag == "--port" else ["--port", "0"]), flag, str(busy_port)])
+    out, err = capfd.readouterr()
+    assert code == 2
+    assert err.splitlines() == [f"alae-rt: error: cannot {what} 127.0.0.1:{busy_port}: Address already in use "
+                                "(is the port in use?)"], err
+
+
+def test_the_server_refuses_a_port_in_use_before_it_starts_anything(busy_port, serve_logger):
+    """AlaeServer.start, for callers of the API: the error, and no "listening" or "stopped" in the log."""
+    import asyncio
+
+    from alae_rt import Runtime
+    from alae_rt.errors import AlaeError
+    from alae_rt.serve.config import ServeConfig
+    from alae_rt.serve.server import AlaeServer
+
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    serve_logger.addHandler(handler)
+    server = AlaeServer(Runtime.from_config("tiny"), ServeConfig(port=0, http_port=busy_port, warmup=False))
+    with pytest.raises(AlaeError, match=f"cannot serve HTTP on 127.0.0.1:{busy_port}: Address already in use"):
+        asyncio.run(server.start())
+    assert records == []
