@@ -86,3 +86,25 @@ def test_the_server_refuses_a_port_in_use_before_it_starts_anything(busy_port, s
     with pytest.raises(AlaeError, match=f"cannot serve HTTP on 127.0.0.1:{busy_port}: Address already in use"):
         asyncio.run(server.start())
     assert records == []
+
+
+def test_a_preview_title_names_a_direction_once_and_each_block_has_its_strengths():
+    """`directions fit` without --label gives label = name: the title was "smile: smile - ...". The strengths were
+    one header above the first title; each block now has its title, then the strength of each column."""
+    import numpy as np
+
+    from alae_rt.directions import Direction, labelled_grid, preview_title
+
+    stats = {"accuracy": 0.9, "folds": 5, "chance": 0.5, "better_than_chance": True}
+    smile = Direction("smile", np.ones(4, np.float32) / 2, "smile", "fit", 0.5, stats)
+    assert preview_title(smile).startswith("smile - held-out accuracy 90.0% (5-fold")
+    bright = Direction("bright", np.ones(4, np.float32) / 2, "brighter", "fit", 0.5, stats)
+    assert preview_title(bright).startswith("bright: brighter - held-out accuracy")
+    white = np.full((16, 16, 3), 255, np.uint8)
+    grid = labelled_grid([[[white] * 3], [[white] * 3]], ["a", "b"], ["-1 sd", "0", "+1 sd"], cell=None, pad=2)
+    line = 14
+    assert grid.shape == (2 * (2 * line + 16 + 2) + 2, 2 + 3 * (16 + 2), 3)
+    second = 2 * line + 16 + 2  # the second block's title, then its strengths, then its row
+    for band in (grid[:line], grid[line:2 * line], grid[second:second + line], grid[second + line:second + 2 * line]):
+        assert (band < 128).any()  # text in each strip
+    assert (grid[2 * line:2 * line + 16] == 255).all() and (grid[second + 2 * line:] == 255).all()  # no text on faces
