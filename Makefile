@@ -37,21 +37,25 @@ demo: setup
 # print the editor's URL, make a client round trip on the sample faces (info, reconstruct, generate, mix), then stop
 # it with SIGTERM (it drains and exits). SERVE_WAIT=1 keeps it running for the editor until Ctrl-C.
 SERVE_WAIT ?=
+# The port files go to a temporary folder (removed on exit) and SERVE_OUT is made by the client commands' -o, so a
+# server that stops at start (its one-line error: a missing FACES or CHECKPOINT, a port in use) leaves nothing behind.
 serve-demo: setup
-	@set -e; mkdir -p "$(SERVE_OUT)"; rm -f "$(SERVE_OUT)/port" "$(SERVE_OUT)/http_port"; A="$(VENV)/bin/alae-rt"; \
-	$$A serve $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)") --port 0 --port-file "$(SERVE_OUT)/port" \
-		--http-port 0 --http-port-file "$(SERVE_OUT)/http_port" --sample-faces "$(FACES)" --log-format text & pid=$$!; \
-	trap 'kill -TERM $$pid 2>/dev/null; wait $$pid' EXIT; \
-	for i in $$(seq 600); do [ -s "$(SERVE_OUT)/http_port" ] && break; kill -0 $$pid; sleep 0.1; done; \
-	S="--server 127.0.0.1:$$(cat "$(SERVE_OUT)/port")"; \
-	echo "== face editor: http://127.0.0.1:$$(cat "$(SERVE_OUT)/http_port")/"; \
+	@set -e; A="$(VENV)/bin/alae-rt"; run=$$(mktemp -d); \
+	$$A serve $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)") --port 0 --port-file "$$run/port" \
+		--http-port 0 --http-port-file "$$run/http_port" --sample-faces "$(FACES)" --log-format text & pid=$$!; \
+	trap 'kill -TERM $$pid 2>/dev/null && wait $$pid; rm -rf "$$run"' EXIT; \
+	for i in $$(seq 600); do [ -s "$$run/http_port" ] && break; \
+		kill -0 $$pid 2>/dev/null || { rc=0; wait $$pid || rc=$$?; exit $$(( rc ? rc : 1 )); }; sleep 0.1; done; \
+	[ -s "$$run/http_port" ] || { echo "serve-demo: the server did not listen within 60 s" >&2; exit 1; }; \
+	S="--server 127.0.0.1:$$(cat "$$run/port")"; \
+	echo "== face editor: http://127.0.0.1:$$(cat "$$run/http_port")/"; \
 	faces=$$(ls "$(FACES)"/*.png | head -n $(SERVE_FACES)); \
 	echo "== client health (waits for the warm-up)"; $$A client health --wait 120 $$S; \
 	echo "== client info"; $$A client info $$S; \
 	echo "== client reconstruct: $(SERVE_FACES) faces from $(FACES)"; $$A client reconstruct $$faces -o "$(SERVE_OUT)/reconstruct" $$S; \
 	echo "== client generate"; $$A client generate --seeds 0-7 --noise const -o "$(SERVE_OUT)/generate" $$S; \
 	echo "== client mix"; $$A client mix --a $$(echo $$faces | cut -d' ' -f1-2) --b seeds:0-3 -o "$(SERVE_OUT)/mix" $$S; \
-	$(if $(SERVE_WAIT),echo "== face editor: http://127.0.0.1:$$(cat "$(SERVE_OUT)/http_port")/ (Ctrl-C stops)"; wait $$pid;) \
+	$(if $(SERVE_WAIT),echo "== face editor: http://127.0.0.1:$$(cat "$$run/http_port")/ (Ctrl-C stops)"; wait $$pid;) \
 	echo "== SIGTERM: the server drains and stops"
 
 test: setup

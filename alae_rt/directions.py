@@ -207,9 +207,15 @@ def preview(rt, w: Any, directions: Sequence[Direction], sds: Sequence[float] = 
         edited = [rt.decode_uint8(rt.edit(w, [(d.vector, s)]), noise=noise, seed=seed).cpu().numpy()
                   for s in strengths]
         rows.append([[img[i] for img in edited] for i in range(len(edited[0]))])  # [F][len(sds)] uint8 [R, R, C]
-        titles.append(f"{d.name}: {d.label} - {_summary(d)}; 1 sd = {d.std:.3g}")
+        titles.append(preview_title(d))
     columns = [f"{s:+g} sd" if s else "0" for s in sds]
     return labelled_grid(rows, titles, columns, cell)
+
+
+def preview_title(d: Direction) -> str:
+    """A direction's title in the preview: name, label (when it says more than the name, its default), figures."""
+    named = d.name if d.label in ("", d.name) else f"{d.name}: {d.label}"
+    return f"{named} - {_summary(d)}; 1 sd = {d.std:.3g}"
 
 
 def _summary(d: Direction) -> str:
@@ -222,8 +228,8 @@ def _summary(d: Direction) -> str:
 
 def labelled_grid(blocks: Sequence[Sequence[Sequence[np.ndarray]]], titles: Sequence[str], columns: Sequence[str],
                   cell: int | None = 128, pad: int = 2) -> np.ndarray:
-    """Blocks of rows of equal uint8 [R, R, C] images under a header of column labels, each block under its title
-    -> uint8 [H, W, 3] on white."""
+    """Blocks of rows of equal uint8 [R, R, C] images, each under its title and then the column labels (centred
+    over their columns) -> uint8 [H, W, 3] on white."""
     from PIL import Image, ImageDraw, ImageFont
 
     first = np.asarray(blocks[0][0][0])
@@ -232,14 +238,17 @@ def labelled_grid(blocks: Sequence[Sequence[Sequence[np.ndarray]]], titles: Sequ
     line = 14  # text strip height, in pixels
     n_cols = len(columns)
     width = pad + n_cols * (size + pad)
-    height = line + sum(line + len(rows) * (size + pad) for rows in blocks) + pad
+    height = sum(2 * line + len(rows) * (size + pad) for rows in blocks) + pad
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    for j, text in enumerate(columns):
-        draw.text((pad + j * (size + pad) + 2, 1), text, fill="black", font=font)
-    y = line
+    y = 0
     for rows, title in zip(blocks, titles):
         draw.text((pad, y + 1), _fit_text(draw, title, font, width - 2 * pad), fill="black", font=font)
+        y += line
+        for j, text in enumerate(columns):
+            text = _fit_text(draw, text, font, size)
+            x = pad + j * (size + pad) + (size - draw.textlength(text, font=font)) / 2
+            draw.text((x, y + 1), text, fill="dimgray", font=font)
         y += line
         for row in rows:
             for j, img in enumerate(row):
@@ -346,5 +355,5 @@ def _round(x: float) -> float:
 
 
 __all__ = ["CLASSIFIERS", "DEFAULT_RANGE", "INFO_FILE", "PREVIEW_SD", "RANGE_SD", "Direction", "as_w", "check_name",
-           "fit_direction", "labelled_grid", "load_folder", "orthogonalize", "preview", "principal_directions",
-           "read_info", "sample_w", "save_directions"]
+           "fit_direction", "labelled_grid", "load_folder", "orthogonalize", "preview", "preview_title",
+           "principal_directions", "read_info", "sample_w", "save_directions"]

@@ -65,6 +65,19 @@ def test_the_wheel_holds_every_module_and_the_package_data(tmp_path):
     assert {"alae_rt/serve/editor/index.html", "alae_rt/serve/protos/alae_rt/v1/alae_rt.proto",
             "alae_rt/models/default.safetensors", "alae_rt/serve/editor/samples/generated-09.png"} <= names
     assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"alae_rt"}
+    # the licence pyproject and the README name, its text shipped beside the metadata that names it
+    with zipfile.ZipFile(wheel) as z:
+        (info,) = {n.split("/")[0] for n in names if n.split("/")[0].endswith(".dist-info")}
+        assert z.read(f"{info}/licenses/LICENSE") == (ROOT / "LICENSE").read_bytes()
+        meta = z.read(f"{info}/METADATA").decode()
+    assert "License-Expression: Apache-2.0" in meta.splitlines() and "License-File: LICENSE" in meta.splitlines()
+
+
+def test_the_repository_carries_the_apache_licence_text():
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
+    assert "END OF TERMS AND CONDITIONS" in text
 
 
 def test_distribution_metadata():

@@ -142,7 +142,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from alae_rt.runtime import Runtime
     from alae_rt.serve.config import ServeConfig, read_tokens
     from alae_rt.serve.logs import setup_logging
-    from alae_rt.serve.server import AlaeServer
+    from alae_rt.serve.server import AlaeServer, refuse_ports_in_use
 
     setup_logging(args.log_format, args.log_level, args.process_label)
     set_threads(args.threads)
@@ -171,6 +171,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return serve_processes(args.command_line, args.processes, cfg.host, cfg.port, cfg.http_port,
                                cfg.metrics_port, Path(args.port_file) if args.port_file else None,
                                Path(args.http_port_file) if args.http_port_file else None, cfg.grace_s)
+    refuse_ports_in_use(cfg)  # before the model loads (AlaeServer.start checks again, for callers of the API)
     if args.process_label:
         from alae_rt.serve.processes import exit_with_parent
 

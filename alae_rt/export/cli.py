@@ -36,7 +36,9 @@ NVIDIA GPU. fp16 engines: export with --dtype fp16 (TensorRT 11 builds precision
 TRITON_HELP = """\
 Writes a model repository for NVIDIA Triton Inference Server: alae_encoder, alae_generator, alae_mapping, each
 with 1/model.onnx (or 1/model.plan) and a config.pbtxt (platform, max_batch_size, inputs and outputs matching
-the files, dynamic batching, instance group). Start Triton with `tritonserver --model-repository OUT`."""
+the files, dynamic batching, instance group). Start Triton with `tritonserver --model-repository OUT`.
+The instance group's kind is this machine's unless --instance-kind says (KIND_CPU where there is no CUDA
+device, KIND_GPU where there is one or for --format tensorrt): pass it when Triton runs elsewhere."""
 
 
 def _checkpoint_args(p: argparse.ArgumentParser) -> None:
@@ -98,7 +100,9 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     g.add_argument("--max-queue-delay-us", type=int, default=100, metavar="US",
                    help="longest a request waits for a batch to fill, in microseconds (default 100)")
     g.add_argument("--instances", type=positive_int, default=1, metavar="N", help="instances per model (default 1)")
-    g.add_argument("--instance-kind", choices=["gpu", "cpu"], default="gpu", help="KIND_GPU or KIND_CPU (default gpu)")
+    g.add_argument("--instance-kind", choices=["auto", "gpu", "cpu"], default="auto",
+                   help="KIND_GPU or KIND_CPU (default auto: this machine's, gpu where it has a CUDA device, else cpu; "
+                        "gpu for --format tensorrt)")
     r.set_defaults(func=cmd_triton_repo)
 
 
@@ -159,7 +163,7 @@ def cmd_triton_repo(args: argparse.Namespace) -> int:
     _require_onnx_tools()
     from alae_rt.export.onnx_export import check_export_args, export_onnx
     from alae_rt.export.tensorrt_build import read_export
-    from alae_rt.export.triton_repo import check_repo_args, write_triton_repo
+    from alae_rt.export.triton_repo import INSTANCE_KINDS, check_repo_args, instance_kind_for, write_triton_repo
 
     preferred = parse_int_list(args.preferred_batch_sizes, "--preferred-batch-sizes")
     check_repo_args(args.format, args.max_batch_size, preferred, args.max_queue_delay_us, args.instances,
@@ -175,11 +179,12 @@ def cmd_triton_repo(args: argparse.Namespace) -> int:
         read_export(args.onnx)
     else:
         check_export_args(args.dtype, args.opset)
+    kind, why = instance_kind_for(args.instance_kind, args.format)
     rt = None if args.onnx else _load_model(args)
     out = out_dir(args.out)
     kw = {"fmt": args.format, "max_batch_size": args.max_batch_size, "preferred_batch_sizes": preferred,
           "max_queue_delay_us": args.max_queue_delay_us, "instances": args.instances,
-          "instance_kind": args.instance_kind, "fp16": args.fp16, "timing_cache": args.timing_cache,
+          "instance_kind": kind, "fp16": args.fp16, "timing_cache": args.timing_cache,
           "progress": lambda m: say(args, m)}
     if args.onnx:
         write_triton_repo(args.onnx, out, **kw)
@@ -191,6 +196,6 @@ def cmd_triton_repo(args: argparse.Namespace) -> int:
             write_triton_repo(scratch, out, **kw)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-    print(f"wrote a Triton model repository to {out}: alae_encoder, alae_generator, alae_mapping ({args.format}); "
-          f"run it with `tritonserver --model-repository {out}`")
+    print(f"wrote a Triton model repository to {out}: alae_encoder, alae_generator, alae_mapping ({args.format}, "
+          f"{INSTANCE_KINDS[kind]} instances: {why}); run it with `tritonserver --model-repository {out}`")
     return 0

@@ -33,6 +33,21 @@ INSTANCE_KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 Progress = Callable[[str], None]
 
 
+def instance_kind_for(kind: str, fmt: str) -> tuple[str, str]:
+    """--instance-kind resolved -> (gpu | cpu, why). "auto" takes this machine's: a repository written on a CPU-only
+    machine runs there (a KIND_GPU config on a machine without a GPU fails to load in Triton); TensorRT engines are
+    GPU-only whatever the machine."""
+    if kind != "auto":
+        return kind, f"--instance-kind {kind}"
+    if fmt == "tensorrt":
+        return "gpu", "TensorRT engines"
+    import torch
+
+    if torch.cuda.is_available():
+        return "gpu", "this machine has a CUDA device; --instance-kind cpu for a CPU server"
+    return "cpu", "no CUDA device here; --instance-kind gpu for a GPU server"
+
+
 def _quote(text: str) -> str:
     """A protobuf text-format string literal."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
@@ -79,24 +94,25 @@ def check_repo_args(fmt: str, max_batch_size: int, preferred_batch_sizes: Sequen
         raise ExportError(f"--max-queue-delay-us must be >= 0, got {max_queue_delay_us}")
     if instances < 1:
         raise ExportError(f"--instances must be >= 1, got {instances}")
-    if instance_kind not in INSTANCE_KINDS:
-        raise ExportError(f"--instance-kind must be gpu or cpu, got {instance_kind!r}")
-    if fmt == "tensorrt" and instance_kind != "gpu":
+    if instance_kind not in ("auto", *INSTANCE_KINDS):
+        raise ExportError(f"--instance-kind must be auto, gpu or cpu, got {instance_kind!r}")
+    if fmt == "tensorrt" and instance_kind == "cpu":
         raise ExportError("TensorRT engines run on GPU instances only; drop --instance-kind cpu or use --format onnx")
 
 
 def write_triton_repo(onnx_dir: str | Path, out_dir: str | Path, *, fmt: str = "onnx", max_batch_size: int = 8,
                       preferred_batch_sizes: Sequence[int] = (4, 8), max_queue_delay_us: int = 100,
-                      instances: int = 1, instance_kind: str = "gpu", fp16: bool = False,
+                      instances: int = 1, instance_kind: str = "auto", fp16: bool = False,
                       timing_cache: str | Path | None = None, progress: Progress | None = None) -> dict[str, Path]:
     """Lay out a Triton model repository in out_dir from an `alae-rt export onnx` folder -> role -> model folder.
 
     fmt "onnx" copies the ONNX files; "tensorrt" builds engines from them (batch profile 1..max_batch_size,
     tuned for the largest preferred size; needs TensorRT and a GPU; the timing cache is kept only where
     `timing_cache` says, never in the repository, whose top level holds model folders only). The configs are
-    written from the files' own inputs and outputs.
+    written from the files' own inputs and outputs; instance_kind "auto" is this machine's (`instance_kind_for`).
     """
     check_repo_args(fmt, max_batch_size, preferred_batch_sizes, max_queue_delay_us, instances, instance_kind)
+    instance_kind, _ = instance_kind_for(instance_kind, fmt)
     export = read_export(onnx_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,11 @@ EDIT_MODES = {"add": pb.EDIT_MODE_ADD, "set": pb.EDIT_MODE_SET}
 ImageInput = str | Path | bytes | np.ndarray
 # Retries of UNAVAILABLE (a server warming up, draining or restarting): the first wait, doubling up to the last.
 RETRY_FIRST_S, RETRY_MAX_S = 0.25, 4.0
+# CANCELLED is retried too: these clients never cancel a call themselves (Ctrl-C raises KeyboardInterrupt, a timeout
+# is DEADLINE_EXCEEDED, a cancelled asyncio task gets CancelledError), and gRPC's core ends a call with CANCELLED
+# when the server took it but stopped before handing it to a handler (grpc/grpc#41785): a server going away, as
+# UNAVAILABLE says.
+RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 # While retrying, the channel reconnects this often at least (grpc's own backoff would grow to minutes).
 _RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 250),
                       ("grpc.max_reconnect_backoff_ms", 2000)]
@@ -184,9 +189,10 @@ def _credentials(token: str | None, tls: bool, tls_ca: str | Path | bytes | None
 
 
 class _Base:
-    """retry_s: for this long after a call first gets UNAVAILABLE (a server warming up, draining or restarting),
-    try it again with backoff (RETRY_FIRST_S doubling up to RETRY_MAX_S); 0: no retries. Every call is a pure
-    function of its request, so a retry gives what the first try would have. on_retry(message) hears of each."""
+    """retry_s: for this long after a call first gets UNAVAILABLE (a server warming up, draining or restarting) or
+    CANCELLED (see RETRIED), try it again with backoff (RETRY_FIRST_S doubling up to RETRY_MAX_S); 0: no retries.
+    Every call is a pure function of its request, so a retry gives what the first try would have. on_retry(message)
+    hears of each."""
 
     def __init__(self, server: str = DEFAULT_SERVER, *, token: str | None = None, token_file: str | Path | None = None,
                  tls: bool = False, tls_ca: str | Path | bytes | None = None, server_name: str | None = None,
@@ -221,14 +227,14 @@ class _Base:
     def _retry_wait(self, exc: grpc.RpcError, method: str, started: float, attempt: int) -> float:
         """The seconds to wait before trying `method` again after `exc`; raises RemoteError when it must not be."""
         code, details = exc.code(), exc.details() or ""
-        if code != grpc.StatusCode.UNAVAILABLE or self.retry_s <= 0:
+        if code not in RETRIED or self.retry_s <= 0:
             raise RemoteError(code, details, method) from None
         wait = min(RETRY_FIRST_S * 2**attempt, RETRY_MAX_S)
         if time.monotonic() + wait - started > self.retry_s:
             raise RemoteError(code, f"{details} (still unavailable after {self.retry_s:g} s of retries)",
                               method) from None
         if self.on_retry is not None:
-            self.on_retry(f"{method}: UNAVAILABLE ({details}); retrying for up to {self.retry_s:g} s")
+            self.on_retry(f"{method}: {code.name} ({details}); retrying for up to {self.retry_s:g} s")
         return wait
 
 

@@ -37,23 +37,37 @@ RESTART_WINDOW_S = 60.0
 LISTEN_TIMEOUT_S = 600.0  # a process that has not listened by then (model loading included) counts as failed
 
 
+def _bind_address(host: str, port: int) -> tuple:
+    name = host.strip("[]") or "0.0.0.0"
+    return socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+
+
+def refuse_port_in_use(host: str, port: int, what: str = "listen on") -> None:
+    """The one-line error for a port that something already listens on (0, any free port, passes): a probe bound as
+    the servers bind, with SO_REUSEADDR (a closed server's TIME_WAIT is no owner), and closed at once. A host that
+    does not resolve passes too: the listener itself reports it."""
+    if not port:
+        return
+    try:
+        family, kind, proto, _, address = _bind_address(host, port)
+    except socket.gaierror:
+        return
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise AlaeError(f"cannot {what} {host}:{port}: {exc.strerror or exc} (is the port in use?)") from None
+
+
 @contextlib.contextmanager
 def reserved_port(host: str, port: int) -> Iterator[int]:
     """`port`, or for 0 a free port, held by a bound socket with SO_REUSEPORT until the block ends: no other
     program takes it while the server processes start, and they can bind beside it. A port something already
     listens on is refused, even when that is another server's processes (SO_REUSEPORT would let these join
     them)."""
-    name = host.strip("[]") or "0.0.0.0"
-    family, kind, proto, _, address = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM,
-                                                         flags=socket.AI_PASSIVE)[0]
-    if port:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed server's TIME_WAIT is no owner
-            try:
-                probe.bind(address)
-            except OSError as exc:
-                raise AlaeError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (is the port in use?)") \
-                    from None
+    refuse_port_in_use(host, port)
+    family, kind, proto, _, address = _bind_address(host, port)
     with socket.socket(family, kind, proto) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

@@ -28,6 +28,7 @@ from alae_rt.serve.config import ServeConfig
 from alae_rt.serve.http_api import HttpApi, read_samples, tls_context
 from alae_rt.serve.logs import log
 from alae_rt.serve.metrics import Metrics
+from alae_rt.serve.processes import refuse_port_in_use
 from alae_rt.serve.service import AlaeService, add_to_server
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Alae"].full_name  # "alae_rt.v1.Alae"
@@ -64,6 +65,16 @@ class _Listening:
     port: int = 0
     metrics_port: int | None = None
     http_port: int | None = None
+
+
+def refuse_ports_in_use(cfg: ServeConfig) -> None:
+    """The one-line error for a port of cfg's (gRPC, HTTP, metrics) that something listens on, checked before
+    anything starts (no "stopped" line after it) and before gRPC's core, which logs its own bind failure around
+    ours. A --processes child (reuse_port) binds beside its siblings: their parent checked the ports."""
+    if not cfg.reuse_port:
+        for host, port, what in ((cfg.host, cfg.port, "listen on"), (cfg.host, cfg.http_port, "serve HTTP on"),
+                                 (cfg.metrics_host, cfg.metrics_port, "serve metrics on")):
+            refuse_port_in_use(host, port or 0, what)
 
 
 class AlaeServer:
@@ -114,6 +125,7 @@ class AlaeServer:
     async def start(self) -> None:
         """Listen (health says NOT_SERVING), then warm up in the background (health then says SERVING)."""
         cfg = self.cfg
+        refuse_ports_in_use(cfg)
         self._stopped = asyncio.Event()  # made here: it belongs to the loop that runs the server
         self.service = AlaeService(self.rt, cfg, self.metrics, self.compute, self.pool, self.image_pool, self.codec)
         interceptors = []
@@ -146,8 +158,9 @@ class AlaeServer:
             else:
                 port = server.add_insecure_port(address)
         except RuntimeError as exc:
-            raise AlaeError(f"cannot listen on {address}: {exc} (is the port in use, or the address not one of this "
-                            "machine's?)") from None
+            detail = str(exc).split("; set GRPC_VERBOSITY")[0]  # a hint to gRPC's developers, not to ours
+            raise AlaeError(f"cannot listen on {address}: {detail} (is the port in use, or the address not one of "
+                            "this machine's?)") from None
         if port == 0:
             raise AlaeError(f"cannot listen on {address} (is the port in use, or the address not one of this "
                             "machine's?)")
@@ -277,7 +290,8 @@ class AlaeServer:
         self._stopped.set()
         if self.abandoned:
             log.warning("work abandoned", extra={"fields": {"event": "abandoned", "jobs": self.abandoned}})
-        log.info("stopped", extra={"fields": {"event": "stopped"}})
+        if self._warm_task is not None:  # it said "listening" (a start that failed leaves its error alone)
+            log.info("stopped", extra={"fields": {"event": "stopped"}})
 
     @property
     def abandoned(self) -> int:

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from alae_rt.checkpoint import read_safetensors, save_checkpoint, write_safetensors
 from alae_rt.config import ModelConfig
+from alae_rt.directions import labelled_grid
 from alae_rt.errors import CheckpointError, InputError
 from alae_rt.evaluation import psnr_db
 from alae_rt.images import make_grid, save_image, to_uint8
@@ -531,7 +532,8 @@ class Trainer:
         return psnr_db(to_uint8(x), to_uint8(rec))
 
     def write_grids(self, ph: Phase) -> None:
-        """samples.png (16 EMA samples, psi 0.7) and reconstructions.png (train and held-out reals | recs)."""
+        """samples.png (16 EMA samples, psi 0.7) and reconstructions.png (training, then held-out, images, each beside
+        its reconstruction, under labels saying which)."""
         scale = max(1, MIN_GRID_SIDE // ph.resolution)
 
         def big(x: Tensor) -> np.ndarray:
@@ -545,11 +547,17 @@ class Trainer:
             styles = self.ema.truncate(styles, self.mcfg.truncation_psi, cutoff)
         samples = big(self._decode(styles, ph))
         save_image(make_grid([list(samples[i:i + 8]) for i in (0, 8)]), self.out / "samples.png")
-        shown = torch.cat([self.train_set.images[:8], self.holdout.images[:8]])
-        x, rec = self.reconstruct(shown, ph)
-        x, rec = big(x), big(rec)
-        rows = [[img for pair in zip(x[i:i + 4], rec[i:i + 4]) for img in pair] for i in range(0, len(x), 4)]
-        save_image(make_grid(rows), self.out / "reconstructions.png")
+        blocks, titles = [], []
+        for images, which in ((self.train_set.images[:8], "training images"),
+                              (self.holdout.images[:8], "held-out images (never trained on)")):
+            if len(images):
+                x, rec = self.reconstruct(images, ph)
+                pairs = [img for pair in zip(big(x), big(rec)) for img in pair]
+                blocks.append([pairs[i:i + 8] for i in range(0, len(pairs), 8)])  # 4 (real, reconstruction) a row
+                titles.append(f"{which}: each real, then its reconstruction ({ph.resolution}x{ph.resolution}"
+                              f"{', enlarged' if scale > 1 else ''})")
+        grid = labelled_grid(blocks, titles, ["real", "recon."] * 4, cell=None)
+        save_image(grid, self.out / "reconstructions.png")
 
     def plot_curves(self) -> None:
         """losses.png: the three losses and the held-out PSNR against images shown, LOD switches marked."""

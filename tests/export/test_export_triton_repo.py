@@ -118,10 +118,25 @@ def test_fp16_export_loads_and_runs(fp16_export, gray32):
     assert rt16.decode(ref["encode_w"], noise="const").dtype == torch.float16
 
 
-def test_repository_from_an_existing_fp16_export_with_default_settings(fp16_export, tmp_path):
+def test_repository_from_an_existing_fp16_export_with_default_settings(fp16_export, tmp_path, capsys):
+    """The default instance kind is this machine's (a KIND_GPU config does not load in a CPU-only Triton), and the
+    last line says which and why."""
     out = tmp_path / "repo"
     assert main(["-q", "export", "triton-repo", "--onnx", str(fp16_export), "-o", str(out)]) == 0
+    gpu = torch.cuda.is_available()
     check_repository(out, max_batch_size=8, preferred=[4, 8], delay_us=100, instances=1,
-                     kind=mc.ModelInstanceGroup.KIND_GPU, elem_type=onnx.TensorProto.FLOAT16)
+                     kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
+                     elem_type=onnx.TensorProto.FLOAT16)
+    said = capsys.readouterr().out
+    assert ("KIND_GPU instances: this machine has a CUDA device" if gpu else
+            "KIND_CPU instances: no CUDA device here; --instance-kind gpu for a GPU server") in said, said
     for name, role in MODELS.items():
         assert (out / name / "1" / "model.onnx").read_bytes() == (fp16_export / f"{role}.onnx").read_bytes()
+
+
+def test_instance_kind_auto_is_the_machines_and_gpu_for_tensorrt():
+    from alae_rt.export.triton_repo import instance_kind_for
+
+    assert instance_kind_for("auto", "onnx")[0] == ("gpu" if torch.cuda.is_available() else "cpu")
+    assert instance_kind_for("auto", "tensorrt")[0] == "gpu"
+    assert [instance_kind_for(k, "onnx")[0] for k in ("gpu", "cpu")] == ["gpu", "cpu"]

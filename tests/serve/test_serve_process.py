@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import DIRECTIONS, FACES128, find_row, has_text, require
-from serve_helpers import one_torch_thread
+from serve_helpers import one_torch_thread, tiny_rt, tiny_server
 
 from alae_rt import Runtime, save_checkpoint
 from alae_rt.cli import main
@@ -198,7 +198,10 @@ def test_cli_client_round_trip(tmp_path):
 
 def test_client_writes_as_it_goes_and_says_how_much_when_the_server_goes(tmp_path):
     """A long `client generate` whose server is stopped part-way: the images of the requests that completed are on
-    disk (and their styles), and the error says how many; UNAVAILABLE is retried for --retry-s first."""
+    disk (and their styles), and the error says how many; UNAVAILABLE is retried for --retry-s first. The call sent
+    as the server stops ends, by timing, as the service's UNAVAILABLE, gRPC's own (a refused stream, a refused
+    connection) or gRPC's CANCELLED for a call taken but never begun: all are retried, so the last word is always
+    UNAVAILABLE (test_a_call_the_stopping_server_cancelled_is_retried has the CANCELLED case on its own)."""
     with server_process(tmp_path, "--preset", "tiny", "--max-images", "2") as (proc, address, _):
         client = subprocess.Popen([*ALAE_RT, "-q", "client", "generate", "--seeds", "0-5999", "--server", address,
                                    "--retry-s", "1", "-o", "gen"], cwd=tmp_path, stdout=subprocess.PIPE,
@@ -219,6 +222,49 @@ def test_client_writes_as_it_goes_and_says_how_much_when_the_server_goes(tmp_pat
     assert f"wrote {written} of 6000 image(s) to gen before the failure" in last
     assert np.load(tmp_path / "gen" / "styles.npy").shape[0] == written
     assert not (tmp_path / "port").exists()
+
+
+def test_a_call_the_stopping_server_cancelled_is_retried(tiny_server):
+    """gRPC's core ends with CANCELLED (grpc/grpc#41785) a call that a stopping server had taken but not handed to a
+    handler: the client did not cancel it, and a retry (here to a server that answers) gives the answer. This gRPC
+    server on loopback answers its first Generate as that stopping server does, and passes the next on to a real
+    one."""
+    method = "/alae_rt.v1.Alae/Generate"
+    calls: list[str] = []
+
+    class StoppingFirst(grpc.GenericRpcHandler):
+        def service(self, details):
+            if details.method != method:
+                return None
+
+            def generate(request: bytes, context) -> bytes:
+                calls.append("cancelled" if not calls else "passed on")
+                if len(calls) == 1:
+                    context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")
+                with grpc.insecure_channel(tiny_server.address) as channel:
+                    return channel.unary_unary(method)(request, timeout=60)
+
+            return grpc.unary_unary_rpc_method_handler(generate)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = grpc.server(ThreadPoolExecutor(1), handlers=[StoppingFirst()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    retries: list[str] = []
+    try:
+        with AlaeClient(f"127.0.0.1:{port}", retry_s=30, on_retry=retries.append) as c:
+            got = c.generate(seeds=[5, 6], noise="const").images
+        with AlaeClient(tiny_server.address) as c:
+            want = c.generate(seeds=[5, 6], noise="const").images
+        assert calls == ["cancelled", "passed on"]
+        calls.clear()
+        with AlaeClient(f"127.0.0.1:{port}") as c, pytest.raises(RemoteError, match="^Generate: CANCELLED"):
+            c.generate(seeds=[5])  # no retries asked for: reported as it came
+    finally:
+        server.stop(None)
+    assert retries == ["Generate: CANCELLED (CANCELLED); retrying for up to 30 s"]
+    np.testing.assert_array_equal(np.stack(got), np.stack(want))
 
 
 def test_client_retries_while_the_server_starts(tmp_path):

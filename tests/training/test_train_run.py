@@ -11,8 +11,10 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from alae_rt import ModelConfig, Runtime, load_checkpoint
@@ -80,6 +82,13 @@ def test_run_outputs_and_checkpoint_in_runtime(image_folder, tmp_path):
     assert ckpt.metadata["steps"] == 5 and ckpt.metadata["holdout_images"] == 1
     assert ckpt.metadata["command"].startswith("alae-rt train")
     assert ckpt.metadata["heldout_psnr_db"] > 0
+    # the 8 training images shown and the 1 held out, each beside its reconstruction: two blocks, each under its
+    # title and a "real | recon." label over every column (was one unlabelled grid, 3 rows of 4 pairs)
+    grid = np.asarray(Image.open(run / "reconstructions.png").convert("L"))
+    line, cell = 14, 64 + 2
+    assert grid.shape == (4 * line + 3 * cell + 2, 2 + 8 * cell)
+    for y in (0, line, 2 * line + 2 * cell, 3 * line + 2 * cell):
+        assert (grid[y:y + line] < 128).any(), y
     rt = Runtime.load(run / "checkpoint.safetensors")
     rec = rt.reconstruct(sorted(image_folder.iterdir())[:2], noise="const")
     assert rec.shape == (2, 3, 16, 16) and torch.isfinite(rec).all()
