@@ -21,6 +21,7 @@ import grpc
 
 from alae_rt.errors import AlaeError, InputError
 from alae_rt.serve import alae_rt_pb2 as pb
+from alae_rt.serve.client import AlaeClient
 from alae_rt.serve.config import ServeConfig
 from alae_rt.serve.logs import log
 from alae_rt.serve.requests import tolerant_parser
@@ -201,6 +202,10 @@ class AlaeReplica:
                 yield frame
         except RequestError as err:
             refuse(grpc_context, err)
+            # A stream that ends without a frame takes its status from a raised error (Ray keeps the code and
+            # details set on the context; a unary call's go back with its empty answer). A plain one: Ray pickles
+            # it to the proxy, and RequestError's arguments do not survive that.
+            raise RuntimeError(err.message) from None
 
     def check_health(self) -> None:
         """Ray restarts a replica whose check raises."""
@@ -223,6 +228,39 @@ def refuse(grpc_context, err: RequestError) -> None:
         raise err
     grpc_context.set_code(err.code)
     grpc_context.set_details(err.message)
+
+
+# How Ray's proxy answers a call whose replica died under it (ray.kill, a lost node, an out-of-memory kill): INTERNAL
+# with Ray's ActorDiedError or ActorUnavailableError text.
+REPLICA_LOST = ("The actor died", "actor is dead", "ActorDiedError", "ActorUnavailableError")
+
+
+def replica_lost(exc: grpc.RpcError) -> bool:
+    """Whether a failed call's replica died under it (the call may not have run: try it again)."""
+    details = exc.details() or ""
+    return exc.code() == grpc.StatusCode.INTERNAL and any(text in details for text in REPLICA_LOST)
+
+
+class _Unavailable:
+    """A lost replica's error as the client's retry rule takes it: UNAVAILABLE."""
+
+    def __init__(self, exc: grpc.RpcError):
+        self._details = (exc.details() or "").splitlines()[0]
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return f"a Ray Serve replica died under the call ({self._details})"
+
+
+class RayClient(AlaeClient):
+    """AlaeClient for the Ray deployment: with retry_s, a call whose replica died under it is tried again (on
+    another replica), as UNAVAILABLE is; every call is a pure function of its request, so a retry gives what the
+    first try would have."""
+
+    def _retry_wait(self, exc: grpc.RpcError, method: str, started: float, attempt: int) -> float:
+        return super()._retry_wait(_Unavailable(exc) if replica_lost(exc) else exc, method, started, attempt)
 
 
 def build_app(model: ModelSpec, cfg: ServeConfig, scaling: Scaling, cluster: dict[str, float] | None = None):
@@ -284,7 +322,8 @@ def serve_on_ray(model: ModelSpec, cfg: ServeConfig, scaling: Scaling, address: 
     # The proxy takes requests up to this size (Ray's own default is 2 GiB); read when the proxy starts.
     os.environ.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(cfg.max_message_bytes))
     embedded = address is None
-    ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    # "local": a cluster of this command's own, never one that another `ray start` left running here
+    ray.init(address=address or "local", include_dashboard=False, configure_logging=False, log_to_driver=False)
     stop = threading.Event()
     try:
         start_serve(cfg.host, port, http_port)
