@@ -33,7 +33,6 @@ DEPLOYMENT = "Alae"
 # the deployment answers no HTTP calls.
 ROUTE = "/alae"
 SERVICER = "alae_rt.serve.ray_app.add_to_proxy"  # the RPCs' table in Ray's gRPC proxy
-GRPC_PORT = 9000  # Ray Serve's default gRPC port
 READY_TIMEOUT_S = 600.0  # a replica loads and warms up its model before it is counted as running
 # What an empty answer of a refused call is (Ray sends a message with every status; its content is not read).
 EMPTY = {"Encode": pb.EncodeResponse, "GetModelInfo": pb.ModelInfo}
@@ -274,7 +273,7 @@ def build_app(model: ModelSpec, cfg: ServeConfig, scaling: Scaling, cluster: dic
     return deployment.bind(model, cfg, scaling.cpus_per_replica)
 
 
-def start_serve(host: str = "127.0.0.1", grpc_port: int = GRPC_PORT, http_port: int = 8000,
+def start_serve(host: str = "127.0.0.1", grpc_port: int = 50051, http_port: int = 8000,
                 request_timeout_s: float | None = None) -> None:
     """Serve's controller and proxies on the connected cluster, with the gRPC proxy serving alae_rt.v1.Alae.
     The HTTP proxy (which this application does not use) listens on host:http_port."""
@@ -318,7 +317,7 @@ def serve_on_ray(model: ModelSpec, cfg: ServeConfig, scaling: Scaling, address: 
     scaling.check()
     if model.checkpoint and not Path(model.checkpoint).exists():
         raise InputError(f"{model.checkpoint}: no such file")
-    port = cfg.port or GRPC_PORT
+    port = cfg.port
     # The proxy takes requests up to this size (Ray's own default is 2 GiB); read when the proxy starts.
     os.environ.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(cfg.max_message_bytes))
     embedded = address is None
