@@ -188,3 +188,16 @@ def test_a_replica_killed_under_load_loses_no_call_and_is_replaced(cluster, rt):
     for s, images in done:
         same_images(images, want[s])
     assert len(replica_names() - before) == 1
+
+
+def test_placement_and_autoscaling_defaults():
+    """One GPU a replica on a cluster with GPUs (up to one replica per GPU), CPUs on a CPU cluster; scaling on a
+    full batch in flight per replica; enough calls let in for the batcher to merge."""
+    gpu = ray_app.Scaling().options(8, {"CPU": 64, "GPU": 4})
+    assert gpu["ray_actor_options"]["num_gpus"] == 1 and gpu["max_ongoing_requests"] == 32
+    auto = gpu["autoscaling_config"]
+    assert (auto["min_replicas"], auto["max_replicas"], auto["target_ongoing_requests"]) == (1, 4, 8)
+    cpu = ray_app.Scaling(cpus_per_replica=4).options(8, {"CPU": 16})
+    assert cpu["ray_actor_options"]["num_gpus"] == 0 and cpu["autoscaling_config"]["max_replicas"] == 4
+    fixed = ray_app.Scaling(min_replicas=3, fixed=True).options(8, {"CPU": 2})
+    assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
