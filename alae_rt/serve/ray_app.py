@@ -174,28 +174,29 @@ class AlaeReplica:
             refuse(grpc_context, err)
             return EMPTY.get(method, pb.ImagesResponse)()
 
-    async def Encode(self, request, grpc_context=None):  # noqa: N802 - the RPCs' names, as the proxy routes them
+    # The RPCs, by their names in the .proto: the proxy routes each gRPC method to the replica method of its name.
+    async def Encode(self, request, grpc_context=None):
         return await self._unary("Encode", request, grpc_context)
 
-    async def Decode(self, request, grpc_context=None):  # noqa: N802
+    async def Decode(self, request, grpc_context=None):
         return await self._unary("Decode", request, grpc_context)
 
-    async def Reconstruct(self, request, grpc_context=None):  # noqa: N802
+    async def Reconstruct(self, request, grpc_context=None):
         return await self._unary("Reconstruct", request, grpc_context)
 
-    async def Generate(self, request, grpc_context=None):  # noqa: N802
+    async def Generate(self, request, grpc_context=None):
         return await self._unary("Generate", request, grpc_context)
 
-    async def Edit(self, request, grpc_context=None):  # noqa: N802
+    async def Edit(self, request, grpc_context=None):
         return await self._unary("Edit", request, grpc_context)
 
-    async def Mix(self, request, grpc_context=None):  # noqa: N802
+    async def Mix(self, request, grpc_context=None):
         return await self._unary("Mix", request, grpc_context)
 
-    async def GetModelInfo(self, request, grpc_context=None):  # noqa: N802
+    async def GetModelInfo(self, request, grpc_context=None):
         return await self._unary("GetModelInfo", request, grpc_context)
 
-    async def Interpolate(self, request, grpc_context=None) -> AsyncIterator[pb.InterpolateFrame]:  # noqa: N802
+    async def Interpolate(self, request, grpc_context=None) -> AsyncIterator[pb.InterpolateFrame]:
         try:
             async for frame in self.service.Interpolate(PARSERS["Interpolate"](request), self._context(grpc_context)):
                 yield frame
@@ -214,6 +215,8 @@ class AlaeReplica:
     async def __del__(self):
         """A replica Ray stops (scaled down, or the application deleted): calls in flight have finished (Ray waits
         for them up to graceful_shutdown_timeout_s); free the model's threads and codec processes."""
+        if not hasattr(self, "service"):  # the constructor failed before there was anything to free
+            return
         self.service.state = "draining"
         await self.service.close()
         for pool in self.pools:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from serve_helpers import same_images, u8
+from serve_helpers import GenerateLoad, same_images, u8
 
 from alae_rt import Runtime
 from alae_rt.errors import AlaeError
@@ -61,40 +61,25 @@ def test_sigterm_of_one_server_under_load_loses_no_call(tmp_path):
     procs = [start_server(f) for f in folders]  # both load the model at once
     try:
         servers = [wait_port(p, f) for p, f in zip(procs, folders)]
-        done, errors, stop = [], [], threading.Event()
-
-        def caller(s: int) -> None:
-            # no retries of the client's own (retry_s=0): the channel's health checking and retries are under test
-            with BalancedClient(servers, timeout=60) as c:
-                while not stop.is_set():
-                    try:
-                        done.append((s, c.generate([s], format="raw").images))
-                    except Exception as exc:  # noqa: BLE001 - reported below
-                        errors.append(exc)
-                        return
-
         t0 = time.monotonic()
         while not all(serving(s) for s in servers):  # both warmed up
             assert time.monotonic() - t0 < 120, "the servers did not warm up"
             time.sleep(0.1)
-        threads = [threading.Thread(target=caller, args=(s,)) for s in seeds]
-        for t in threads:
-            t.start()
-        while not (all(calls_answered(f) >= 4 for f in folders) or errors):  # round robin: both take calls
-            assert time.monotonic() - t0 < 120
-            time.sleep(0.05)
-        procs[0].send_signal(signal.SIGTERM)
-        assert procs[0].wait(60) == 0
-        after = len(done)
-        while len(done) < after + 16 and not errors:  # the other server takes every call from then on
-            time.sleep(0.05)
-        stop.set()
-        for t in threads:
-            t.join(60)
-        assert not errors
-        for s, images in done:
+        # no retries of the client's own (retry_s=0): the channel's health checking and retries are under test
+        load = GenerateLoad(lambda: BalancedClient(servers, timeout=60), seeds).start()
+        try:
+            while not (all(calls_answered(f) >= 4 for f in folders) or load.errors):  # round robin: both take calls
+                assert time.monotonic() - t0 < 120
+                time.sleep(0.05)
+            procs[0].send_signal(signal.SIGTERM)
+            assert procs[0].wait(60) == 0
+            load.wait_for(len(load.done) + 16)  # the other server takes every call from then on
+        finally:
+            load.stop()
+        assert not load.errors
+        for s, images in load.done:
             same_images(images, want[s])
-        assert calls_answered(folders[0]) + calls_answered(folders[1]) == len(done)
+        assert calls_answered(folders[0]) + calls_answered(folders[1]) == len(load.done)
     finally:
         for p in procs:
             if p.poll() is None:
