@@ -5,6 +5,8 @@ cores), limited to 2 CPUs and a small object store, shut down at the end."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -193,3 +195,13 @@ def test_placement_and_autoscaling_defaults():
     assert cpu["ray_actor_options"]["num_gpus"] == 0 and cpu["autoscaling_config"]["max_replicas"] == 4
     fixed = ray_app.Scaling(min_replicas=3, fixed=True).options(8, {"CPU": 2})
     assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
+
+
+def test_serve_ray_refuses_the_servers_own_front_ends_in_one_line(tmp_path):
+    for args, text in ((["--ray", "--http-port", "0", "--metrics-port", "0"],
+                        "alae-rt: error: --http-port, --metrics-port: not with --ray"),
+                       (["--replicas", "2"], "alae-rt: error: --address and --replicas are for --ray: add --ray")):
+        done = subprocess.run([sys.executable, "-m", "alae_rt.cli", "serve", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr.strip().splitlines() == [done.stderr.strip()] and done.stderr.startswith(text)
