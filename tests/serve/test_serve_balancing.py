@@ -4,6 +4,7 @@ calls go round robin to both, and a SIGTERM of one under load loses no call."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 from serve_helpers import GenerateLoad, same_images, u8
 
 from alae_rt import Runtime
@@ -53,6 +55,20 @@ def serving(server: str) -> bool:
         return c.health("alae_rt.v1.Alae") == "SERVING"
 
 
+def readme_block(servers: list[str]) -> None:
+    """The README's BalancedClient example, as written but for the two servers' addresses."""
+    text = (ROOT / "README.md").read_text()
+    code = next(b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S)
+                if b.startswith("from alae_rt.serve.balancing import BalancedClient"))
+    shown = re.findall(r'"(\d+\.\d+\.\d+\.\d+:\d+)"', code)
+    assert len(shown) == 2
+    for address, server in zip(shown, servers):
+        code = code.replace(address, server)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert len(scope["images"]) == 3
+
+
 def test_sigterm_of_one_server_under_load_loses_no_call(tmp_path):
     rt = Runtime.load(device="cpu")  # the bundled model, as the servers serve it
     seeds = list(range(4))
@@ -65,6 +81,7 @@ def test_sigterm_of_one_server_under_load_loses_no_call(tmp_path):
         while not all(serving(s) for s in servers):  # both warmed up
             assert time.monotonic() - t0 < 120, "the servers did not warm up"
             time.sleep(0.1)
+        readme_block(servers)
         # no retries of the client's own (retry_s=0): the channel's health checking and retries are under test
         load = GenerateLoad(lambda: BalancedClient(servers, timeout=60), seeds).start()
         try:
@@ -79,7 +96,8 @@ def test_sigterm_of_one_server_under_load_loses_no_call(tmp_path):
         assert not load.errors
         for s, images in load.done:
             same_images(images, want[s])
-        assert calls_answered(folders[0]) + calls_answered(folders[1]) == len(load.done)
+        # each call answered once (the README example's one call besides): none was run twice
+        assert calls_answered(folders[0]) + calls_answered(folders[1]) == len(load.done) + 1
     finally:
         for p in procs:
             if p.poll() is None:
