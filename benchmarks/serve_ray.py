@@ -22,7 +22,6 @@ import asyncio
 import datetime
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,12 +46,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.levels = [int(c) for c in args.concurrency.split(",")]
     return args
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -222,12 +215,12 @@ def run_all(args, folder: Path) -> list[dict]:
     from alae_rt.serve.config import ServeConfig
 
     proc, direct = start_alae_serve(args, folder)
-    port = free_port()
+    port = ray_app.free_port()
     # logical CPUs for the three one-CPU replicas; the two real cores are shared, as by separate servers
     ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False, configure_logging=False,
              object_store_memory=100 * 2**20)
     try:
-        ray_app.start_serve("127.0.0.1", port, free_port())
+        ray_app.start_serve(port, ray_app.free_port())
         proxy = pids_named("ProxyActor")
         cfg = ServeConfig(workers=1, image_workers=1, codec_processes=0, max_delay_ms=args.max_delay_ms)
         model = ray_app.ModelSpec(device="cpu", backend="eager", max_batch=args.max_batch, threads=1)

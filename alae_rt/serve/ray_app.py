@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -276,16 +277,23 @@ def build_app(model: ModelSpec, cfg: ServeConfig, scaling: Scaling, cluster: dic
     return deployment.bind(model, cfg, scaling.cpus_per_replica)
 
 
-def start_serve(host: str = "127.0.0.1", grpc_port: int = 50051, http_port: int = 8000,
+def start_serve(grpc_port: int = 50051, http_port: int = 8000,
                 request_timeout_s: float | None = None) -> None:
     """Serve's controller and proxies on the connected cluster, with the gRPC proxy serving alae_rt.v1.Alae.
-    The HTTP proxy (which this application does not use) listens on host:http_port."""
+    The HTTP proxy, which this application does not use, listens on 127.0.0.1:http_port (Ray starts it with the
+    gRPC one); Ray's gRPC proxy listens on every interface."""
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
 
-    serve.start(http_options=HTTPOptions(host=host, port=http_port),
+    serve.start(http_options=HTTPOptions(host="127.0.0.1", port=http_port),
                 grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[SERVICER],
                                          request_timeout_s=request_timeout_s))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def running_replicas() -> int:
@@ -307,8 +315,8 @@ def wait_running(replicas: int, timeout_s: float = READY_TIMEOUT_S) -> None:
         time.sleep(0.5)
 
 
-def serve_on_ray(model: ModelSpec, cfg: ServeConfig, scaling: Scaling, address: str | None, port_file: Path | None,
-                 http_port: int = 8000) -> int:
+def serve_on_ray(model: ModelSpec, cfg: ServeConfig, scaling: Scaling, address: str | None,
+                 port_file: Path | None) -> int:
     """`alae-rt serve --ray`: connect to the cluster at `address` (None: start one on this machine), run the
     application, write the gRPC port, and serve until SIGTERM or Ctrl-C; then delete the application (and stop
     the local cluster this command started)."""
@@ -328,7 +336,9 @@ def serve_on_ray(model: ModelSpec, cfg: ServeConfig, scaling: Scaling, address: 
     ray.init(address=address or "local", include_dashboard=False, configure_logging=False, log_to_driver=False)
     stop = threading.Event()
     try:
-        start_serve(cfg.host, port, http_port)
+        # the unused HTTP proxy on a free port of this machine's own cluster (Ray's 8000 may be taken); a cluster's
+        # proxies on every node take Ray's default
+        start_serve(port, free_port() if embedded else 8000)
         app = build_app(model, cfg, scaling)
         serve.run(app, name=APP, route_prefix=ROUTE, blocking=False)
         wait_running(scaling.min_replicas)

@@ -4,7 +4,6 @@ cores), limited to 2 CPUs and a small object store, shut down at the end."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import threading
@@ -33,12 +32,6 @@ CFG = ServeConfig(max_images=8, max_queue=64, workers=1, image_workers=1, codec_
 MODEL = ray_app.ModelSpec(device="cpu", backend="eager", max_batch=8, threads=1)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def rt() -> Runtime:
     return Runtime.load(device="cpu")  # the bundled model, as each replica loads it
@@ -47,11 +40,11 @@ def rt() -> Runtime:
 @pytest.fixture(scope="module")
 def cluster():
     """The address of Ray's gRPC proxy, serving the deployment with 2 running replicas."""
-    port = free_port()
+    port = ray_app.free_port()
     ray.init(address="local", num_cpus=REPLICAS, object_store_memory=80 * 2**20, include_dashboard=False,
              log_to_driver=False, configure_logging=False)
     try:
-        ray_app.start_serve("127.0.0.1", port, free_port())
+        ray_app.start_serve(port, ray_app.free_port())
         # half a CPU each: a replacement for a killed replica is placed while the old one's lease is let go
         app = ray_app.build_app(MODEL, CFG, ray_app.Scaling(min_replicas=REPLICAS, fixed=True, cpus_per_replica=0.5))
         serve.run(app, name=ray_app.APP, route_prefix=ray_app.ROUTE, blocking=False)
