@@ -37,6 +37,8 @@ PYTHON_NOT_RUN = {
     'rt = alae_rt.Runtime.load("model.safetensors", backend="onnxruntime", backend_options={"onnx_dir": "onnx/"})':
         "needs a checkpoint and the ONNX files exported from it",
     "import alae_rt": "the directions tour reads folders of your own photos (faces/, smiling/, neutral/)",
+    "from alae_rt.serve.balancing import BalancedClient": "run by tests/serve/test_serve_balancing.py, against its two "
+                                                         "servers",
 }
 README_PORT = "127.0.0.1:50051"
 

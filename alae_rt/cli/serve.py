@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alae_rt.cli.options import (
     add_model_args,
@@ -16,6 +17,9 @@ from alae_rt.cli.options import (
     set_threads,
 )
 from alae_rt.errors import InputError
+
+if TYPE_CHECKING:
+    from alae_rt.serve.config import ServeConfig
 
 SERVE_HELP = """\
 Serve the model over gRPC (service alae_rt.v1.Alae; its .proto ships in alae_rt/serve/protos).
@@ -34,7 +38,12 @@ drag attribute sliders, mix styles, interpolate, download the image and its late
 POST /api/v1/{encode,decode,reconstruct,generate,edit,mix,interpolate}, GET /api/v1/{info,health}, described at
 /api/openapi.json. The HTTP calls go through the same batchers, limits, metrics and bearer tokens as gRPC.
 Only requests whose Host header names localhost, the --host address or an --http-allowed-hosts name are answered
-(others: 421), so that no other site's page reaches the API through a name pointed at this machine."""
+(others: 421), so that no other site's page reaches the API through a name pointed at this machine.
+
+With --ray the same gRPC service runs on Ray Serve (the ray extra): replicas that each load the model (one GPU
+a replica on a cluster with GPUs, else --ray-cpus CPUs), behind Ray's gRPC proxy on --port, scaled between
+--replicas MIN-MAX on calls in flight. Without --address the command starts a Ray cluster on this machine and
+stops it at exit; with --address it joins a running cluster, deploys there, and deletes the deployment at exit."""
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -129,6 +138,18 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     # set by --processes for the processes it starts
     o.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     o.add_argument("--process-label", help=argparse.SUPPRESS)
+    r = p.add_argument_group("Ray Serve (--ray)")
+    r.add_argument("--ray", action="store_true",
+                   help="serve on Ray Serve: replicas placed by Ray, restarted when they die, scaled with the load "
+                        "(gRPC on --port through Ray's proxy, which listens on every interface)")
+    r.add_argument("--address", metavar="ADDR",
+                   help="join this running Ray cluster (ray://HOST:10001 or HOST:6379, as `ray start --head` "
+                        "prints; 'auto': the one started on this machine) instead of starting one here")
+    r.add_argument("--replicas", type=replica_range, metavar="N|MIN-MAX",
+                   help="replicas: N exactly, or MIN-MAX scaled on calls in flight (default: 1 up to one per GPU, or "
+                        "per --ray-cpus CPUs, of the cluster)")
+    r.add_argument("--ray-cpus", type=float, default=1.0, metavar="N",
+                   help="CPUs a replica asks Ray for, and its torch threads (default 1)")
     o.add_argument("--grace-s", type=float, default=d.grace_s,
                    help=f"on SIGTERM, how long calls in flight may take to finish (default {d.grace_s:g})")
     o.add_argument("--no-warmup", action="store_true", help="skip the warm-up forward passes at start")
@@ -163,6 +184,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         http_allowed_hosts=tuple(args.http_allowed_hosts),
         sample_faces=Path(args.sample_faces) if args.sample_faces else None, reuse_port=args.reuse_port)
     cfg.check(args.batch_size)
+    if args.ray or args.address or args.replicas:
+        return serve_on_ray(args, cfg)
     if args.processes > 1:
         from alae_rt.serve.processes import serve_processes
 
@@ -207,3 +230,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 path.unlink(missing_ok=True)
     server.exit_if_abandoned()  # work cut at the end of --grace-s must not hold the exit
     return 0
+
+
+def replica_range(text: str) -> tuple[int, int | None, bool]:
+    """--replicas N (fixed) or MIN-MAX (autoscaled) -> (min, max, fixed)."""
+    low, sep, high = text.partition("-")
+    try:
+        values = (int(low), int(high) if sep else int(low))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or MIN-MAX, e.g. 2 or 1-4, got {text!r}") from None
+    if not 1 <= values[0] <= values[1]:
+        raise argparse.ArgumentTypeError(f"expected 1 <= MIN <= MAX, got {text!r}")
+    return values[0], values[1], not sep
+
+
+def serve_on_ray(args: argparse.Namespace, cfg: ServeConfig) -> int:
+    """`alae-rt serve --ray`: the options that are `alae-rt serve`'s own front ends are refused by name."""
+    from alae_rt.serve.ray_app import ModelSpec, Scaling, serve_on_ray
+
+    own = {"--http-port": args.http_port is not None, "--processes": args.processes > 1,
+           "--tls-cert": bool(args.tls_cert), "--auth-token-file": bool(args.auth_token_file),
+           "--metrics-port": args.metrics_port is not None}
+    given = [flag for flag, on in own.items() if on]
+    if given:
+        raise InputError(f"{', '.join(given)}: not with --ray (Ray Serve's proxy is the front end; its metrics are "
+                         "Ray's)")
+    if not args.ray:
+        raise InputError("--address and --replicas are for --ray: add --ray")
+    if args.port == 0:
+        raise InputError("--port 0: Ray Serve's proxy needs a fixed port under --ray")
+    low, high, fixed = args.replicas or (1, None, False)
+    model = ModelSpec(checkpoint=args.checkpoint, preset=args.preset, config=args.config,
+                      trust_pickle=args.trust_pickle, device=args.device, dtype=args.dtype, backend=args.backend,
+                      max_batch=args.batch_size, backend_options=backend_options(args),
+                      directions=tuple(args.directions_dir or ()), threads=args.threads)
+    scaling = Scaling(min_replicas=low, max_replicas=high, fixed=fixed, cpus_per_replica=args.ray_cpus)
+    return serve_on_ray(model, cfg, scaling, args.address, Path(args.port_file) if args.port_file else None)

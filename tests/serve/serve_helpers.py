@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -145,3 +146,39 @@ def same_images(got, ref: np.ndarray) -> None:
 
 def u8(rt, x: torch.Tensor) -> np.ndarray:
     return rt.to_uint8(x)
+
+
+class GenerateLoad:
+    """Callers that each call Generate for their own seed in a loop (one client each, made by `client()`) until
+    stop(); `done` collects (seed, images), `errors` the first failure of each caller."""
+
+    def __init__(self, client, seeds):
+        self.done, self.errors = [], []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(client, s)) for s in seeds]
+
+    def _run(self, client, seed: int) -> None:
+        with client() as c:
+            while not self._stop.is_set():
+                try:
+                    self.done.append((seed, c.generate([seed], format="raw").images))
+                except Exception as exc:  # noqa: BLE001 - the test reports it
+                    self.errors.append(exc)
+                    return
+
+    def start(self) -> GenerateLoad:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def wait_for(self, calls: int, timeout: float = 120) -> None:
+        """Until `calls` answers in all (or a caller failed)."""
+        deadline = time.monotonic() + timeout
+        while len(self.done) < calls and not self.errors:
+            assert time.monotonic() < deadline, f"{len(self.done)} of {calls} calls answered"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(120)
