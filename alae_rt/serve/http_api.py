@@ -179,15 +179,16 @@ class HttpApi:
         caller = "unknown" if not peer else (f"ipv6:[{peer[0]}]:{peer[1]}" if ":" in peer[0] else
                                              f"ipv4:{peer[0]}:{peer[1]}")
         value = request.headers.get(TIMEOUT_HEADER)
+        authorization = request.headers.get("Authorization", "")
         if value is None:
-            return CallContext(caller)
+            return CallContext(caller, authorization=authorization)
         try:
             ms = float(value)
         except ValueError:
             ms = float("nan")
         if not 0 < ms < 1e9:
             raise invalid(TIMEOUT_HEADER, f"{value!r}; expected milliseconds > 0")
-        return CallContext(caller, ms / 1000)
+        return CallContext(caller, ms / 1000, authorization=authorization)
 
     # ---- the RPCs ------------------------------------------------------------------------------------------
     async def _get_rpc(self, request: web.Request) -> web.Response:
