@@ -29,7 +29,7 @@ from alae_rt.serve.auth import BearerAuth
 from alae_rt.serve.logs import log
 from alae_rt.serve.requests import BadMessage
 from alae_rt.serve.service import AlaeService, CallContext
-from alae_rt.serve.wire import RequestError, invalid, over_limit
+from alae_rt.serve.wire import RequestError, invalid, over_limit, quote
 
 API = "/api/v1"
 OPENAPI = "/api/openapi.json"
@@ -160,8 +160,9 @@ class HttpApi:
     async def _preflight(self, request: web.Request) -> web.Response:
         origin = request.headers.get("Origin", "")
         if origin not in self.cors_origins:
-            raise RequestError(grpc.StatusCode.PERMISSION_DENIED, f"origin {origin or '(none)'!r} may not call this "
-                               "server from a browser (--http-cors-origin names the origins that may)", http=403)
+            raise RequestError(grpc.StatusCode.PERMISSION_DENIED, f"origin {quote(origin) if origin else '(none)'} may "
+                               "not call this server from a browser (--http-cors-origin names the origins that may)",
+                               http=403)
         return web.Response(status=204, headers={
             "Access-Control-Allow-Methods": "GET, POST", "Access-Control-Max-Age": "600",
             "Access-Control-Allow-Headers": f"Authorization, Content-Type, {TIMEOUT_HEADER}"})
@@ -187,21 +188,21 @@ class HttpApi:
         except ValueError:
             ms = float("nan")
         if not 0 < ms < 1e9:
-            raise invalid(TIMEOUT_HEADER, f"{value!r}; expected milliseconds > 0")
+            raise invalid(TIMEOUT_HEADER, f"{quote(value)}; expected milliseconds > 0")
         return CallContext(caller, ms / 1000, authorization=authorization)
 
     # ---- the RPCs ------------------------------------------------------------------------------------------
     async def _get_rpc(self, request: web.Request) -> web.Response:
         """GET of a call (they take a POST body) or of no such path: say which."""
         if request.match_info["rpc"] in RPCS:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{request.path} takes a POST with a JSON body",
-                               http=405)
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"{quote(request.path, marks=False)} takes a POST with a JSON body", http=405)
         raise self._no_such_call(request)
 
     @staticmethod
     def _no_such_call(request: web.Request) -> RequestError:
-        return RequestError(grpc.StatusCode.NOT_FOUND, f"no such call {request.path}; the calls are "
-                            f"{', '.join(f'{API}/{p}' for p in RPCS)}")
+        return RequestError(grpc.StatusCode.NOT_FOUND, f"no such call {quote(request.path, marks=False)}; the calls "
+                            f"are {', '.join(f'{API}/{p}' for p in RPCS)}")
 
     async def _rpc(self, request: web.Request) -> web.Response:
         method = RPCS.get(request.match_info["rpc"])
@@ -250,12 +251,12 @@ class HttpApi:
         kind = request.content_type
         if kind.startswith("image/") or kind == "application/octet-stream":
             if method not in IMAGE_BODY:
-                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"Content-Type: {kind}: {method} takes JSON; "
-                                   "an image file as the body is for encode and reconstruct", http=415)
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"Content-Type: {quote(kind)}: {method} takes "
+                                   "JSON; an image file as the body is for encode and reconstruct", http=415)
             return message(images=[pb.Image(encoded=body)])
         if kind not in ("application/json", "application/octet-stream", ""):
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"Content-Type: {kind}: expected application/json",
-                               http=415)
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"Content-Type: {quote(kind)}: expected application/json", http=415)
         try:
             return json_format.Parse(body or b"{}", message())
         except Exception as exc:  # noqa: BLE001 - ParseError, and RecursionError for deeply nested JSON
@@ -279,7 +280,7 @@ class HttpApi:
         self._authorize(request, "Samples")
         name = request.match_info["name"]
         if name not in self.samples:
-            raise RequestError(grpc.StatusCode.NOT_FOUND, f"name: no sample face {name!r}; see {API}/samples")
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"name: no sample face {quote(name)}; see {API}/samples")
         data, kind = self.samples[name]
         return web.Response(body=data, content_type=kind)
 

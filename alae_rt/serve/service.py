@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -32,7 +31,7 @@ from alae_rt.serve.batcher import BatchStats, Dropped, DynamicBatcher, QueueFull
 from alae_rt.serve.codec_processes import CodecProcesses
 from alae_rt.serve.config import ServeConfig
 from alae_rt.serve.decoding import DecodeStage, StageStats
-from alae_rt.serve.logs import log
+from alae_rt.serve.logs import LineLimit, log
 from alae_rt.serve.metrics import Metrics
 from alae_rt.serve.requests import (
     PAIR_FIELDS,
@@ -143,6 +142,7 @@ class AlaeService(pb_grpc.AlaeServicer):
         self.idle = asyncio.Event()
         self.idle.set()
         self._tokens = [t.encode() for t in cfg.auth_tokens]
+        self.error_lines = LineLimit()
         common = {"max_batch": rt.max_batch, "max_delay_s": cfg.max_delay_ms / 1000, "max_queue": cfg.max_queue,
                   "may_grow": self._others_in_flight}
         self.encode_batcher = DynamicBatcher("encode", self._encode_batch, compute, stats=self._stats("encode"),
@@ -418,8 +418,18 @@ class AlaeService(pb_grpc.AlaeServicer):
                   "images": call.images, "peer": call.peer}
         if message:
             fields["error"] = message
-        log.log(logging.INFO if code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED) else logging.WARNING,
-                "rpc", extra={"fields": fields})
+        if code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
+            log.info("rpc", extra={"fields": fields})
+            return
+        # Refused calls' lines, per caller (its address: a new connection is not a new caller), within a rate: a
+        # client sending bad calls in a loop grows the log by a bounded amount.
+        write, dropped = self.error_lines.take(log_caller(call.caller))
+        if not write:
+            self.metrics.log_dropped.inc()
+            return
+        if dropped:
+            fields["dropped_before"] = dropped
+        log.warning("rpc", extra={"fields": fields})
 
     # ---- the RPCs -----------------------------------------------------------------------------------------------
     async def Encode(self, req: pb.EncodeRequest, context) -> pb.EncodeResponse:
@@ -537,6 +547,14 @@ class AlaeService(pb_grpc.AlaeServicer):
                 style_ranges=[pb.StyleRange(name=k, layers=v) for k, v in c.style_ranges.items()
                               if rt.method.per_layer_styles],
                 method=rt.method.name))
+
+
+def log_caller(caller: str) -> str:
+    """Whose error lines are counted together: a connection's address without its port ("ipv4:10.0.0.1:5000" ->
+    "ipv4:10.0.0.1"), or an identity as it is ("token 0")."""
+    if caller.startswith(("ipv4:", "ipv6:")):
+        return caller.rsplit(":", 1)[0]
+    return caller
 
 
 def file_names_only(text: str) -> str:

@@ -5,17 +5,26 @@ connections are closed."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import http.client
+import io
+import json
+import logging
 import time
 
 import numpy as np
 import pytest
-from serve_helpers import ServerThread, one_torch_thread, same_images, tiny_rt, u8  # noqa: F401 - fixtures
+from serve_helpers import ServerThread, latents, one_torch_thread, same_images, tiny_rt, u8  # noqa: F401 - fixtures
 
-from alae_rt.serve.client import AsyncAlaeClient
+from alae_rt.serve.client import AlaeClient, AsyncAlaeClient, RemoteError
 from alae_rt.serve.config import ServeConfig
+from alae_rt.serve.logs import ERROR_BURST, ERROR_LINES_PER_S, LOGGER, JsonFormatter
 
-CFG = ServeConfig(port=0, max_images=16, max_queue=256, max_delay_ms=5, workers=2, image_workers=1, metrics_port=0,
-                  codec_processes=0)
+CFG = ServeConfig(port=0, http_port=0, max_images=16, max_queue=256, max_delay_ms=5, workers=2, image_workers=1,
+                  metrics_port=0, codec_processes=0)
+BIG = 1_000_000  # characters of caller text
+BOUND = 4096  # bytes: an error body, and the log's growth, per such request
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +93,115 @@ def test_callers_are_told_apart_by_token_where_auth_is_on(tiny_rt):
         assert authed._caller(CallContext("ipv4:127.0.0.1:3", authorization="Bearer wrong")) == "ipv4:127.0.0.1:3"
         assert open_._caller(CallContext("ipv4:127.0.0.1:4", authorization=f"Bearer {tokens[0]}")) == \
             "ipv4:127.0.0.1:4"
+
+
+# ---- caller text bounded in errors and logs -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def server_log():
+    """The server's log lines (JSON, as `alae-rt serve` writes them) while the block runs: a list of strings."""
+    lines: list[str] = []
+
+    class Lines(logging.Handler):
+        def emit(self, record):
+            lines.append(self.format(record))
+
+    handler = Lines()
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(LOGGER)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def post(s: ServerThread, path: str, body: bytes, source: str = "127.0.0.1",
+         kind: str = "application/json") -> tuple[int, bytes]:
+    """(status, body) of a POST to the HTTP API, sent from `source` (another loopback address is another caller)."""
+    conn = http.client.HTTPConnection("127.0.0.1", s.server.http_port, timeout=60, source_address=(source, 0))
+    try:
+        conn.request("POST", path, body, {"Content-Type": kind})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def latents_json(n: int = 1) -> dict:
+    arr = latents(n)
+    return {"shape": list(arr.shape), "data": base64.b64encode(arr.astype("<f4").tobytes()).decode()}
+
+
+EDIT = {"source": {"latents": latents_json()}, "edits": [{"name": "up", "strength": 1.0}]}
+# Requests whose error quotes caller text: a direction name (of plain or of escaped characters), an enum value, a
+# psi given as a string, a field that does not exist. Each holds a million characters of it.
+HOSTILE = {
+    "name": ("/api/v1/edit", {**EDIT, "edits": [{"name": "n" * BIG, "strength": 1.0}]}),
+    "name of U+FFFF": ("/api/v1/edit", {**EDIT, "edits": [{"name": "\uffff" * BIG, "strength": 1.0}]}),
+    "enum value": ("/api/v1/generate", {"seeds": [1], "noise": {"mode": "M" * BIG}}),
+    "string psi": ("/api/v1/generate", {"seeds": [1], "truncation_psi": "0.7x" * (BIG // 4)}),
+    "unknown field": ("/api/v1/generate", {"seeds": [1], "f" * BIG: 1}),
+}
+
+
+@pytest.mark.parametrize("what", list(HOSTILE))
+def test_a_million_characters_of_caller_text_make_a_bounded_error_and_log_line(server, what):
+    """Issue 29: a 1 MB direction name once gave a 1 MB error body and a 1 MB log line (U+FFFF names 7 MB of log
+    per 3 MB request, escaped); now the message quotes ~100 characters with the length, and still names the field."""
+    path, body = HOSTILE[what]
+    with server_log() as lines:
+        status, answer = post(server, path, json.dumps(body, ensure_ascii=False).encode())
+    message = json.loads(answer)["message"]
+    assert status == 400 and len(answer) <= BOUND, (status, len(answer))
+    assert sum(len(line.encode()) + 1 for line in lines) <= BOUND
+    assert len(lines) <= 1 and "characters" in message  # says it was cut
+    if what.startswith("name"):
+        assert message.startswith("edits[0].name: unknown direction") and f"... ({BIG} characters); known: layered, " \
+            "up" in message
+    else:  # a parser's message, cut in the middle
+        assert message.startswith("request: not a valid alae_rt.v1.GenerateRequest JSON message")
+
+
+def test_a_long_name_over_grpc_is_quoted_within_bounds(server):
+    with AlaeClient(server.address, timeout=60) as c, server_log() as lines:
+        with pytest.raises(RemoteError) as err:
+            c.edit(latents(1), {"x" * BIG: 1.0})
+    assert err.value.code.name == "INVALID_ARGUMENT" and len(err.value.details.encode()) <= BOUND
+    assert f"... ({BIG} characters); known: layered, up" in err.value.details
+    assert sum(len(line.encode()) + 1 for line in lines) <= BOUND
+
+
+def test_error_lines_are_rate_limited_per_caller_and_the_dropped_are_counted(server):
+    """A caller looping on bad calls writes a burst of error lines, then about one a second; the rest are counted
+    in alae_rt_log_lines_dropped_total, and its next line written says how many went before it. Another caller
+    (another address) still gets its line, and good calls are logged as ever."""
+    bad = json.dumps({"seeds": [1], "truncation_psi": 9.0}).encode()  # psi out of range: INVALID_ARGUMENT
+    n = 3 * ERROR_BURST
+    dropped0 = server.metric("alae_rt_log_lines_dropped_total")
+    with server_log() as lines:
+        t0 = time.monotonic()
+        for _ in range(n):
+            assert post(server, "/api/v1/generate", bad)[0] == 400
+        elapsed = time.monotonic() - t0
+        flood = [json.loads(line) for line in lines if '"rpc"' in line]
+        assert post(server, "/api/v1/generate", bad, source="127.0.0.2")[0] == 400
+        assert post(server, "/api/v1/generate", json.dumps({"seeds": [1]}).encode())[0] == 200
+    dropped = server.metric("alae_rt_log_lines_dropped_total") - dropped0
+    assert len(flood) + dropped == n
+    assert len(flood) <= ERROR_BURST + (elapsed + 1) * ERROR_LINES_PER_S
+    after = [json.loads(line) for line in lines[len(flood):]]
+    assert [(e["peer"].startswith("ipv4:127.0.0.2:"), e["code"]) for e in after] == [
+        (True, "INVALID_ARGUMENT"), (False, "OK")]
+
+
+def test_log_fields_are_bounded():
+    """Whatever a field holds, a JSON log line stays within bounds (and says how long the text was)."""
+    record = logging.LogRecord(LOGGER, logging.WARNING, __file__, 1, "rpc", None, None)
+    record.fields = {"error": "\uffff" * BIG, "method": "Edit"}
+    line = JsonFormatter().format(record)
+    assert len(line) < 7 * 1000 + 200 and f"({BIG} characters)" in json.loads(line)["error"]
