@@ -13,6 +13,7 @@ import asyncio
 import functools
 import json
 import ssl
+import weakref
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -47,6 +48,8 @@ MAX_SAMPLES = 64
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
        "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 SHUTDOWN_S = 1.0  # on stop, calls still running get this long before they are cancelled (drain has waited already)
+# What a connection over --http-max-connections gets before it is closed.
+REFUSED = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\nRetry-After: 1\r\n\r\n"
 
 
 def read_samples(folder: str | Path, max_bytes: int) -> dict[str, tuple[bytes, str]]:
@@ -117,8 +120,9 @@ class HttpApi:
         port."""
         # handler_cancellation: a caller who hangs up (the page cancels a stale slider request) cancels its call,
         # and the batchers drop its work, as gRPC's cancellation does.
-        self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None,
-                                     shutdown_timeout=SHUTDOWN_S)
+        self._runner = GuardedRunner(self.app(), self.cfg, self.service.metrics, handler_cancellation=True,
+                                     access_log=None, shutdown_timeout=SHUTDOWN_S,
+                                     keepalive_timeout=self.cfg.http_idle_s)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port or None)
         try:
@@ -137,10 +141,15 @@ class HttpApi:
     # ---- around every request: JSON errors (never a traceback), CORS, headers ----------------------------------
     @web.middleware
     async def _guard(self, request: web.Request, handler) -> web.StreamResponse:
+        guard = self._runner.guard if self._runner is not None else None
+        if guard is not None:
+            guard.request_started(request.transport)
+        closing = False
         try:
             resp = await handler(request)
         except RequestError as err:
             resp = error_response(err)
+            closing = isinstance(err, BodyTimeout)
         except web.HTTPException as exc:  # aiohttp's own: no such path or method, a body over client_max_size
             message = exc.reason if exc.status != 413 else (
                 f"request: over this server's {self.cfg.max_message_mb:g} MiB (--max-message-mb)")
@@ -155,6 +164,13 @@ class HttpApi:
             resp.headers["Access-Control-Allow-Origin"] = origin
             resp.headers["Vary"] = "Origin"
         resp.headers["X-Content-Type-Options"] = "nosniff"
+        if guard is not None:
+            guard.request_done(request.transport)
+        if closing and request.transport is not None:
+            # The rest of the body was never read: answer, then close now (aiohttp would read on for 10 s).
+            await resp.prepare(request)
+            await resp.write_eof()
+            request.transport.close()
         return resp
 
     async def _preflight(self, request: web.Request) -> web.Response:
@@ -247,7 +263,7 @@ class HttpApi:
         if request.content_length is not None and request.content_length > limit:
             raise over_limit("request", f"{request.content_length} bytes, over this server's "
                                         f"{self.cfg.max_message_mb:g} MiB (--max-message-mb)")
-        body = await request.read()
+        body = await self._read_body(request)
         kind = request.content_type
         if kind.startswith("image/") or kind == "application/octet-stream":
             if method not in IMAGE_BODY:
@@ -261,6 +277,15 @@ class HttpApi:
             return json_format.Parse(body or b"{}", message())
         except Exception as exc:  # noqa: BLE001 - ParseError, and RecursionError for deeply nested JSON
             return BadMessage(f"{message.DESCRIPTOR.full_name} JSON", exc)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The body, within --http-body-timeout-s: a client dripping its body holds no handler (or memory) for
+        longer; the connection is closed after the answer (408), since the rest of the body was never read."""
+        try:
+            return await asyncio.wait_for(request.read(), self.cfg.http_body_timeout_s)
+        except asyncio.TimeoutError:
+            raise BodyTimeout(grpc.StatusCode.DEADLINE_EXCEEDED, f"request: the body did not arrive within "
+                              f"{self.cfg.http_body_timeout_s:g} s (--http-body-timeout-s)", http=408) from None
 
     # ---- what the page needs besides the RPCs ----------------------------------------------------------------
     async def _info(self, request: web.Request) -> web.Response:
@@ -299,7 +324,131 @@ def error_response(err: RequestError) -> web.Response:
         headers["WWW-Authenticate"] = "Bearer"
     elif err.http == 429:
         headers["Retry-After"] = "1"
-    return web.json_response({"code": err.code.name, "message": err.message}, status=err.http, headers=headers)
+    resp = web.json_response({"code": err.code.name, "message": err.message}, status=err.http, headers=headers)
+    if isinstance(err, BodyTimeout):
+        resp.force_close()  # says Connection: close
+    return resp
+
+
+class BodyTimeout(RequestError):
+    """A request whose body did not arrive in time (--http-body-timeout-s): its connection closes after the answer."""
+
+
+# ---- connections: how many, and how long one may take to send a request ----------------------------------------
+
+
+class GuardedRunner(web.AppRunner):
+    """aiohttp's AppRunner whose server (the sites' protocol factory) is behind a ConnectionGuard."""
+
+    def __init__(self, app: web.Application, cfg: Any, metrics: Any, **kwargs: Any):
+        super().__init__(app, **kwargs)
+        self._limits = (cfg.http_header_timeout_s, cfg.http_max_connections, metrics)
+        self.guard: ConnectionGuard | None = None
+
+    async def _make_server(self) -> Any:
+        self.guard = ConnectionGuard(await super()._make_server(), *self._limits)
+        return self.guard
+
+
+class ConnectionGuard:
+    """aiohttp's web.Server (a protocol factory) behind limits: at most `max_connections` open - one more gets a
+    503 and is closed - and a request head must arrive within `header_s` of a connection's opening, or of the first
+    byte of its next request: a socket that sends nothing, or drips its headers, is closed then. (Between requests
+    aiohttp's keep-alive timer, --http-idle-s, closes a connection that sends nothing.) Everything else is the
+    server's."""
+
+    def __init__(self, server: Any, header_s: float, max_connections: int, metrics: Any):
+        self.server = server
+        self.header_s = header_s
+        self.max_connections = max_connections
+        self.metrics = metrics
+        self.open: dict[Any, _Watched] = {}  # transport -> its connection
+        # accepted, not yet connected (connection_made comes a loop turn later, or after the TLS handshake; one that
+        # fails its handshake never connects, and is forgotten with its protocol)
+        self.accepted: weakref.WeakSet[_Watched] = weakref.WeakSet()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.server, name)
+
+    def __call__(self) -> asyncio.Protocol:
+        if len(self.open) + len(self.accepted) >= self.max_connections:
+            self.metrics.http_closed.labels("max_connections").inc()
+            return _Refused()
+        conn = _Watched(self, self.server())
+        self.accepted.add(conn)
+        return conn
+
+    def request_started(self, transport: Any) -> None:
+        conn = self.open.get(transport)
+        if conn is not None:
+            conn.head_arrived()
+
+    def request_done(self, transport: Any) -> None:
+        conn = self.open.get(transport)
+        if conn is not None:
+            conn.idle = True
+
+
+class _Refused(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(REFUSED)
+        transport.close()
+
+
+class _Watched(asyncio.Protocol):
+    """One connection: aiohttp's protocol, with a deadline for each request head."""
+
+    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol):
+        self.guard = guard
+        self.inner = inner
+        self.transport: Any = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.idle = False  # between requests: the next byte starts a request head
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.guard.accepted.discard(self)
+        self.guard.open[transport] = self
+        self.guard.metrics.http_connections.set(len(self.guard.open))
+        self._arm()
+        self.inner.connection_made(transport)
+
+    def _arm(self) -> None:
+        self.timer = asyncio.get_running_loop().call_later(self.guard.header_s, self._expired)
+
+    def _expired(self) -> None:
+        self.timer = None
+        self.guard.metrics.http_closed.labels("header_timeout").inc()
+        self.transport.close()
+
+    def head_arrived(self) -> None:
+        self.idle = False
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.idle:
+            self.idle = False
+            self._arm()
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.guard.open.pop(self.transport, None)
+        self.guard.metrics.http_connections.set(len(self.guard.open))
+        self.inner.connection_lost(exc)
 
 
 def to_json(resp: Any, frames: list | None = None) -> bytes:

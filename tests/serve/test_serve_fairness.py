@@ -11,8 +11,11 @@ import http.client
 import io
 import json
 import logging
+import socket
+import threading
 import time
 
+import grpc
 import numpy as np
 import pytest
 from serve_helpers import ServerThread, latents, one_torch_thread, same_images, tiny_rt, u8  # noqa: F401 - fixtures
@@ -21,8 +24,9 @@ from alae_rt.serve.client import AlaeClient, AsyncAlaeClient, RemoteError
 from alae_rt.serve.config import ServeConfig
 from alae_rt.serve.logs import ERROR_BURST, ERROR_LINES_PER_S, LOGGER, JsonFormatter
 
+HEADER_S = 1.0  # the module server's --http-header-timeout-s
 CFG = ServeConfig(port=0, http_port=0, max_images=16, max_queue=256, max_delay_ms=5, workers=2, image_workers=1,
-                  metrics_port=0, codec_processes=0)
+                  metrics_port=0, codec_processes=0, http_header_timeout_s=HEADER_S, http_max_connections=100)
 BIG = 1_000_000  # characters of caller text
 BOUND = 4096  # bytes: an error body, and the log's growth, per such request
 
@@ -205,3 +209,124 @@ def test_log_fields_are_bounded():
     record.fields = {"error": "\uffff" * BIG, "method": "Edit"}
     line = JsonFormatter().format(record)
     assert len(line) < 7 * 1000 + 200 and f"({BIG} characters)" in json.loads(line)["error"]
+
+
+# ---- idle, slow and too many connections ---------------------------------------------------------------------
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes `sock` within `seconds` (whatever it sends first, e.g. a 503, is read; a reset,
+    as when bytes it never read were in flight, is a close too)."""
+    sock.settimeout(max(seconds, 0.01))
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end:
+            if not sock.recv(65536):
+                return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return False
+
+
+def test_idle_and_dripping_sockets_are_closed_within_the_header_timeout_and_good_calls_go_on(server):
+    """Issue 29: 64 sockets that sent nothing, or dripped a request head a byte at a time, stayed open for good.
+    Now each is closed once --http-header-timeout-s passes without a complete head, while a well-behaved caller's
+    calls all succeed meanwhile."""
+    port = server.server.http_port
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(32)]
+    drip = [socket.create_connection(("127.0.0.1", port)) for _ in range(32)]
+    closed0 = server.metric("alae_rt_http_connections_closed_total", reason="header_timeout")
+    stop = threading.Event()
+
+    def dripping():
+        head = b"POST /api/v1/generate HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 1000
+        for byte in head:
+            if stop.is_set():
+                return
+            for sock in drip:
+                with contextlib.suppress(OSError):
+                    sock.send(bytes([byte]))
+            time.sleep(0.05)
+
+    dripper = threading.Thread(target=dripping)
+    t0 = time.monotonic()
+    dripper.start()
+    try:
+        good = [post(server, "/api/v1/generate", json.dumps({"seeds": [i]}).encode())[0] for i in range(3)]
+        closed = [_closed_within(sock, HEADER_S + 5 - (time.monotonic() - t0)) for sock in idle + drip]
+        elapsed = time.monotonic() - t0
+    finally:
+        stop.set()
+        dripper.join()
+        for sock in idle + drip:
+            sock.close()
+    assert good == [200, 200, 200]
+    assert all(closed) and elapsed < HEADER_S + 5, (sum(closed), elapsed)
+    assert server.metric("alae_rt_http_connections_closed_total", reason="header_timeout") - closed0 == 64
+
+
+@pytest.fixture(scope="module")
+def strict_server(tiny_rt):
+    """Few connections, short timeouts, no warm-up (these tests need no model)."""
+    cfg = ServeConfig(port=0, http_port=0, metrics_port=0, warmup=False, codec_processes=0, http_max_connections=4,
+                      http_header_timeout_s=60, http_body_timeout_s=0.5, grpc_max_connection_idle_s=0.5,
+                      grpc_handshake_timeout_s=0.5)
+    with ServerThread(tiny_rt, cfg, wait_ready=False) as s:
+        yield s
+
+
+def test_a_connection_over_the_cap_gets_503_and_is_closed(strict_server):
+    s, port = strict_server, strict_server.server.http_port
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+    try:
+        _until(lambda: s.metric("alae_rt_http_connections") == 4)
+        extra = socket.create_connection(("127.0.0.1", port))
+        extra.settimeout(10)
+        answer = b""
+        while chunk := extra.recv(4096):
+            answer += chunk
+        extra.close()
+        assert answer.startswith(b"HTTP/1.1 503 ") and s.metric("alae_rt_http_connections_closed_total",
+                                                                 reason="max_connections") >= 1
+        held.pop().close()
+        _until(lambda: s.metric("alae_rt_http_connections") == 3)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/api/v1/health")
+        assert conn.getresponse().status in (200, 503)  # answered (health says what the warm-up says)
+        conn.close()
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_closes(strict_server):
+    sock = socket.create_connection(("127.0.0.1", strict_server.server.http_port))
+    try:
+        sock.sendall(b"POST /api/v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"seeds\"")
+        sock.settimeout(10)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"--http-body-timeout-s" in answer
+
+
+def test_grpc_closes_idle_connections_and_unfinished_handshakes(strict_server):
+    """--grpc-max-connection-idle-s: a connection without calls gets GOAWAY (the channel goes idle, and reconnects
+    for its next call); --grpc-handshake-timeout-s: a socket that never speaks HTTP/2 is closed."""
+    raw = socket.create_connection(("127.0.0.1", strict_server.server.port))
+    try:
+        assert _closed_within(raw, 10)
+    finally:
+        raw.close()
+    with grpc.insecure_channel(strict_server.address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+        info = ch.unary_unary("/alae_rt.v1.Alae/GetModelInfo")
+        assert info(b"", timeout=30)  # connected, one call
+        states: list[grpc.ChannelConnectivity] = []
+        ch.subscribe(states.append)
+        _until(lambda: grpc.ChannelConnectivity.IDLE in states[1:], timeout=15)
+        assert info(b"", timeout=30)  # reconnects
