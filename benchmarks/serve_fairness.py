@@ -1,9 +1,9 @@
 """Fairness benchmark of the server: a small caller's latency while heavy callers keep the batchers full.
 
 Starts `alae-rt serve` on 127.0.0.1 (the bundled model unless --checkpoint), times a small call (Generate of
---small seeds) alone, then again while --heavy callers, each on its own connection, loop on Generate of --heavy-seeds
-seeds, and reports the small call's median and p90 alone and under load (their ratio is the goal: within 5x), the
-heavy callers' images/s and the mean decode batch:
+--small seeds) alone, before and after the load, and while --heavy callers, each on its own connection, loop on
+Generate of --heavy-seeds seeds, and reports the small call's median and p90 alone and under load (their ratio is
+the goal: within 5x), the heavy callers' images/s and the mean decode batch:
 
     .venv/bin/python benchmarks/serve_fairness.py
 
@@ -40,7 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--heavy", type=int, default=8, help="heavy callers, a connection each (default 8)")
     p.add_argument("--heavy-seeds", type=int, default=32, help="seeds per heavy Generate (default 32)")
     p.add_argument("--small", type=int, default=1, help="seeds per small Generate (default 1)")
-    p.add_argument("--calls", type=int, default=40, help="small calls alone and under load (default 40)")
+    p.add_argument("--calls", type=int, default=60,
+                   help="small calls under load, and alone before and after it (default 60 each)")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="one more argument for alae-rt serve (repeatable)")
@@ -115,7 +116,7 @@ async def measure(address: str, args: argparse.Namespace) -> dict:
             assert worst <= 1, f"a small answer under load differs from its lone answer by {worst} levels"
         return times
 
-    alone = await small_calls()
+    alone = await small_calls()  # and again after the load: the speed of a shared machine drifts
     stop = asyncio.Event()
     heavy_images = 0
 
@@ -133,6 +134,7 @@ async def measure(address: str, args: argparse.Namespace) -> dict:
     seconds, images = time.perf_counter() - t0, heavy_images - images0
     stop.set()
     await asyncio.gather(*tasks)
+    alone += await small_calls()
     for ch in channels:
         await ch.close()
 
