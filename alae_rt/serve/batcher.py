@@ -68,11 +68,13 @@ class DynamicBatcher:
     the copy back to the CPU happen in `fn`, in the executor.
 
     Callers (a connection, or an authenticated identity: whatever `run` is given as `caller`) take turns, as image
-    decoding does (alae_rt.serve.decoding): a batch goes to the caller whose turn it is, and its room is shared out
-    evenly among the callers with rows of that key waiting, a slice of rows each (a caller needing less than its
-    share leaves the rest to the others); those served then go to the back of the line, and a caller new to the
-    queue goes to the front. So a caller's share of the model is a turn, not its image count: a small request waits
-    for about one batch however many rows others have queued. One caller's requests go oldest first.
+    decoding does (alae_rt.serve.decoding): a batch is filled by the callers in turn order, each with a slice of its
+    rows of the batch's key (as many as are left, up to the room), and those served go to the back of the line; a
+    caller new to the queue goes to the front, behind only the newcomers not yet served with fewer rows than it.
+    So a caller's share of the model is a turn, not its image count: a small request waits for about one batch
+    however many rows others have queued. One caller's requests go oldest first. (Turns of a whole slice, rather
+    than each batch shared out evenly: equal shares made every heavy caller's request end in the same batch, and
+    the compute thread then idled while they all sent their next ones.)
     """
 
     def __init__(self, name: str, fn: BatchFn, executor: Executor, *, max_batch: int, max_delay_s: float,
@@ -91,6 +93,7 @@ class DynamicBatcher:
         self.may_grow = may_grow
         # Each caller's requests, oldest first; the callers in turn order (the next batch's first is the first).
         self._callers: collections.OrderedDict[Hashable, collections.deque[_Entry]] = collections.OrderedDict()
+        self._new: set[Hashable] = set()  # callers not served since they joined the queue
         self._queued = 0  # items waiting, not yet handed to a batch
         self._running = 0  # items in the batch being computed
         self._running_requests = 0
@@ -134,6 +137,7 @@ class DynamicBatcher:
             for entry in queue:
                 entry.future.cancel()
         self._callers.clear()
+        self._new.clear()
         self._set_depth(0)
 
     async def run(self, key: Hashable, inputs: Inputs, deadline: float | None = None,
@@ -144,10 +148,12 @@ class DynamicBatcher:
             raise QueueFull(f"the {self.name} queue is full ({self._queued} of {self.max_queue} images waiting)")
         loop = asyncio.get_running_loop()
         entry = _Entry(key, caller, inputs, n, loop.create_future(), deadline, loop.time())
-        if caller not in self._callers:
-            self._callers[caller] = collections.deque()
-            self._callers.move_to_end(caller, last=False)  # a caller new to the queue goes first
-        self._callers[caller].append(entry)
+        if caller in self._callers:
+            self._callers[caller].append(entry)
+        else:
+            self._callers[caller] = collections.deque([entry])
+            self._new.add(caller)
+            self._line_up()
         self._set_depth(self._queued + n)
         self._wakeup.set()
         # A caller that gives up cancels this await, and so the future: the loop then skips the entry.
@@ -158,6 +164,14 @@ class DynamicBatcher:
         return await loop.run_in_executor(None, _join, parts)
 
     # ---- the loop -------------------------------------------------------------------------------------------
+    def _line_up(self) -> None:
+        """Callers new to the queue go first, the fewest rows first (the smallest waits least; equal ones in the
+        order they came), then the callers served already, in turn order."""
+        new = sorted((c for c in self._callers if c in self._new),
+                     key=lambda c: sum(e.n - e.taken for e in self._callers[c]))
+        served = [c for c in self._callers if c not in self._new]
+        self._callers = collections.OrderedDict((c, self._callers[c]) for c in new + served)
+
     def _set_depth(self, value: int) -> None:
         self._queued = value
         if self.stats.on_depth:
@@ -188,6 +202,7 @@ class DynamicBatcher:
                 self._callers[caller] = kept
             else:
                 del self._callers[caller]
+                self._new.discard(caller)
 
     def _drop(self, entry: _Entry, reason: str, items: int) -> None:
         self._set_depth(self._queued - items)
@@ -228,50 +243,30 @@ class DynamicBatcher:
                 continue
             await self._run_batch(key, self._take(key))
 
-    def _shares(self, key: Hashable) -> dict[Hashable, int]:
-        """How many rows of `key` each caller gets in the next batch: max_batch shared out evenly (water-filling)
-        among the callers with rows of it waiting, in turn order; a caller that needs less leaves the rest to the
-        others."""
-        wants: dict[Hashable, int] = {}
-        for caller, queue in self._callers.items():
-            rows = sum(e.n - e.taken for e in queue if e.key == key)
-            if rows:
-                wants[caller] = rows
-        shares = dict.fromkeys(wants, 0)
-        room = self.max_batch
-        while room:
-            hungry = [c for c in wants if shares[c] < wants[c]]
-            if not hungry:
-                break
-            # More callers than rows: one row each, to the first in turn; the rest go first next time.
-            slice_rows = max(1, room // len(hungry))
-            for caller in hungry:
-                given = min(slice_rows, wants[caller] - shares[caller], room)
-                shares[caller] += given
-                room -= given
-                if not room:
-                    break
-        return shares
-
     def _take(self, key: Hashable) -> list[tuple[_Entry, int, int]]:
-        """The next batch of `key`: each caller's share of rows, oldest request first, as (entry, start, stop)
-        slices in turn order. The callers served go to the back of the line."""
+        """The next batch of `key`: the callers in turn order, each with as many of its rows as are left (oldest
+        request first) up to the room, as (entry, start, stop) slices. The callers served go to the back of the
+        line."""
         batch, size = [], 0
-        for caller, share in self._shares(key).items():
-            if not share:
-                continue
+        for caller in list(self._callers):
+            if size == self.max_batch:
+                break
             queue = self._callers[caller]
+            served = False
             for entry in [e for e in queue if e.key == key]:
+                if size == self.max_batch:
+                    break
                 start = entry.taken
-                stop = min(entry.n, start + share)
+                stop = min(entry.n, start + self.max_batch - size)
                 batch.append((entry, start, stop))
                 entry.taken = stop
-                share -= stop - start
                 size += stop - start
+                served = True
                 if stop == entry.n:
                     queue.remove(entry)
-                if not share:
-                    break
+            if not served:
+                continue
+            self._new.discard(caller)
             if queue:
                 self._callers.move_to_end(caller)
             else:
