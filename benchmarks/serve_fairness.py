@@ -160,7 +160,9 @@ def markdown(report: dict) -> str:
     m, r = report["meta"], report["result"]
     lines = [f"# Serving fairness: Generate({m['small']}) beside {m['heavy']} callers looping on "
              f"Generate({m['heavy_seeds']})", "",
-             f"{m['model']}; {m['device']}; {m['date']}; commit {m['commit']}; max batch {m['max_batch']}", "",
+             f"{m['model']}; {m['device']}; {m['date']}; commit {m['commit']}; max batch {m['max_batch']}; the "
+             f"machine's 1-minute load average {m['load_average_1min'][0]:g} before, {m['load_average_1min'][1]:g} "
+             "after", "",
              "| small call | p50 ms | p90 ms | max ms |", "|---|---|---|---|"]
     for name in ("alone", "loaded"):
         s = r[name]
@@ -175,6 +177,7 @@ def main(argv=None) -> int:
     from alae_rt.bench import git_commit, unused_stem
 
     args = parse_args(argv)
+    load_before = os.getloadavg()[0]  # the machine's load beside ours: on a shared machine it moves the figures
     server = LocalServer(args)
     try:
         from alae_rt.serve.client import AlaeClient
@@ -199,7 +202,8 @@ def main(argv=None) -> int:
             "date": now.strftime("%Y-%m-%d %H:%M UTC"), "commit": git_commit(), "heavy": args.heavy,
             "heavy_seeds": args.heavy_seeds, "small": args.small, "max_batch": args.max_batch,
             "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else " ".join(argv),
-            "python": platform.python_version()}
+            "python": platform.python_version(),
+            "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     report = {"meta": meta, "result": result}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
