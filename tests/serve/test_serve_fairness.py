@@ -330,3 +330,17 @@ def test_grpc_closes_idle_connections_and_unfinished_handshakes(strict_server):
         ch.subscribe(states.append)
         _until(lambda: grpc.ChannelConnectivity.IDLE in states[1:], timeout=15)
         assert info(b"", timeout=30)  # reconnects
+
+
+def test_the_connection_options_reach_the_config_and_a_bad_one_is_named():
+    from alae_rt.cli import build_parser
+    from alae_rt.cli.serve import connection_settings
+    from alae_rt.errors import AlaeError
+
+    args = build_parser("serve").parse_args(["serve", "--http-header-timeout-s", "2.5", "--http-max-connections", "9",
+                                              "--grpc-max-connection-age-s", "600"])
+    cfg = ServeConfig(**connection_settings(args))
+    assert (cfg.http_header_timeout_s, cfg.http_max_connections, cfg.http_idle_s) == (2.5, 9, 60.0)
+    assert ("grpc.max_connection_age_ms", 600_000) in cfg.grpc_options
+    with pytest.raises(AlaeError, match=r"^--http-header-timeout-s must be in \(0, 86400\] seconds, got 0$"):
+        ServeConfig(http_header_timeout_s=0).check(1)
