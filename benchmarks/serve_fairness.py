@@ -174,7 +174,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from alae_rt.bench import git_commit, unused_stem
+    from alae_rt.bench import cpu_model, git_commit, unused_stem
 
     args = parse_args(argv)
     load_before = os.getloadavg()[0]  # the machine's load beside ours: on a shared machine it moves the figures
@@ -195,8 +195,7 @@ def main(argv=None) -> int:
     finally:
         server.close()
     now = datetime.datetime.now(datetime.timezone.utc)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "cpu")
+    cpu = cpu_model()
     device = f"{cpu}, {len(os.sched_getaffinity(0))} cores"
     meta = {"model": f"{info.config_name} {info.resolution}x{info.resolution} ({info.weights})", "device": device,
             "date": now.strftime("%Y-%m-%d %H:%M UTC"), "commit": git_commit(), "heavy": args.heavy,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -112,6 +113,14 @@ def tiny_server(tiny_rt):
     cfg = ServeConfig(port=0, max_delay_ms=20, max_images=16, max_queue=512, metrics_port=0)
     with ServerThread(tiny_rt, cfg) as s:
         yield s
+
+
+def until(cond, timeout: float = 30) -> None:
+    """Wait until cond() holds (a server's state, seen from the test's thread), failing after `timeout` s."""
+    t0 = time.monotonic()
+    while not cond():
+        assert time.monotonic() - t0 < timeout, "condition not reached"
+        time.sleep(0.005)
 
 
 # ---- inputs and comparisons ---------------------------------------------------------------------------------

@@ -18,7 +18,15 @@ import time
 import grpc
 import numpy as np
 import pytest
-from serve_helpers import ServerThread, latents, one_torch_thread, same_images, tiny_rt, u8  # noqa: F401 - fixtures
+from serve_helpers import (  # noqa: F401 - fixtures
+    ServerThread,
+    latents,
+    one_torch_thread,
+    same_images,
+    tiny_rt,
+    u8,
+    until,
+)
 
 from alae_rt.serve.client import AlaeClient, AsyncAlaeClient, RemoteError
 from alae_rt.serve.config import ServeConfig
@@ -35,13 +43,6 @@ BOUND = 4096  # bytes: an error body, and the log's growth, per such request
 def server(tiny_rt):
     with ServerThread(tiny_rt, CFG) as s:
         yield s
-
-
-def _until(cond, timeout: float = 30) -> None:
-    t0 = time.monotonic()
-    while not cond():
-        assert time.monotonic() - t0 < timeout, "condition not reached"
-        time.sleep(0.005)
 
 
 # ---- callers in turn at the batchers ------------------------------------------------------------------------------
@@ -61,10 +62,10 @@ def test_a_small_caller_is_served_between_heavy_callers_and_every_answer_is_its_
             gate = server.hold_compute()
             try:
                 heavy = [asyncio.ensure_future(c.generate(seeds=s)) for c, s in zip(clients[1:], heavy_seeds)]
-                await asyncio.to_thread(_until, lambda: decoder.pending == 48)
+                await asyncio.to_thread(until, lambda: decoder.pending == 48)
                 before = decoder.turns
                 small = asyncio.ensure_future(clients[0].generate(seeds=[7]))
-                await asyncio.to_thread(_until, lambda: decoder.pending == 49)
+                await asyncio.to_thread(until, lambda: decoder.pending == 49)
                 after = decoder.turns
             finally:
                 gate.set()
@@ -281,7 +282,7 @@ def test_a_connection_over_the_cap_gets_503_and_is_closed(strict_server):
     s, port = strict_server, strict_server.server.http_port
     held = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
     try:
-        _until(lambda: s.metric("alae_rt_http_connections") == 4)
+        until(lambda: s.metric("alae_rt_http_connections") == 4)
         extra = socket.create_connection(("127.0.0.1", port))
         extra.settimeout(10)
         answer = b""
@@ -291,7 +292,7 @@ def test_a_connection_over_the_cap_gets_503_and_is_closed(strict_server):
         assert answer.startswith(b"HTTP/1.1 503 ") and s.metric("alae_rt_http_connections_closed_total",
                                                                  reason="max_connections") >= 1
         held.pop().close()
-        _until(lambda: s.metric("alae_rt_http_connections") == 3)
+        until(lambda: s.metric("alae_rt_http_connections") == 3)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", "/api/v1/health")
         assert conn.getresponse().status in (200, 503)  # answered (health says what the warm-up says)
@@ -328,7 +329,7 @@ def test_grpc_closes_idle_connections_and_unfinished_handshakes(strict_server):
         assert info(b"", timeout=30)  # connected, one call
         states: list[grpc.ChannelConnectivity] = []
         ch.subscribe(states.append)
-        _until(lambda: grpc.ChannelConnectivity.IDLE in states[1:], timeout=15)
+        until(lambda: grpc.ChannelConnectivity.IDLE in states[1:], timeout=15)
         assert info(b"", timeout=30)  # reconnects
 
 
