@@ -520,6 +520,7 @@ def openapi_description() -> dict[str, Any]:
 
     errors = {str(code): {"description": why, "content": json_of("Error")} for code, why in (
         (400, "bad input: the message names the field"), (401, "missing or invalid bearer token"),
+        (408, "the body did not arrive within --http-body-timeout-s"),
         (413, "over a server limit (images, pixels, bytes)"), (429, "a queue is full: retry later"),
         (503, "warming up or shutting down"), (504, "the X-Timeout-Ms deadline passed before compute"))}
     service = pb.DESCRIPTOR.services_by_name["Alae"]

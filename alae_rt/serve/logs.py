@@ -15,7 +15,7 @@ log = logging.getLogger(LOGGER)
 FIELD_CHARS = 1000
 # Error lines (refused calls) per caller: a burst of this many, then this many a second; the rest are dropped and
 # counted (alae_rt_log_lines_dropped_total), and the caller's next line says how many.
-ERROR_BURST = 20
+ERROR_BURST = 100
 ERROR_LINES_PER_S = 1.0
 MAX_TRACKED_CALLERS = 4096  # the limiter forgets the callers idle longest beyond this many
 

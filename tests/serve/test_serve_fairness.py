@@ -186,7 +186,7 @@ def test_error_lines_are_rate_limited_per_caller_and_the_dropped_are_counted(ser
     in alae_rt_log_lines_dropped_total, and its next line written says how many went before it. Another caller
     (another address) still gets its line, and good calls are logged as ever."""
     bad = json.dumps({"seeds": [1], "truncation_psi": 9.0}).encode()  # psi out of range: INVALID_ARGUMENT
-    n = 3 * ERROR_BURST
+    n = ERROR_BURST + 30
     dropped0 = server.metric("alae_rt_log_lines_dropped_total")
     with server_log() as lines:
         t0 = time.monotonic()
@@ -202,6 +202,19 @@ def test_error_lines_are_rate_limited_per_caller_and_the_dropped_are_counted(ser
     after = [json.loads(line) for line in lines[len(flood):]]
     assert [(e["peer"].startswith("ipv4:127.0.0.2:"), e["code"]) for e in after] == [
         (True, "INVALID_ARGUMENT"), (False, "OK")]
+
+
+def test_the_line_limit_is_a_bucket_per_caller_with_bounded_memory():
+    from alae_rt.serve.logs import LineLimit
+
+    now = [0.0]
+    limit = LineLimit(burst=3, per_s=0.5, max_callers=2, clock=lambda: now[0])
+    assert [limit.take("a") for _ in range(5)] == [(True, 0)] * 3 + [(False, 0)] * 2
+    assert limit.take("b") == (True, 0)  # another caller has its own bucket
+    now[0] = 2.0  # one line's worth refilled
+    assert limit.take("a") == (True, 2) and limit.take("a") == (False, 0)  # and it says what was dropped
+    limit.take("c")  # a third caller: the one idle longest ("b") is forgotten
+    assert set(limit._buckets) == {"a", "c"}
 
 
 def test_log_fields_are_bounded():
