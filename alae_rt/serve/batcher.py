@@ -38,7 +38,6 @@ class Dropped(Exception):
 @dataclass
 class _Entry:
     key: Hashable
-    caller: Hashable
     inputs: Inputs
     n: int
     future: asyncio.Future
@@ -147,7 +146,7 @@ class DynamicBatcher:
         if self._queued + n > self.max_queue:
             raise QueueFull(f"the {self.name} queue is full ({self._queued} of {self.max_queue} images waiting)")
         loop = asyncio.get_running_loop()
-        entry = _Entry(key, caller, inputs, n, loop.create_future(), deadline, loop.time())
+        entry = _Entry(key, inputs, n, loop.create_future(), deadline, loop.time())
         if caller in self._callers:
             self._callers[caller].append(entry)
         else:
