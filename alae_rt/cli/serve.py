@@ -128,6 +128,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="processes that encode and decode PNG (its fast codecs hold Python's GIL, so threads cannot "
                         "run them side by side); 0: in the threads above (default: the cores, "
                         f"{d.codec_processes})")
+    add_connection_args(p, d)
     o = p.add_argument_group("operation")
     o.add_argument("--processes", type=positive_int, default=1, metavar="N",
                    help="server processes on the port (SO_REUSEPORT; Linux): each loads the model and batches its own "
@@ -159,6 +160,47 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     return p
 
 
+# (flag, ServeConfig field, type, help) of the connection settings: idle, slow and too many connections
+CONNECTION_ARGS = (
+    ("--http-header-timeout-s", "http_header_timeout_s", float,
+     "an HTTP request's head (request line and headers) must arrive within this many seconds of the connection's "
+     "opening or of the request's first byte, else the connection is closed: sockets that send nothing, or drip "
+     "their headers, do not pile up"),
+    ("--http-body-timeout-s", "http_body_timeout_s", float,
+     "an HTTP request's body must arrive within this many seconds of its head, else 408 and the connection closes"),
+    ("--http-idle-s", "http_idle_s", float, "an idle HTTP keep-alive connection is closed after this many seconds"),
+    ("--http-max-connections", "http_max_connections", int,
+     "most open HTTP connections; one more gets 503 and is closed (alae_rt_http_connections_closed_total counts "
+     "those and the timed-out ones)"),
+    ("--grpc-handshake-timeout-s", "grpc_handshake_timeout_s", float,
+     "a gRPC connection must finish its TLS and HTTP/2 handshake within this many seconds (0: gRPC's 120)"),
+    ("--grpc-keepalive-s", "grpc_keepalive_s", float,
+     "ping a gRPC connection that has been quiet this many seconds, to find dead peers (0: gRPC's 7200)"),
+    ("--grpc-keepalive-timeout-s", "grpc_keepalive_timeout_s", float,
+     "close the connection if the ping is not answered within this many seconds (0: gRPC's 20)"),
+    ("--grpc-max-connection-idle-s", "grpc_max_connection_idle_s", float,
+     "close (GOAWAY) a gRPC connection without a call for this many seconds; clients reconnect on their next "
+     "call (0: never)"),
+    ("--grpc-max-connection-age-s", "grpc_max_connection_age_s", float,
+     "close (GOAWAY) every gRPC connection this many seconds old, so that behind a load balancer clients spread "
+     "over new replicas (0: never)"),
+    ("--grpc-max-connection-age-grace-s", "grpc_max_connection_age_grace_s", float,
+     "after a max-age GOAWAY, how long calls in flight may take to finish (0: gRPC's default, forever)"),
+)
+
+
+def add_connection_args(p: argparse.ArgumentParser, d) -> None:
+    c = p.add_argument_group("connections (idle, slow and too many)")
+    for flag, field, kind, text in CONNECTION_ARGS:
+        c.add_argument(flag, dest=field, type=kind, default=getattr(d, field), metavar="S" if kind is float else "N",
+                       help=f"{text} (default {getattr(d, field):g})")
+
+
+def connection_settings(args: argparse.Namespace) -> dict:
+    """The ServeConfig fields of the connection options."""
+    return {field: getattr(args, field) for _, field, _, _ in CONNECTION_ARGS}
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from alae_rt.runtime import Runtime
     from alae_rt.serve.config import ServeConfig, read_tokens
@@ -182,7 +224,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         auth_tokens=read_tokens(args.auth_token_file) if args.auth_token_file else (), workers=args.workers,
         warmup=not args.no_warmup, http_port=args.http_port, http_cors_origins=tuple(args.http_cors_origin),
         http_allowed_hosts=tuple(args.http_allowed_hosts),
-        sample_faces=Path(args.sample_faces) if args.sample_faces else None, reuse_port=args.reuse_port)
+        sample_faces=Path(args.sample_faces) if args.sample_faces else None, reuse_port=args.reuse_port,
+        **connection_settings(args))
     cfg.check(args.batch_size)
     if args.ray or args.address or args.replicas:
         return serve_on_ray(args, cfg)

@@ -22,12 +22,7 @@ class BearerAuth(grpc.aio.ServerInterceptor):
 
     def accepts(self, value: str | bytes) -> bool:
         """Whether an authorization value ("Bearer <token>": gRPC metadata, or the HTTP API's header) is good."""
-        scheme, _, token = (value if isinstance(value, str) else value.decode(errors="replace")).partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return False
-        given = token.strip().encode()
-        # compare_digest against every token: the time taken does not tell which one (or how much) matched
-        return any([hmac.compare_digest(given, t) for t in self._tokens])
+        return token_index(value, self._tokens) is not None
 
     async def intercept_service(self, continuation, details):
         if details.method.startswith(HEALTH_EXEMPT) or self._ok(details.invocation_metadata):
@@ -56,6 +51,17 @@ class BearerAuth(grpc.aio.ServerInterceptor):
         # gRPC has read the message by now (--max-message-mb bounds it); it is refused unparsed.
         return make(deny_stream if handler.response_streaming else deny, request_deserializer=_unread,
                     response_serializer=handler.response_serializer)
+
+
+def token_index(value: str | bytes, tokens: Sequence[bytes]) -> int | None:
+    """Which of `tokens` an authorization value ("Bearer <token>") presents, or None: the caller's identity."""
+    scheme, _, token = (value if isinstance(value, str) else value.decode(errors="replace")).partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return None
+    given = token.strip().encode()
+    # compare_digest against every token: the time taken does not tell which one (or how much) matched
+    matches = [hmac.compare_digest(given, t) for t in tokens]
+    return matches.index(True) if any(matches) else None
 
 
 def _unread(data: bytes) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -44,7 +43,6 @@ class _Entry:
     future: asyncio.Future
     deadline: float | None  # loop time, or None for no deadline
     enqueued: float
-    seq: int
     taken: int = 0  # items handed to batches so far
     done: int = 0  # items whose results came back
     parts: list[tuple[int, Tensor]] = field(default_factory=list)
@@ -67,6 +65,15 @@ class DynamicBatcher:
     exactly its own rows back, in order. Requests whose future was cancelled (the caller gave up) or whose
     deadline passed are dropped before compute. The event loop only slices views: concatenation, compute and
     the copy back to the CPU happen in `fn`, in the executor.
+
+    Callers (a connection, or an authenticated identity: whatever `run` is given as `caller`) take turns, as image
+    decoding does (alae_rt.serve.decoding): a batch is filled by the callers in turn order, each with a slice of its
+    rows of the batch's key (as many as are left, up to the room), and those served go to the back of the line; a
+    caller new to the queue goes to the front, behind only the newcomers not yet served with fewer rows than it.
+    So a caller's share of the model is a turn, not its image count: a small request waits for about one batch
+    however many rows others have queued. One caller's requests go oldest first. (Turns of a whole slice, rather
+    than each batch shared out evenly: equal shares made every heavy caller's request end in the same batch, and
+    the compute thread then idled while they all sent their next ones.)
     """
 
     def __init__(self, name: str, fn: BatchFn, executor: Executor, *, max_batch: int, max_delay_s: float,
@@ -83,12 +90,13 @@ class DynamicBatcher:
         # may_grow() False: no other request could join soon (every caller the server has is waiting already),
         # so a batch starts without waiting out max_delay: one caller alone pays no batching delay.
         self.may_grow = may_grow
-        self._queues: dict[Hashable, collections.deque[_Entry]] = {}
+        # Each caller's requests, oldest first; the callers in turn order (the next batch's first is the first).
+        self._callers: collections.OrderedDict[Hashable, collections.deque[_Entry]] = collections.OrderedDict()
+        self._new: set[Hashable] = set()  # callers not served since they joined the queue
         self._queued = 0  # items waiting, not yet handed to a batch
         self._running = 0  # items in the batch being computed
         self._running_requests = 0
         self._wakeup = asyncio.Event()
-        self._seq = itertools.count()
         self._task: asyncio.Task | None = None
 
     @property
@@ -104,7 +112,12 @@ class DynamicBatcher:
     @property
     def requests(self) -> int:
         """Requests with items waiting or being computed."""
-        return sum(len(q) for q in self._queues.values()) + self._running_requests
+        return sum(len(q) for q in self._callers.values()) + self._running_requests
+
+    @property
+    def turns(self) -> list[Hashable]:
+        """The callers with items waiting, in the order of their turns (the next batch's first is the first)."""
+        return list(self._callers)
 
     def start(self) -> None:
         if self._task is None:
@@ -119,20 +132,27 @@ class DynamicBatcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        for queue in self._queues.values():
+        for queue in self._callers.values():
             for entry in queue:
                 entry.future.cancel()
-        self._queues.clear()
+        self._callers.clear()
+        self._new.clear()
         self._set_depth(0)
 
-    async def run(self, key: Hashable, inputs: Inputs, deadline: float | None = None) -> Tensor:
-        """Queue one request (inputs with n items on axis 0) and wait for its n rows of output."""
+    async def run(self, key: Hashable, inputs: Inputs, deadline: float | None = None,
+                  caller: Hashable = None) -> Tensor:
+        """Queue one request (inputs with n items on axis 0) of `caller` and wait for its n rows of output."""
         n = next(t.shape[0] for t in inputs if t is not None)
         if self._queued + n > self.max_queue:
             raise QueueFull(f"the {self.name} queue is full ({self._queued} of {self.max_queue} images waiting)")
         loop = asyncio.get_running_loop()
-        entry = _Entry(key, inputs, n, loop.create_future(), deadline, loop.time(), next(self._seq))
-        self._queues.setdefault(key, collections.deque()).append(entry)
+        entry = _Entry(key, inputs, n, loop.create_future(), deadline, loop.time())
+        if caller in self._callers:
+            self._callers[caller].append(entry)
+        else:
+            self._callers[caller] = collections.deque([entry])
+            self._new.add(caller)
+            self._line_up()
         self._set_depth(self._queued + n)
         self._wakeup.set()
         # A caller that gives up cancels this await, and so the future: the loop then skips the entry.
@@ -143,6 +163,14 @@ class DynamicBatcher:
         return await loop.run_in_executor(None, _join, parts)
 
     # ---- the loop -------------------------------------------------------------------------------------------
+    def _line_up(self) -> None:
+        """Callers new to the queue go first, the fewest rows first (the smallest waits least; equal ones in the
+        order they came), then the callers served already, in turn order."""
+        new = sorted((c for c in self._callers if c in self._new),
+                     key=lambda c: sum(e.n - e.taken for e in self._callers[c]))
+        served = [c for c in self._callers if c not in self._new]
+        self._callers = collections.OrderedDict((c, self._callers[c]) for c in new + served)
+
     def _set_depth(self, value: int) -> None:
         self._queued = value
         if self.stats.on_depth:
@@ -150,8 +178,8 @@ class DynamicBatcher:
 
     def _prune(self, now: float) -> None:
         """Drop the items of cancelled or expired requests that are still waiting."""
-        for key in list(self._queues):
-            queue = self._queues[key]
+        for caller in list(self._callers):
+            queue = self._callers[caller]
             kept = collections.deque()
             for entry in queue:
                 left = entry.n - entry.taken
@@ -170,9 +198,10 @@ class DynamicBatcher:
                 else:
                     kept.append(entry)
             if kept:
-                self._queues[key] = kept
+                self._callers[caller] = kept
             else:
-                del self._queues[key]
+                del self._callers[caller]
+                self._new.discard(caller)
 
     def _drop(self, entry: _Entry, reason: str, items: int) -> None:
         self._set_depth(self._queued - items)
@@ -180,25 +209,27 @@ class DynamicBatcher:
         if self.stats.on_drop and items:
             self.stats.on_drop(reason, items)
 
-    def _oldest_key(self) -> Hashable:
-        return min(self._queues, key=lambda k: self._queues[k][0].seq)
+    def _entries(self, key: Hashable) -> list[_Entry]:
+        """The requests of `key` waiting, callers in turn order, each caller's oldest first."""
+        return [e for queue in self._callers.values() for e in queue if e.key == key]
 
     def _waiting(self, key: Hashable) -> int:
-        return sum(e.n - e.taken for e in self._queues.get(key, ()))
+        return sum(e.n - e.taken for e in self._entries(key))
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             self._prune(loop.time())
-            if not self._queues:
+            if not self._callers:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            key = self._oldest_key()
-            head = self._queues[key][0]
-            # Wait for a full batch, at most until the oldest request has waited max_delay.
+            # The batch is of the key of the oldest request of the caller whose turn it is.
+            key = next(iter(self._callers.values()))[0].key
+            oldest = min(e.enqueued for e in self._entries(key))
+            # Wait for a full batch, at most until the oldest request of the key has waited max_delay.
             while self._waiting(key) < self.max_batch and (self.may_grow is None or self.may_grow()):
-                remaining = head.enqueued + self.max_delay_s - loop.time()
+                remaining = oldest + self.max_delay_s - loop.time()
                 if remaining <= 0:
                     break
                 self._wakeup.clear()
@@ -207,25 +238,38 @@ class DynamicBatcher:
                 except asyncio.TimeoutError:
                     break
             self._prune(loop.time())
-            if key not in self._queues:
+            if not self._entries(key):
                 continue
             await self._run_batch(key, self._take(key))
 
     def _take(self, key: Hashable) -> list[tuple[_Entry, int, int]]:
-        """Up to max_batch items of `key`, oldest first: (entry, start, stop) slices."""
-        queue = self._queues[key]
+        """The next batch of `key`: the callers in turn order, each with as many of its rows as are left (oldest
+        request first) up to the room, as (entry, start, stop) slices. The callers served go to the back of the
+        line."""
         batch, size = [], 0
-        while queue and size < self.max_batch:
-            entry = queue[0]
-            start = entry.taken
-            stop = min(entry.n, start + self.max_batch - size)
-            batch.append((entry, start, stop))
-            entry.taken = stop
-            size += stop - start
-            if stop == entry.n:
-                queue.popleft()
-        if not queue:
-            del self._queues[key]
+        for caller in list(self._callers):
+            if size == self.max_batch:
+                break
+            queue = self._callers[caller]
+            served = False
+            for entry in [e for e in queue if e.key == key]:
+                if size == self.max_batch:
+                    break
+                start = entry.taken
+                stop = min(entry.n, start + self.max_batch - size)
+                batch.append((entry, start, stop))
+                entry.taken = stop
+                size += stop - start
+                served = True
+                if stop == entry.n:
+                    queue.remove(entry)
+            if not served:
+                continue
+            self._new.discard(caller)
+            if queue:
+                self._callers.move_to_end(caller)
+            else:
+                del self._callers[caller]
         self._set_depth(self._queued - size)
         return batch
 

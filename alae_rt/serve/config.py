@@ -50,6 +50,48 @@ class ServeConfig:
     # One of several server processes on one port (alae-rt serve --processes): SO_REUSEPORT on the gRPC and HTTP
     # sockets. Off otherwise, so that a second server on a port in use fails instead of sharing it.
     reuse_port: bool = False
+    # Connections that idle, drip or pile up (file descriptors): the HTTP API's, then gRPC's (HTTP/2). A gRPC setting
+    # of 0 leaves gRPC's own default (handshake 120 s, keepalive ping every 2 h; idle and age: never).
+    http_header_timeout_s: float = 10.0  # a request head must arrive within this of the connection's opening or of
+    # the first byte of the request
+    http_body_timeout_s: float = 60.0  # a request body must arrive within this once its head has
+    http_idle_s: float = 60.0  # an idle keep-alive connection is closed after this
+    http_max_connections: int = 1024  # open HTTP connections; one more gets 503 and is closed
+    grpc_handshake_timeout_s: float = 10.0  # a connection must finish its TLS and HTTP/2 handshake within this
+    grpc_keepalive_s: float = 60.0  # ping a connection idle this long (a dead peer's is closed)
+    grpc_keepalive_timeout_s: float = 20.0  # ... if the ping is not answered within this
+    grpc_max_connection_idle_s: float = 300.0  # close (GOAWAY) a connection without a call for this long
+    grpc_max_connection_age_s: float = 0.0  # close a connection this old (spreads clients over replicas again)
+    grpc_max_connection_age_grace_s: float = 30.0  # ... letting its calls in flight finish within this
+
+    @property
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """The gRPC server options for the connection settings (a 0 leaves gRPC's default)."""
+        ms = {"grpc.server_handshake_timeout_ms": self.grpc_handshake_timeout_s,
+              "grpc.keepalive_time_ms": self.grpc_keepalive_s,
+              "grpc.keepalive_timeout_ms": self.grpc_keepalive_timeout_s,
+              "grpc.max_connection_idle_ms": self.grpc_max_connection_idle_s,
+              "grpc.max_connection_age_ms": self.grpc_max_connection_age_s,
+              "grpc.max_connection_age_grace_ms": self.grpc_max_connection_age_grace_s}
+        return [(name, round(s * 1000)) for name, s in ms.items() if s > 0]
+
+    def check_connections(self) -> None:
+        timeouts = {"--http-header-timeout-s": self.http_header_timeout_s,
+                    "--http-body-timeout-s": self.http_body_timeout_s, "--http-idle-s": self.http_idle_s}
+        for flag, value in timeouts.items():
+            if not 0 < value <= 86400:
+                raise AlaeError(f"{flag} must be in (0, 86400] seconds, got {value:g}")
+        if self.http_max_connections < 1:
+            raise AlaeError(f"--http-max-connections must be >= 1, got {self.http_max_connections}")
+        grpc_settings = {"--grpc-handshake-timeout-s": self.grpc_handshake_timeout_s,
+                         "--grpc-keepalive-s": self.grpc_keepalive_s,
+                         "--grpc-keepalive-timeout-s": self.grpc_keepalive_timeout_s,
+                         "--grpc-max-connection-idle-s": self.grpc_max_connection_idle_s,
+                         "--grpc-max-connection-age-s": self.grpc_max_connection_age_s,
+                         "--grpc-max-connection-age-grace-s": self.grpc_max_connection_age_grace_s}
+        for flag, value in grpc_settings.items():
+            if not 0 <= value <= 2**31 / 1000:
+                raise AlaeError(f"{flag} must be in [0, {2**31 // 1000}] seconds (0: gRPC's default), got {value:g}")
 
     @property
     def max_message_bytes(self) -> int:
@@ -97,6 +139,7 @@ class ServeConfig:
             if not HOST_NAME.fullmatch(name):
                 raise AlaeError(f"--http-allowed-hosts {name!r}: expected a host name (e.g. editor.example.com), "
                                 "without a scheme, port or path")
+        self.check_connections()
         if self.http_port is None and (self.http_cors_origins or self.sample_faces or self.http_allowed_hosts):
             raise AlaeError("--http-cors-origin, --http-allowed-hosts and --sample-faces are for the HTTP API: add "
                             "--http-port")

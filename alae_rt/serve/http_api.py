@@ -16,6 +16,7 @@ import json
 import re
 import socket
 import ssl
+import weakref
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path, PurePath
@@ -34,7 +35,7 @@ from alae_rt.serve.auth import BearerAuth
 from alae_rt.serve.logs import log
 from alae_rt.serve.requests import BadMessage
 from alae_rt.serve.service import AlaeService, CallContext
-from alae_rt.serve.wire import HTTP_STATUS, RequestError, invalid, over_limit
+from alae_rt.serve.wire import HTTP_STATUS, RequestError, invalid, over_limit, quote
 
 API = "/api/v1"
 OPENAPI = "/api/openapi.json"
@@ -66,6 +67,8 @@ HSTS = "max-age=31536000"  # HTTPS responses: a browser that saw one never calls
 PARSER_ERRORS = ((LineTooLong, "a request line or header is over the server's limit"),
                  (BadHttpMethod, "not an HTTP method this server knows"),
                  (InvalidURLError, "the request target is not a path"), (InvalidHeader, "a malformed header"))
+# What a connection over --http-max-connections gets before it is closed.
+REFUSED = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\nRetry-After: 1\r\n\r\n"
 
 
 def read_samples(folder: str | Path | None, max_bytes: int,
@@ -153,12 +156,10 @@ class HttpApi:
         port."""
         # handler_cancellation: a caller who hangs up (the page cancels a stale slider request) cancels its call,
         # and the batchers drop its work, as gRPC's cancellation does.
-        self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None,
-                                     shutdown_timeout=SHUTDOWN_S)
+        self._runner = GuardedRunner(self.app(), self.cfg, self.service.metrics, handler_cancellation=True,
+                                     access_log=None, shutdown_timeout=SHUTDOWN_S,
+                                     keepalive_timeout=self.cfg.http_idle_s)
         await self._runner.setup()
-        # aiohttp's Server makes one RequestHandler per connection and takes no class for it: this one answers the
-        # parser's own errors in JSON (_JsonErrorsHandler)
-        self._runner.server.__class__ = _JsonErrorsServer
         site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port or None)
         try:
             await site.start()
@@ -186,10 +187,15 @@ class HttpApi:
     # ---- around every request: JSON errors (never a traceback), CORS, headers ----------------------------------
     @web.middleware
     async def _guard(self, request: web.Request, handler) -> web.StreamResponse:
+        guard = self._runner.guard if self._runner is not None else None
+        if guard is not None:
+            guard.request_started(request.transport)
+        closing = False
         try:
             resp = await handler(request)
         except RequestError as err:
             resp = error_response(err)
+            closing = isinstance(err, BodyTimeout)
         except web.HTTPException as exc:  # aiohttp's own: no such path or method, a body over client_max_size
             message = exc.reason if exc.status != 413 else (
                 f"request: over this server's {self.cfg.max_message_mb:g} MiB (--max-message-mb)")
@@ -208,6 +214,13 @@ class HttpApi:
         resp.headers["X-Content-Type-Options"] = "nosniff"
         if request.secure:
             resp.headers["Strict-Transport-Security"] = HSTS
+        if guard is not None:
+            guard.request_done(request.transport)
+        if closing and request.transport is not None:
+            # The rest of the body was never read: answer, then close now (aiohttp would read on for 10 s).
+            await resp.prepare(request)
+            await resp.write_eof()
+            request.transport.close()
         return resp
 
     @web.middleware
@@ -246,8 +259,9 @@ class HttpApi:
     async def _preflight(self, request: web.Request) -> web.Response:
         origin = request.headers.get("Origin", "")
         if origin not in self.cors_origins:
-            raise RequestError(grpc.StatusCode.PERMISSION_DENIED, f"origin {origin or '(none)'!r} may not call this "
-                               "server from a browser (--http-cors-origin names the origins that may)", http=403)
+            raise RequestError(grpc.StatusCode.PERMISSION_DENIED, f"origin {quote(origin) if origin else '(none)'} may "
+                               "not call this server from a browser (--http-cors-origin names the origins that may)",
+                               http=403)
         return web.Response(status=204, headers={
             "Access-Control-Allow-Methods": "GET, POST", "Access-Control-Max-Age": "600",
             "Access-Control-Allow-Headers": f"Authorization, Content-Type, {TIMEOUT_HEADER}"})
@@ -265,28 +279,29 @@ class HttpApi:
         caller = "unknown" if not peer else (f"ipv6:[{peer[0]}]:{peer[1]}" if ":" in peer[0] else
                                              f"ipv4:{peer[0]}:{peer[1]}")
         value = request.headers.get(TIMEOUT_HEADER)
+        authorization = request.headers.get("Authorization", "")
         if value is None:
-            return CallContext(caller)
+            return CallContext(caller, authorization=authorization)
         try:
             ms = float(value)
         except ValueError:
             ms = float("nan")
         if not 0 < ms < 1e9:
-            raise invalid(TIMEOUT_HEADER, f"{value!r}; expected milliseconds > 0")
-        return CallContext(caller, ms / 1000)
+            raise invalid(TIMEOUT_HEADER, f"{quote(value)}; expected milliseconds > 0")
+        return CallContext(caller, ms / 1000, authorization=authorization)
 
     # ---- the RPCs ------------------------------------------------------------------------------------------
     async def _get_rpc(self, request: web.Request) -> web.Response:
         """GET of a call (they take a POST body) or of no such path: say which."""
         if request.match_info["rpc"] in RPCS:
-            raise RequestError(grpc.StatusCode.UNIMPLEMENTED, f"{request.path} takes a POST with a JSON body",
-                               http=405)
+            raise RequestError(grpc.StatusCode.UNIMPLEMENTED,
+                               f"{quote(request.path, marks=False)} takes a POST with a JSON body", http=405)
         raise self._no_such_call(request)
 
     @staticmethod
     def _no_such_call(request: web.Request) -> RequestError:
-        return RequestError(grpc.StatusCode.NOT_FOUND, f"no such call {request.path}; the calls are "
-                            f"{', '.join(f'{API}/{p}' for p in RPCS)}")
+        return RequestError(grpc.StatusCode.NOT_FOUND, f"no such call {quote(request.path, marks=False)}; the calls "
+                            f"are {', '.join(f'{API}/{p}' for p in RPCS)}")
 
     async def _rpc(self, request: web.Request) -> web.Response:
         method = RPCS.get(request.match_info["rpc"])
@@ -331,20 +346,29 @@ class HttpApi:
         if request.content_length is not None and request.content_length > limit:
             raise over_limit("request", f"{request.content_length} bytes, over this server's "
                                         f"{self.cfg.max_message_mb:g} MiB (--max-message-mb)")
-        body = await request.read()
+        body = await self._read_body(request)
         kind = request.content_type
         if kind.startswith("image/") or kind == "application/octet-stream":
             if method not in IMAGE_BODY:
-                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"Content-Type: {kind}: {method} takes JSON; "
-                                   "an image file as the body is for encode and reconstruct", http=415)
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"Content-Type: {quote(kind)}: {method} takes "
+                                   "JSON; an image file as the body is for encode and reconstruct", http=415)
             return message(images=[pb.Image(encoded=body)])
         if kind not in ("application/json", "application/octet-stream", ""):
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"Content-Type: {kind}: expected application/json",
-                               http=415)
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"Content-Type: {quote(kind)}: expected application/json", http=415)
         try:
             return json_format.Parse(body or b"{}", message())
         except Exception as exc:  # noqa: BLE001 - ParseError, and RecursionError for deeply nested JSON
             return BadMessage(f"{message.DESCRIPTOR.full_name} JSON", exc)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The body, within --http-body-timeout-s: a client dripping its body holds no handler (or memory) for
+        longer; the connection is closed after the answer (408), since the rest of the body was never read."""
+        try:
+            return await asyncio.wait_for(request.read(), self.cfg.http_body_timeout_s)
+        except asyncio.TimeoutError:
+            raise BodyTimeout(grpc.StatusCode.DEADLINE_EXCEEDED, f"request: the body did not arrive within "
+                              f"{self.cfg.http_body_timeout_s:g} s (--http-body-timeout-s)", http=408) from None
 
     # ---- what the page needs besides the RPCs ----------------------------------------------------------------
     async def _info(self, request: web.Request) -> web.Response:
@@ -364,7 +388,7 @@ class HttpApi:
         self._authorize(request, "Samples")
         name = request.match_info["name"]
         if name not in self.samples:
-            raise RequestError(grpc.StatusCode.NOT_FOUND, f"name: no sample face {name!r}; see {API}/samples")
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"name: no sample face {quote(name)}; see {API}/samples")
         data, kind = self.samples[name]
         return web.Response(body=data, content_type=kind)
 
@@ -385,7 +409,135 @@ def error_response(err: RequestError) -> web.Response:
         headers["Retry-After"] = "1"
     elif err.http == 405:  # only the calls' paths say 405 themselves (_get_rpc); aiohttp's come with their Allow
         headers["Allow"] = "POST, OPTIONS"
-    return web.json_response({"code": err.code.name, "message": err.message}, status=err.http, headers=headers)
+    resp = web.json_response({"code": err.code.name, "message": err.message}, status=err.http, headers=headers)
+    if isinstance(err, BodyTimeout):
+        resp.force_close()  # says Connection: close
+    return resp
+
+
+class BodyTimeout(RequestError):
+    """A request whose body did not arrive in time (--http-body-timeout-s): its connection closes after the answer."""
+
+
+# ---- connections: how many, and how long one may take to send a request ----------------------------------------
+
+
+class GuardedRunner(web.AppRunner):
+    """aiohttp's AppRunner whose server (the sites' protocol factory) is behind a ConnectionGuard."""
+
+    def __init__(self, app: web.Application, cfg: Any, metrics: Any, **kwargs: Any):
+        super().__init__(app, **kwargs)
+        self._limits = (cfg.http_header_timeout_s, cfg.http_max_connections, metrics)
+        self.guard: ConnectionGuard | None = None
+
+    async def _make_server(self) -> Any:
+        server = await super()._make_server()
+        # aiohttp's Server makes one RequestHandler per connection and takes no class for it: this one answers the
+        # parser's own errors in JSON (_JsonErrorsHandler)
+        server.__class__ = _JsonErrorsServer
+        self.guard = ConnectionGuard(server, *self._limits)
+        return self.guard
+
+
+class ConnectionGuard:
+    """aiohttp's web.Server (a protocol factory) behind limits: at most `max_connections` open - one more gets a
+    503 and is closed - and a request head must arrive within `header_s` of a connection's opening, or of the first
+    byte of its next request: a socket that sends nothing, or drips its headers, is closed then. (Between requests
+    aiohttp's keep-alive timer, --http-idle-s, closes a connection that sends nothing.) Everything else is the
+    server's."""
+
+    def __init__(self, server: Any, header_s: float, max_connections: int, metrics: Any):
+        self.server = server
+        self.header_s = header_s
+        self.max_connections = max_connections
+        self.metrics = metrics
+        self.open: dict[Any, _Watched] = {}  # transport -> its connection
+        # accepted, not yet connected (connection_made comes a loop turn later, or after the TLS handshake; one that
+        # fails its handshake never connects, and is forgotten with its protocol)
+        self.accepted: weakref.WeakSet[_Watched] = weakref.WeakSet()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.server, name)
+
+    def __call__(self) -> asyncio.Protocol:
+        if len(self.open) + len(self.accepted) >= self.max_connections:
+            self.metrics.http_closed.labels("max_connections").inc()
+            return _Refused()
+        conn = _Watched(self, self.server())
+        self.accepted.add(conn)
+        return conn
+
+    def request_started(self, transport: Any) -> None:
+        conn = self.open.get(transport)
+        if conn is not None:
+            conn.head_arrived()
+
+    def request_done(self, transport: Any) -> None:
+        conn = self.open.get(transport)
+        if conn is not None:
+            conn.idle = True
+
+
+class _Refused(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(REFUSED)
+        transport.close()
+
+
+class _Watched(asyncio.Protocol):
+    """One connection: aiohttp's protocol, with a deadline for each request head."""
+
+    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol):
+        self.guard = guard
+        self.inner = inner
+        self.transport: Any = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.idle = False  # between requests: the next byte starts a request head
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.guard.accepted.discard(self)
+        self.guard.open[transport] = self
+        self.guard.metrics.http_connections.set(len(self.guard.open))
+        self._arm()
+        self.inner.connection_made(transport)
+
+    def _arm(self) -> None:
+        self.timer = asyncio.get_running_loop().call_later(self.guard.header_s, self._expired)
+
+    def _expired(self) -> None:
+        self.timer = None
+        self.guard.metrics.http_closed.labels("header_timeout").inc()
+        self.transport.close()
+
+    def head_arrived(self) -> None:
+        self.idle = False
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.idle:
+            self.idle = False
+            self._arm()
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.guard.open.pop(self.transport, None)
+        self.guard.metrics.http_connections.set(len(self.guard.open))
+        self.inner.connection_lost(exc)
 
 
 def http_error_code(status: int, reason: str) -> str:
@@ -530,6 +682,7 @@ def openapi_description() -> dict[str, Any]:
     errors = {str(code): {"description": why, "content": json_of("Error")} for code, why in (
         (400, "bad input: the message names the field"), (401, "missing or invalid bearer token"),
         (421, "the Host header names neither this server nor localhost (--http-allowed-hosts)"),
+        (408, "the body did not arrive within --http-body-timeout-s"),
         (413, "over a server limit (images, pixels, bytes)"), (429, "a queue is full: retry later"),
         (503, "warming up or shutting down"), (504, "the X-Timeout-Ms deadline passed before compute"))}
     service = pb.DESCRIPTOR.services_by_name["Alae"]

@@ -40,6 +40,13 @@ class Metrics:
         self.overloaded = Gauge("alae_rt_overloaded", "1 while health says NOT_SERVING because a queue is over its "
                                 "threshold", registry=r)
         self.inflight = Gauge("alae_rt_inflight_requests", "RPCs being handled", registry=r)
+        self.http_connections = Gauge("alae_rt_http_connections", "open HTTP connections (--http-max-connections)",
+                                      registry=r)
+        self.http_closed = Counter("alae_rt_http_connections_closed", "HTTP connections the server closed: over "
+                                   "--http-max-connections, or no request head within --http-header-timeout-s",
+                                   ["reason"], registry=r)
+        self.log_dropped = Counter("alae_rt_log_lines_dropped", "error log lines not written: over their caller's "
+                                   "rate (alae_rt.serve.logs.LineLimit)", registry=r)
         self.images_per_second = Gauge("alae_rt_images_per_second",
                                        f"images run through the network per second over the last {RATE_WINDOW_S:g} s",
                                        ["op"], registry=r)

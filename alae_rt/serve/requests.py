@@ -23,10 +23,12 @@ from alae_rt.serve import alae_rt_pb2 as pb
 from alae_rt.serve.config import ServeConfig
 from alae_rt.serve.wire import (
     RequestError,
+    clip,
     image_pixels,
     image_to_array,
     invalid,
     over_limit,
+    quote,
     tensor_to_array,
     tensor_to_latents,
 )
@@ -45,7 +47,7 @@ class BadMessage:
     the call then gets INVALID_ARGUMENT, counted and logged like any other bad request."""
 
     def __init__(self, kind: str, error: Exception):
-        self.message = f"request: not a valid {kind} message ({parse_problem(error)})"
+        self.message = f"request: not a valid {kind} message ({clip(parse_problem(error))})"
 
 
 def parse_problem(error: Exception) -> str:
@@ -173,7 +175,7 @@ def edit_args(req: pb.EditRequest, rt: Runtime, cfg: ServeConfig) -> tuple[list[
         if which == "name":
             if e.name not in rt.directions:
                 known = ", ".join(sorted(rt.directions)) or "none: the server was started without directions"
-                raise invalid(f"{f}.name", f"unknown direction {e.name!r}; known: {known}")
+                raise invalid(f"{f}.name", f"unknown direction {quote(e.name)}; known: {known}")
             key: Any = e.name
         elif which == "vector":
             arr = tensor_to_array(e.vector, f"{f}.vector")

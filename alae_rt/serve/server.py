@@ -139,7 +139,7 @@ class AlaeServer:
             else None
         limit = cfg.max_message_bytes
         options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
-                   ("grpc.so_reuseport", int(cfg.reuse_port))]
+                   ("grpc.so_reuseport", int(cfg.reuse_port)), *cfg.grpc_options]
         self._server = server = grpc.aio.server(interceptors=interceptors, options=options)
         add_to_server(self.service, server)
         self.health = HealthServicer()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import functools
-import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,11 +26,12 @@ from alae_rt.errors import InputError
 from alae_rt.runtime import Runtime
 from alae_rt.serve import alae_rt_pb2 as pb
 from alae_rt.serve import alae_rt_pb2_grpc as pb_grpc
+from alae_rt.serve.auth import token_index
 from alae_rt.serve.batcher import BatchStats, Dropped, DynamicBatcher, QueueFull
 from alae_rt.serve.codec_processes import CodecProcesses
 from alae_rt.serve.config import ServeConfig
 from alae_rt.serve.decoding import DecodeStage, StageStats
-from alae_rt.serve.logs import log
+from alae_rt.serve.logs import LineLimit, log
 from alae_rt.serve.metrics import Metrics
 from alae_rt.serve.requests import (
     PAIR_FIELDS,
@@ -84,8 +84,9 @@ class CallContext:
     of gRPC's ServicerContext - who calls, how much time is left. A refused call raises its RequestError whole
     (gRPC's context takes only the code and message; the HTTP status depends on more, e.g. 413 or 429)."""
 
-    caller: str  # as gRPC names peers ("ipv4:127.0.0.1:5000"): image decoding takes callers in turn
+    caller: str  # as gRPC names peers ("ipv4:127.0.0.1:5000"): image decoding and the batchers take callers in turn
     timeout_s: float | None = None
+    authorization: str = ""  # the Authorization header: with --auth-token-file, callers are told apart by token
     started: float = field(default_factory=time.monotonic)
 
     def peer(self) -> str:
@@ -100,11 +101,14 @@ class Call:
     """One RPC in flight, as its wrapper sees it: what it returned, for the access log."""
 
     method: str
-    peer: str  # the caller's connection: image decoding takes callers in turn
+    peer: str  # the caller's connection, for the log
     started: float
     deadline: float | None = None  # loop time
     images: int = 0  # images (or latents, or frames) answered
     wire: bool = True  # responses go out in wire form (gRPC); False: as messages (a CallContext's front end)
+    # who takes turns at image decoding and the batchers: the connection, or with auth the token it presented (one
+    # client cannot take more turns by opening more connections)
+    caller: str = ""
 
     def done(self, resp: Any) -> Any:
         """Count the images (or latents) of a unary response, and return it."""
@@ -143,6 +147,8 @@ class AlaeService(pb_grpc.AlaeServicer):
         self.idle = asyncio.Event()
         self.idle.set()
         self._release: asyncio.TimerHandle | None = None  # a release_memory to come (_release_later)
+        self._tokens = [t.encode() for t in cfg.auth_tokens]
+        self.error_lines = LineLimit()
         common = {"max_batch": rt.max_batch, "max_delay_s": cfg.max_delay_ms / 1000, "max_queue": cfg.max_queue,
                   "may_grow": self._others_in_flight}
         self.encode_batcher = DynamicBatcher("encode", self._encode_batch, compute, stats=self._stats("encode"),
@@ -241,19 +247,20 @@ class AlaeService(pb_grpc.AlaeServicer):
 
     async def _encode(self, images: Sequence[pb.Image], field: str, call: Call) -> Tensor:
         """Image messages -> w [n, D] through the decode stage and the encode batcher."""
-        return await self.encode_batcher.run("encode", [await self._inputs(images, field, call)], call.deadline)
+        x = await self._inputs(images, field, call)
+        return await self.encode_batcher.run("encode", [x], call.deadline, call.caller)
 
     async def _inputs(self, images: Sequence[pb.Image], field: str, call: Call) -> Tensor:
         """Image messages -> the encoder's input [n, C, R, R] through the decode stage: sizes from the headers
         first, then each image in turn with other callers'."""
         check_count(len(images), field, self.cfg)
         images, stage, rt, cfg = list(images), self.images, self.rt, self.cfg
-        (sizes,) = await stage.run(call.peer, [(0, functools.partial(image_sizes, images, field, cfg))],
+        (sizes,) = await stage.run(call.caller, [(0, functools.partial(image_sizes, images, field, cfg))],
                                    call.deadline, field)
         jobs = [(pixels, functools.partial(image_tensor, img, f"{field}[{i}]", rt, cfg, self.codec.decode))
                 for i, (img, pixels) in enumerate(zip(images, sizes))]
-        xs = await stage.run(call.peer, jobs, call.deadline, field)  # n x [C, R, R]
-        (x,) = await stage.run(call.peer, [(0, functools.partial(images_tensor, xs, rt))], call.deadline, field)
+        xs = await stage.run(call.caller, jobs, call.deadline, field)  # n x [C, R, R]
+        (x,) = await stage.run(call.caller, [(0, functools.partial(images_tensor, xs, rt))], call.deadline, field)
         return x
 
     async def _source(self, src: pb.LatentSource, field: str, call: Call) -> Tensor:
@@ -280,22 +287,21 @@ class AlaeService(pb_grpc.AlaeServicer):
         # Block 0's first map has batch 1 (shared by the request's images): give every row its copy (a view).
         return "maps", [m.expand(n, -1, -1, -1) for m in maps]
 
-    async def _decode_maps(self, latents: Tensor, noise: tuple[str, list[Tensor] | None],
-                           deadline: float | None) -> Tensor:
+    async def _decode_maps(self, latents: Tensor, noise: tuple[str, list[Tensor] | None], call: Call) -> Tensor:
         """w [n, D] or styles [n, 2L, D] (valid: checked where they came in or made by the Runtime) and (kind, maps)
         -> uint8 images [n, R, R, C] on the model's device, through the decode batcher."""
         kind, maps = noise
-        return await self.decode_batcher.run(("decode", kind, latents.ndim), [latents, *(maps or [])], deadline)
+        return await self.decode_batcher.run(("decode", kind, latents.ndim), [latents, *(maps or [])], call.deadline,
+                                             call.caller)
 
-    async def _decode(self, latents: Tensor, noise: pb.Noise, deadline: float | None,
-                      seeds: Sequence[int] | None = None) -> Tensor:
+    async def _decode(self, latents: Tensor, noise: pb.Noise, call: Call, seeds: Sequence[int] | None = None) -> Tensor:
         """w [n, D] or styles [n, 2L, D] -> uint8 images [n, R, R, C] on the model's device."""
         mode, seed = noise_args(noise)
         n = latents.shape[0]
         # Constant noise and none take no work (no maps travel); random maps are megabytes of draws: the pool's.
         maps = (self._noise_maps(n, mode, seed, seeds) if mode in ("none", "const")
                 else await self._in_pool(self._noise_maps, n, mode, seed, seeds))
-        return await self._decode_maps(latents, maps, deadline)
+        return await self._decode_maps(latents, maps, call)
 
     def _image_parts(self, images: Tensor, out: pb.OutputOptions) -> list:
         """uint8 [n, R, R, C] on the model's device -> n Image messages in wire form (alae_rt.serve.wire). Only the
@@ -340,7 +346,7 @@ class AlaeService(pb_grpc.AlaeServicer):
         draining, counts calls in flight, turns every failure into a status (never a traceback to the caller),
         records metrics and logs."""
         call = Call(method, context.peer(), time.perf_counter(), self._deadline(context),
-                    wire=not isinstance(context, CallContext))
+                    wire=not isinstance(context, CallContext), caller=self._caller(context))
         # A refused call raises a fresh copy of its error, held by no local: the error caught holds its traceback,
         # whose frames hold the request message (a refused 60 MB Decode) and this frame, whose locals would hold
         # the error again - a cycle that only the garbage collector frees, long after (alae_rt.serve.wire's
@@ -385,6 +391,19 @@ class AlaeService(pb_grpc.AlaeServicer):
         except RuntimeError:  # the server has stopped, and its pool with it
             pass
 
+    def _caller(self, context) -> str:
+        """Who takes turns: the token a call presented, where auth is on (a refused one never gets this far over
+        gRPC; the HTTP API checks it first too), else its connection."""
+        if self._tokens:
+            if isinstance(context, CallContext):
+                value = context.authorization
+            else:
+                value = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), "")
+            index = token_index(value, self._tokens)
+            if index is not None:
+                return f"token {index}"
+        return context.peer()
+
     def _status_of(self, exc: BaseException) -> RequestError:
         if isinstance(exc, InputError):
             exc = request_error(exc)
@@ -422,8 +441,18 @@ class AlaeService(pb_grpc.AlaeServicer):
                   "images": call.images, "peer": call.peer}
         if message:
             fields["error"] = message
-        log.log(logging.INFO if code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED) else logging.WARNING,
-                "rpc", extra={"fields": fields})
+        if code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
+            log.info("rpc", extra={"fields": fields})
+            return
+        # Refused calls' lines, per caller (its address: a new connection is not a new caller), within a rate: a
+        # client sending bad calls in a loop grows the log by a bounded amount.
+        write, dropped = self.error_lines.take(log_caller(call.caller))
+        if not write:
+            self.metrics.log_dropped.inc()
+            return
+        if dropped:
+            fields["dropped_before"] = dropped
+        log.warning("rpc", extra={"fields": fields})
 
     # ---- the RPCs -----------------------------------------------------------------------------------------------
     async def Encode(self, req: pb.EncodeRequest, context) -> pb.EncodeResponse:
@@ -438,7 +467,7 @@ class AlaeService(pb_grpc.AlaeServicer):
             if not req.HasField("latents"):
                 raise invalid("latents", "missing")
             w = await self._latents(req.latents, "latents")
-            images = await self._decode(w, req.noise, call.deadline)
+            images = await self._decode(w, req.noise, call)
             return call.done(await self._respond(call, images, w, req.output))
 
     async def Reconstruct(self, req: pb.ReconstructRequest, context) -> pb.ImagesResponse:
@@ -446,8 +475,8 @@ class AlaeService(pb_grpc.AlaeServicer):
             noise_args(req.noise)
             check_output(req.output)
             x = await self._inputs(req.images, "images", call)  # [n, C, R, R]
-            w = await self.encode_batcher.run("encode", [x], call.deadline)
-            images = await self._decode(w, req.noise, call.deadline)
+            w = await self.encode_batcher.run("encode", [x], call.deadline, call.caller)
+            images = await self._decode(w, req.noise, call)
             quality = await self._in_pool(self._psnr, x, images) if req.return_psnr else []
             return call.done(await self._respond(call, images, w, req.output, psnr=quality))
 
@@ -464,7 +493,7 @@ class AlaeService(pb_grpc.AlaeServicer):
             else:
                 z = await self._latents(req.z, "z", allow_styles=False)
                 styles = await self._in_pool(self.rt.z_styles, z, psi, cutoff)
-            images = await self._decode(styles, req.noise, call.deadline, seeds=seeds)
+            images = await self._decode(styles, req.noise, call, seeds=seeds)
             return call.done(await self._respond(call, images, styles, req.output))
 
     async def Edit(self, req: pb.EditRequest, context) -> pb.ImagesResponse:
@@ -475,7 +504,7 @@ class AlaeService(pb_grpc.AlaeServicer):
             w = await self._source(req.source, "source", call)
             with runtime_fields({"w": "source"}):
                 edited = await self._in_pool(self.rt.edit, w, edits, mode=mode, layers=layers)
-            images = await self._decode(edited, req.noise, call.deadline)
+            images = await self._decode(edited, req.noise, call)
             return call.done(await self._respond(call, images, edited, req.output))
 
     async def Mix(self, req: pb.MixRequest, context) -> pb.ImagesResponse:
@@ -486,7 +515,7 @@ class AlaeService(pb_grpc.AlaeServicer):
             a, b = await self._pair(req, call)
             with runtime_fields(PAIR_FIELDS):
                 styles = await self._in_pool(self.rt.mix_styles, a, b, req.cutoff)  # [n, 2L, D]
-            images = await self._decode(styles, req.noise, call.deadline)
+            images = await self._decode(styles, req.noise, call)
             return call.done(await self._respond(call, images, styles, req.output))
 
     async def Interpolate(self, req: pb.InterpolateRequest, context) -> AsyncIterator[pb.InterpolateFrame]:
@@ -494,14 +523,13 @@ class AlaeService(pb_grpc.AlaeServicer):
             mode, seed = noise_args(req.noise)
             check_output(req.output)
             check_steps(req.steps, self.cfg)
-            deadline = call.deadline
             a, b = await self._pair(req, call)
             with runtime_fields(PAIR_FIELDS):
                 path = await self._in_pool(self.rt.interpolate, a, b, req.steps)  # [steps, n, ...]
             # One set of noise maps for every frame, so that only the latent moves.
             maps = await self._in_pool(self._noise_maps, path.shape[1], mode, seed)
             for i in range(req.steps):
-                images = await self._decode_maps(path[i], maps, deadline)
+                images = await self._decode_maps(path[i], maps, call)
                 frame = await self._respond(call, images, path[i], req.output, message=pb.InterpolateFrame, index=i,
                                             t=i / (req.steps - 1))
                 call.images += 1
@@ -557,6 +585,14 @@ def release_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def log_caller(caller: str) -> str:
+    """Whose error lines are counted together: a connection's address without its port ("ipv4:10.0.0.1:5000" ->
+    "ipv4:10.0.0.1"), or an identity as it is ("token 0")."""
+    if caller.startswith(("ipv4:", "ipv6:")):
+        return caller.rsplit(":", 1)[0]
+    return caller
 
 
 def add_to_server(service: AlaeService, server: grpc.aio.Server) -> None:

@@ -16,6 +16,9 @@ from alae_rt.latents import check_latents
 from alae_rt.serve import alae_rt_pb2 as pb
 
 RAW_CHANNELS = (1, 3, 4)
+# Caller text in a message (a name, an enum value, a header) is quoted up to this many characters: an error's size,
+# and its log line's, is bounded however long the text sent (a 1 MB direction name once made a 1 MB error and log line).
+QUOTE_CHARS = 100
 MAX_DIMS = 4  # latents are [N, D] or [N, 2L, D]; directions [D] or [2L, D]
 
 
@@ -42,6 +45,23 @@ class RequestError(Exception):
         """The same refusal without a traceback or context: what the caller is told, holding no frame (and so no
         request message) of where it was raised."""
         return RequestError(self.code, self.message, self.http)
+
+
+def quote(text: str, limit: int = QUOTE_CHARS, marks: bool = True) -> str:
+    """Caller text for a message: its repr (control characters escaped: no forged log lines), cut to `limit`
+    characters with an ellipsis and the length; marks=False leaves out the quotation marks (for a path)."""
+    shown = repr(text[:limit])
+    shown = shown if marks else shown[1:-1]
+    return shown if len(text) <= limit else f"{shown}... ({len(text)} characters)"
+
+
+def clip(text: str, limit: int = 2 * QUOTE_CHARS) -> str:
+    """A library's message that may hold caller text (a JSON parser's), cut in the middle to about `limit`
+    characters: its start says what is wrong, its end where (the field)."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}...[{len(text) - 2 * half} of {len(text)} characters cut]...{text[-half:]}"
 
 
 def invalid(field: str, problem: str) -> RequestError:

@@ -115,6 +115,14 @@ def tiny_server(tiny_rt):
         yield s
 
 
+def until(cond, timeout: float = 30) -> None:
+    """Wait until cond() holds (a server's state, seen from the test's thread), failing after `timeout` s."""
+    t0 = time.monotonic()
+    while not cond():
+        assert time.monotonic() - t0 < timeout, "condition not reached"
+        time.sleep(0.005)
+
+
 # ---- inputs and comparisons ---------------------------------------------------------------------------------
 
 

@@ -157,3 +157,69 @@ def test_no_batching_delay_when_no_other_request_can_join():
 
     out = run(with_batcher(Recorder(), body, max_delay_s=30, may_grow=lambda: False))
     assert torch.equal(out, rows(0, 1) * 10)
+
+
+# ---- callers in turn ----------------------------------------------------------------------------------------------
+
+
+def test_callers_take_turns_a_slice_each_and_a_small_caller_waits_about_one_batch():
+    """Three callers queue 12 rows each, then a fourth queues 1: the newcomer is in the next batch (not behind
+    the 36 rows before it), the others take the batches in turn, and each caller gets exactly its rows, in
+    order."""
+    gate = threading.Event()
+    seen: list[list[int]] = []
+
+    def fn(key, inputs):
+        gate.wait(30)
+        seen.append([int(t[0, 0]) // 1000 for t in inputs[0]])  # the caller of each slice (its rows' thousands)
+        return torch.cat(inputs[0]) * 10
+
+    async def body(b):
+        blocker = asyncio.ensure_future(b.run(0, [rows(9000, 4)], caller="blocker"))  # holds the compute thread
+        await asyncio.sleep(0.05)
+        heavy = [asyncio.ensure_future(b.run(0, [rows(1000 * (c + 1), 12)], caller=c)) for c in range(3)]
+        await asyncio.sleep(0.01)
+        small = asyncio.ensure_future(b.run(0, [rows(0, 1)], caller="small"))
+        await asyncio.sleep(0.01)
+        gate.set()
+        await blocker
+        return await small, await asyncio.gather(*heavy)
+
+    small, heavy = run(with_batcher(fn, body))
+    assert torch.equal(small, rows(0, 1) * 10)
+    for c, out in enumerate(heavy):
+        assert torch.equal(out, rows(1000 * (c + 1), 12) * 10)  # complete and in order, from 12 slices
+    # The blocker's batch, then the small caller's (first come, first served put it in the 11th), filled by the
+    # next in line; then a slice of each heavy caller in turn (the first served goes to the back).
+    assert seen[:5] == [[9], [0, 1], [2], [3], [1]]
+    assert len(seen) == 11
+
+
+def test_newcomers_go_first_the_fewest_rows_first_and_turns_rotate():
+    """Callers new to the queue go before those served already, the one with the fewest rows first; a caller
+    served goes to the back of the line, and a batch's room left by one caller goes to the next."""
+    gate = threading.Event()
+    seen: list[list[int]] = []
+
+    def fn(key, inputs):
+        gate.wait(30)
+        seen.append([int(t[0, 0]) // 100 for t in inputs[0]])  # the caller of each slice (its rows' hundreds)
+        return torch.cat(inputs[0])
+
+    async def body(b):
+        blocker = asyncio.ensure_future(b.run(0, [rows(9900, 6)], caller="blocker"))
+        await asyncio.sleep(0.05)
+        tasks = {}
+        for c, n in ((2, 10), (3, 10), (1, 1)):  # in this order
+            tasks[c, n] = asyncio.ensure_future(b.run(0, [rows(c * 100, n)], caller=c))
+            await asyncio.sleep(0.01)
+        gate.set()
+        await blocker
+        return {k: await t for k, t in tasks.items()}
+
+    outs = run(with_batcher(fn, body, max_batch=6))
+    for (c, n), out in outs.items():
+        assert torch.equal(out, rows(c * 100, n))
+    # 1 first (1 row), then 2 fills the batch; 3 has not been served, so it goes before 2; then 2's last 5 rows
+    # and one of 3's; then 3's last 3.
+    assert seen[1:] == [[1, 2], [3], [2, 3], [3]]
