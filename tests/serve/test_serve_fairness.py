@@ -255,7 +255,7 @@ def test_idle_and_dripping_sockets_are_closed_within_the_header_timeout_and_good
     stop = threading.Event()
 
     def dripping():
-        head = b"POST /api/v1/generate HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 1000
+        head = b"POST /api/v1/generate HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Slow: " + b"a" * 1000
         for byte in head:
             if stop.is_set():
                 return
@@ -318,7 +318,7 @@ def test_a_connection_over_the_cap_gets_503_and_is_closed(strict_server):
 def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_closes(strict_server):
     sock = socket.create_connection(("127.0.0.1", strict_server.server.http_port))
     try:
-        sock.sendall(b"POST /api/v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST /api/v1/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 100\r\n\r\n{\"seeds\"")
         sock.settimeout(10)
         answer = b""
