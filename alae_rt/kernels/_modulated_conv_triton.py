@@ -3,8 +3,8 @@ modulated_conv.py): one implicit GEMM for the three convolutions of the network,
 
 Rows are output positions flattened across the batch (M = N * HO * WO), columns output channels, and the
 reduction is one loop over (tap, k-block): each step loads a [BLOCK_M, BLOCK_K] tile of the input at the tap's
-shift (channels contiguous: one vector load per row), modulates it (`a * scale + shift` per (sample, input
-channel)), zeroes what lies outside the image (padding applies to the modulated map), and takes one `tl.dot`
+shift (channels contiguous: one vector load per row), modulates it (`(a - mean) * scale + shift` per (sample,
+input channel)), zeroes what lies outside the image (padding applies to the modulated map), and takes one `tl.dot`
 with the packed weight's [BLOCK_K, BLOCK_N] tile. MODE picks the tap geometry:
   0 "same": 3x3, stride 1, pad 1 - 9 taps, ih = oh + ty - 1;
   1 "up":   the stride-2 transposed 4x4 (pad 1) as four output phases (program axis 2), each a 2x2 conv on the
@@ -18,11 +18,11 @@ partial per sample segment it holds.
 import triton
 import triton.language as tl
 
-from alae_rt.kernels._triton_helpers import leaky_relu
+from alae_rt.kernels._triton_helpers import leaky_relu, store_sample_stats
 
 
 @triton.jit
-def modulated_conv_kernel(x_ptr, x_stride_n, scale_ptr, shift_ptr, w_ptr,
+def modulated_conv_kernel(x_ptr, x_stride_n, mean_ptr, scale_ptr, shift_ptr, w_ptr,
                           noise_ptr, noise_stride_n, nw_ptr, bias_ptr, out_ptr, part_ptr,
                           M, CIN, COUT, H, W, HO, WO, SLOTS,
                           MODE: tl.constexpr, TAPS_W: tl.constexpr, STRIDE: tl.constexpr,
@@ -31,7 +31,7 @@ def modulated_conv_kernel(x_ptr, x_stride_n, scale_ptr, shift_ptr, w_ptr,
                           SLOPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, DOT_FP32: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Grid (cdiv(M, BLOCK_M), cdiv(COUT, BLOCK_N), 4 phases for "up" else 1). x [N or 1, H, W, CIN] (stride
-    x_stride_n between samples, 0 to broadcast one); scale, shift [N, CIN] fp32; w [phases, taps, CIN, COUT];
+    x_stride_n between samples, 0 to broadcast one); mean, scale, shift [N, CIN] fp32; w [phases, taps, CIN, COUT];
     noise [N or 1, HOUT, WOUT]; out [N, HOUT, WOUT, COUT]; partials [N, COUT, phases * SLOTS, 3], zeroed.
     TAPS_W x TAPS_W taps a phase and STRIDE follow from MODE (the launcher's GEOMETRY).
     HO x WO is the grid a phase computes (the output's size, or the input's for "up"); ONE_SAMPLE_TILES: HO * WO
@@ -80,14 +80,17 @@ def modulated_conv_kernel(x_ptr, x_stride_n, scale_ptr, shift_ptr, w_ptr,
         a = tl.load(a_ptrs, mask=valid, other=0.0)
         if HAS_MOD:
             if ONE_SAMPLE_TILES:
+                mu = tl.load(mean_ptr + n_tile * CIN + offs_k, mask=mask_k, other=0.0)[None, :]
                 sc = tl.load(scale_ptr + n_tile * CIN + offs_k, mask=mask_k, other=0.0)[None, :]
                 sh = tl.load(shift_ptr + n_tile * CIN + offs_k, mask=mask_k, other=0.0)[None, :]
             else:
                 mod = n_row[:, None] * CIN + offs_k[None, :]
+                mu = tl.load(mean_ptr + mod, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
                 sc = tl.load(scale_ptr + mod, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
                 sh = tl.load(shift_ptr + mod, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-            # The padding lies outside the modulated map: zero after the affine map, not before.
-            a = tl.where(valid, a.to(tl.float32) * sc + sh, 0.0)
+            # The padding lies outside the modulated map: zero after the affine map, not before. The mean is
+            # taken off first, not folded into the shift: a mean large against the spread would cancel.
+            a = tl.where(valid, (a.to(tl.float32) - mu) * sc + sh, 0.0)
         b_ptrs = w_phase + tap * (CIN * COUT) + offs_k[:, None] * COUT + offs_n[None, :]
         b = tl.load(b_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         if DOT_FP32:  # Triton's interpreter has no bf16 matmul: the (exact) products are taken in fp32
@@ -116,20 +119,8 @@ def modulated_conv_kernel(x_ptr, x_stride_n, scale_ptr, shift_ptr, w_ptr,
     tl.store(out_ptr + out_rows[:, None] + offs_n[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=mask_m[:, None] & mask_n[None, :])
     if STATS:
-        # One (count, mean, M2) partial per sample segment of the tile, in the sample's slot for this tile:
-        # slot = phase * SLOTS + (this tile - the first tile that holds a row of the sample).
-        last = tl.minimum(pid_m * BLOCK_M + BLOCK_M, M) - 1
-        for s in range((pid_m * BLOCK_M) // hwo, last // hwo + 1):
-            seg = mask_m & (n_row == s)
-            count = tl.sum(seg.to(tl.float32), axis=0)
-            mean = tl.sum(tl.where(seg[:, None], acc, 0.0), axis=0) / count
-            dev = tl.where(seg[:, None], acc - mean[None, :], 0.0)
-            m2 = tl.sum(dev * dev, axis=0)
-            slot = phase * SLOTS + pid_m - (s * hwo) // BLOCK_M
-            part = part_ptr + ((s * COUT + offs_n) * (SLOTS * tl.num_programs(2)) + slot) * 3
-            tl.store(part, tl.zeros((BLOCK_N,), dtype=tl.float32) + count, mask=mask_n)
-            tl.store(part + 1, mean, mask=mask_n)
-            tl.store(part + 2, m2, mask=mask_n)
+        store_sample_stats(part_ptr, acc, n_row, mask_m, offs_n, mask_n, pid_m * BLOCK_M, M, hwo, COUT,
+                           phase * SLOTS, SLOTS * tl.num_programs(2), BLOCK_M)
 
 
 def configs() -> list[triton.Config]:

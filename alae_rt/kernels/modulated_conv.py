@@ -29,37 +29,41 @@ MIN_BLOCK_M = 64  # the narrowest row tile of the autotune list: sizes the stati
 CL = torch.channels_last
 
 
-def modulated_conv(x: Tensor, weight: Tensor, scale: Tensor | None = None, shift: Tensor | None = None,
-                   mode: str = "same", noise: Tensor | None = None, noise_weight: Tensor | None = None,
-                   bias: Tensor | None = None, act: bool = True, stats: bool = True, batch: int | None = None,
-                   packed: Tensor | None = None, allow_tf32: bool = False, config: dict | None = None,
-                   impl: str = "auto") -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """See modulated_conv_ref. Triton: `packed` = pack_modulated_conv(weight, mode) saves the repacking per call;
+def modulated_conv(x: Tensor, weight: Tensor | None, mean: Tensor | None = None, scale: Tensor | None = None,
+                   shift: Tensor | None = None, mode: str = "same", noise: Tensor | None = None,
+                   noise_weight: Tensor | None = None, bias: Tensor | None = None, act: bool = True,
+                   stats: bool = True, batch: int | None = None, packed: Tensor | None = None,
+                   allow_tf32: bool = False, config: dict | None = None, impl: str = "auto"
+                   ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """See modulated_conv_ref. Triton: `packed` = pack_modulated_conv(weight, mode) saves the repacking per call
+    (weight may then be None);
     fp16/bf16 multiply in their dtype (autotuned tiles on a GPU) and accumulate in fp32; fp32 takes exact products
     unless allow_tf32. `config` forces a tile ({"BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}: the
     benchmarks' sweep; the interpreter's default is a small one)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if not use_triton(impl, x):
-        return modulated_conv_ref(x, weight, scale, shift, mode, noise, noise_weight, bias, act, stats, batch)
-    return _modulated_conv_triton(x, weight, scale, shift, mode, noise, noise_weight, bias, act, stats, batch,
+        if weight is None:
+            raise ValueError("modulated_conv: the torch reference needs weight (packed is the kernel's operand)")
+        return modulated_conv_ref(x, weight, mean, scale, shift, mode, noise, noise_weight, bias, act, stats, batch)
+    return _modulated_conv_triton(x, weight, mean, scale, shift, mode, noise, noise_weight, bias, act, stats, batch,
                                   packed, allow_tf32, config)
 
 
-def modulated_conv_ref(x: Tensor, weight: Tensor, scale: Tensor | None = None, shift: Tensor | None = None,
-                       mode: str = "same", noise: Tensor | None = None, noise_weight: Tensor | None = None,
-                       bias: Tensor | None = None, act: bool = True, stats: bool = True, batch: int | None = None
-                       ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """y = conv(x * scale + shift) (+ noise_weight * noise + bias, leaky_relu if act), and its statistics.
+def modulated_conv_ref(x: Tensor, weight: Tensor, mean: Tensor | None = None, scale: Tensor | None = None,
+                       shift: Tensor | None = None, mode: str = "same", noise: Tensor | None = None,
+                       noise_weight: Tensor | None = None, bias: Tensor | None = None, act: bool = True,
+                       stats: bool = True, batch: int | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """y = conv((x - mean) * scale + shift) (+ noise_weight * noise + bias, leaky_relu if act), and its statistics.
 
-    x [N or 1, Cin, H, W]; scale, shift [N, Cin] or None (x as it is); weight as the mode says (module doc);
+    x [N or 1, Cin, H, W]; mean, scale, shift [N, Cin], or all None (x as it is); weight as the mode says (module doc);
     noise [N or 1, 1, HO, WO]; noise_weight, bias [Cout]. Returns (y [B, Cout, HO, WO] in x's dtype, channels
     last; mean, biased var [B, Cout] fp32, or None when not stats), B = batch or the broadcast batch. fp32 math.
     """
     xf = x.float()
     if scale is not None:
         n, c = scale.shape
-        xf = xf * scale.float().view(n, c, 1, 1) + shift.float().view(n, c, 1, 1)
+        xf = (xf - mean.float().view(n, c, 1, 1)) * scale.float().view(n, c, 1, 1) + shift.float().view(n, c, 1, 1)
     wf = weight.float()
     if mode == "same":
         y = F.conv2d(xf, wf, padding=1)
@@ -76,10 +80,10 @@ def modulated_conv_ref(x: Tensor, weight: Tensor, scale: Tensor | None = None, s
         y = F.leaky_relu(y, LRELU_SLOPE)
     if batch is not None and y.shape[0] != batch:
         y = y.expand(batch, -1, -1, -1)
-    mean = var = None
+    y_mean = y_var = None
     if stats:
-        var, mean = torch.var_mean(y, dim=(2, 3), correction=0)
-    return y.to(x.dtype).contiguous(memory_format=CL), mean, var
+        y_var, y_mean = torch.var_mean(y, dim=(2, 3), correction=0)
+    return y.to(x.dtype).contiguous(memory_format=CL), y_mean, y_var
 
 
 def pack_modulated_conv(weight: Tensor, mode: str, dtype: torch.dtype | None = None) -> Tensor:
@@ -106,12 +110,15 @@ def _pow2(x: int) -> int:
 
 
 def small_config(m: int, cin: int, cout: int) -> dict:
-    """A tile for the interpreter and exact fp32: small enough to build fast, no wider than the layer."""
-    return {"BLOCK_M": max(16, min(64, _pow2(m))), "BLOCK_N": min(64, max(16, _pow2(cout))),
+    """A tile for exact fp32 and the interpreter, no wider than the layer: small enough to build fast on a GPU;
+    under the interpreter, whose cost is per program (numpy on a whole tile is cheap), up to 1024 rows."""
+    rows = 1024 if interpreting() else 64
+    return {"BLOCK_M": max(16, min(rows, _pow2(m))), "BLOCK_N": min(64, max(16, _pow2(cout))),
             "BLOCK_K": min(32, max(16, _pow2(cin))), "num_warps": 4, "num_stages": 2}
 
 
-def _modulated_conv_triton(x: Tensor, weight: Tensor, scale: Tensor | None, shift: Tensor | None, mode: str,
+def _modulated_conv_triton(x: Tensor, weight: Tensor | None, mean: Tensor | None, scale: Tensor | None,
+                           shift: Tensor | None, mode: str,
                            noise: Tensor | None, noise_weight: Tensor | None, bias: Tensor | None, act: bool,
                            stats: bool, batch: int | None, packed: Tensor | None, allow_tf32: bool,
                            config: dict | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -121,7 +128,7 @@ def _modulated_conv_triton(x: Tensor, weight: Tensor, scale: Tensor | None, shif
     x = x.contiguous(memory_format=CL)
     cin, h, w = x.shape[1:]
     kernel_mode, taps_w, stride, phases = GEOMETRY[mode]
-    cout = weight.shape[1] if mode == "up" else weight.shape[0]
+    cout = packed.shape[-1] if packed is not None else weight.shape[1] if mode == "up" else weight.shape[0]
     n = batch or max(x.shape[0], 1 if scale is None else scale.shape[0], 1 if noise is None else noise.shape[0])
     if mode == "up":
         ho, wo, hout, wout = h, w, 2 * h, 2 * w  # each phase computes on the input's grid
@@ -144,7 +151,7 @@ def _modulated_conv_triton(x: Tensor, weight: Tensor, scale: Tensor | None, shif
     slots = -(-(ho * wo) // block_m) + 1
     partials = torch.zeros(n, cout, phases * slots if stats else 1, 3, device=x.device, dtype=torch.float32)
     dummy = x  # stands in for absent pointers; never read
-    args = (x, broadcast_stride(x),
+    args = (x, broadcast_stride(x), mean.float().contiguous() if scale is not None else dummy,
             scale.float().contiguous() if scale is not None else dummy,
             shift.float().contiguous() if shift is not None else dummy, packed,
             noise.contiguous() if noise is not None else dummy,
@@ -166,5 +173,5 @@ def _modulated_conv_triton(x: Tensor, weight: Tensor, scale: Tensor | None, shif
                                    num_stages=config.get("num_stages", 2))
     if not stats:
         return out, None, None
-    mean, var = merge_stats(partials)
-    return out, mean, var
+    y_mean, y_var = merge_stats(partials)
+    return out, y_mean, y_var

@@ -20,13 +20,13 @@ def _out_hw(mode, h, w):
 def _inputs(mode, n, cin, cout, h, w, dtype, noise_batch=1, x_batch=None):
     x = rand(x_batch or n, cin, h, w, dtype=dtype)
     # A shift of order 1 makes a padding zeroed before the modulation (instead of after) show at every border.
-    scale, shift = rand(n, cin, seed=2, scale=0.5), rand(n, cin, seed=3)
+    mean, scale, shift = rand(n, cin, seed=1), rand(n, cin, seed=2, scale=0.5), rand(n, cin, seed=3)
     k = 3 if mode == "same" else 4
     wshape = (cin, cout, k, k) if mode == "up" else (cout, cin, k, k)
     weight = rand(*wshape, dtype=dtype, seed=4, scale=(2 / (k * k * cin)) ** 0.5)
     ho, wo = _out_hw(mode, h, w)
     noise = rand(noise_batch, 1, ho, wo, dtype=dtype, seed=5) if noise_batch else None
-    return x, weight, scale, shift, noise, rand(cout, dtype=dtype, seed=6), rand(cout, dtype=dtype, seed=7)
+    return x, weight, mean, scale, shift, noise, rand(cout, dtype=dtype, seed=6), rand(cout, dtype=dtype, seed=7)
 
 
 def _check(out, m, v, ref, m_ref, v_ref, dtype):
@@ -43,9 +43,9 @@ def _check(out, m, v, ref, m_ref, v_ref, dtype):
                                                    {"shape": CASES[:2], "mode": MODES}))
 def test_matches_reference(case, dtype, mode):
     n, cin, cout, h, w = case
-    x, weight, scale, shift, noise, nw, b = _inputs(mode, n, cin, cout, h, w, dtype, noise_batch=n)
-    ref, m_ref, v_ref = modulated_conv_ref(x, weight, scale, shift, mode, noise, nw, b)
-    _check(*modulated_conv(x, weight, scale, shift, mode, noise, nw, b, impl="triton"), ref, m_ref, v_ref, dtype)
+    x, weight, mean, scale, shift, noise, nw, b = _inputs(mode, n, cin, cout, h, w, dtype, noise_batch=n)
+    ref, m_ref, v_ref = modulated_conv_ref(x, weight, mean, scale, shift, mode, noise, nw, b)
+    _check(*modulated_conv(x, weight, mean, scale, shift, mode, noise, nw, b, impl="triton"), ref, m_ref, v_ref, dtype)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -53,9 +53,9 @@ def test_nine_border_cases(mode):
     """An output of 3x3 positions is the nine border cases (four corners, four edges, the inside), each checked
     on its own: the modulated map is zero-padded after its shift."""
     h = {"same": 3, "up": 2, "down": 6}[mode]  # "up": a 2x2 input gives a 4x4 output, its every phase at a border
-    x, weight, scale, shift, noise, nw, b = _inputs(mode, 2, 3, 4, h, h, torch.float32)
-    ref, _, _ = modulated_conv_ref(x, weight, scale, shift, mode, noise, nw, b)
-    out, _, _ = modulated_conv(x, weight, scale, shift, mode, noise, nw, b, impl="triton")
+    x, weight, mean, scale, shift, noise, nw, b = _inputs(mode, 2, 3, 4, h, h, torch.float32)
+    ref, _, _ = modulated_conv_ref(x, weight, mean, scale, shift, mode, noise, nw, b)
+    out, _, _ = modulated_conv(x, weight, mean, scale, shift, mode, noise, nw, b, impl="triton")
     errs = (out - ref).abs().amax(dim=(0, 1))  # [HO, WO]
     assert errs.shape[0] >= 3 and (errs <= TOL[torch.float32] * max(1.0, ref.abs().max().item())).all(), errs
 
@@ -64,9 +64,9 @@ def test_nine_border_cases(mode):
 def test_statistics_merge_across_tiles_and_samples(block_m):
     """5x5 maps at batch 3: 16-row tiles straddle sample boundaries mid-tile and a sample spans up to three
     tiles; a 64-row tile holds parts of three samples. Every segment's partial lands in its own slot."""
-    x, weight, scale, shift, noise, nw, b = _inputs("same", 3, 4, 6, 5, 5, torch.float32, noise_batch=1)
-    ref, m_ref, v_ref = modulated_conv_ref(x, weight, scale, shift, "same", noise, nw, b)
-    got = modulated_conv(x, weight, scale, shift, "same", noise, nw, b, impl="triton",
+    x, weight, mean, scale, shift, noise, nw, b = _inputs("same", 3, 4, 6, 5, 5, torch.float32, noise_batch=1)
+    ref, m_ref, v_ref = modulated_conv_ref(x, weight, mean, scale, shift, "same", noise, nw, b)
+    got = modulated_conv(x, weight, mean, scale, shift, "same", noise, nw, b, impl="triton",
                          config={"BLOCK_M": block_m, "BLOCK_N": 16, "BLOCK_K": 16})
     _check(*got, ref, m_ref, v_ref, torch.float32)
 
@@ -74,9 +74,9 @@ def test_statistics_merge_across_tiles_and_samples(block_m):
 def test_one_input_sample_broadcast_no_modulation_no_epilogue():
     """The generator's first convolution reads the batch-1 constant for N samples; an input taken as it is (no
     scale), and the up-sampling layers' bare convolution (no act, no statistics: the blur comes first)."""
-    x, weight, scale, shift, noise, nw, b = _inputs("same", 3, 5, 6, 4, 4, torch.float32, noise_batch=1, x_batch=1)
-    ref, m_ref, v_ref = modulated_conv_ref(x, weight, scale, shift, "same", noise, nw, b)
-    _check(*modulated_conv(x, weight, scale, shift, "same", noise, nw, b, impl="triton"), ref, m_ref, v_ref,
+    x, weight, mean, scale, shift, noise, nw, b = _inputs("same", 3, 5, 6, 4, 4, torch.float32, x_batch=1)
+    ref, m_ref, v_ref = modulated_conv_ref(x, weight, mean, scale, shift, "same", noise, nw, b)
+    _check(*modulated_conv(x, weight, mean, scale, shift, "same", noise, nw, b, impl="triton"), ref, m_ref, v_ref,
            torch.float32)
     x, weight, *_ = _inputs("up", 2, 5, 6, 3, 4, torch.float32)
     ref, _, _ = modulated_conv_ref(x, weight, mode="up", act=False, stats=False)
@@ -99,5 +99,5 @@ def test_full_size_on_cuda(dtype, mode):
     """Autotuned tiles at ffhq-1024 layer shapes: 512 channels at 8x8 (tiles over four samples) and 32 at 256."""
     for n, cin, cout, h in ((8, 512, 512, 8), (2, 32, 32, 256)):
         args = [a.cuda() if a is not None else None for a in _inputs(mode, n, cin, cout, h, h, dtype, noise_batch=n)]
-        ref, m_ref, v_ref = modulated_conv_ref(*args[:4], mode, *args[4:])
-        _check(*modulated_conv(*args[:4], mode, *args[4:], impl="triton"), ref, m_ref, v_ref, dtype)
+        ref, m_ref, v_ref = modulated_conv_ref(*args[:5], mode, *args[5:])
+        _check(*modulated_conv(*args[:5], mode, *args[5:], impl="triton"), ref, m_ref, v_ref, dtype)
