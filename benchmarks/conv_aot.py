@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", type=int, default=90, help="compute capability x10 to build for (default 90)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="storage dtype (default bf16)")
     parser.add_argument("--batch", type=int, default=32, help="batch the rows are flattened over (default 32)")
+    parser.add_argument("--all", action="store_true",
+                        help="every config of the autotune list, not only those prune() keeps for the layer")
     parser.add_argument("--smoke", action="store_true", help="one layer shape (16 channels at 1024), one config")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
                         help="folder for the JSON and markdown (default benchmarks/results)")
@@ -185,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     stem = unused_stem(args.out, f"conv_aot_sm{args.arch}_{args.dtype}_{report['date'].replace('-', '')}_"
                                  f"{report['commit']}")
     for shape in shapes:
-        kept = prune(configs(), {"M": shape["M"], "CIN": shape["cin"], "COUT": shape["cout"]})
+        ho = shape["h"] // 2 if shape["mode"] == "down" else shape["h"]
+        named = {"M": shape["M"], "CIN": shape["cin"], "COUT": shape["cout"], "HO": ho, "WO": ho}
+        kept = configs() if args.all else prune(configs(), named)
         for config in kept[-1:] if args.smoke else kept:
             rows.append(compile_config(shape, config, DTYPES[args.dtype], args.arch))
             report["launchable"] = sum(r["launches"] for r in rows)

@@ -193,7 +193,8 @@ def section_sweep(run: Run, dev) -> None:
             return modulated_conv(a["x"], None, a["mean"], a["scale"], a["shift"], mode, bias=a["bias"], act=act,
                                   stats=act, packed=packed, config=config, impl="triton")
 
-        kept = prune(configs(), {"M": m, "CIN": layer["cin"], "COUT": layer["cout"]})
+        grid_hw = layer["h"] if layer["mode"] == "up" else ho
+        kept = prune(configs(), {"M": m, "CIN": layer["cin"], "COUT": layer["cout"], "HO": grid_hw, "WO": grid_hw})
         for cfg in kept[:1] if run.dry_run else kept:
             if run.left() < 3:
                 break

@@ -137,14 +137,25 @@ def configs() -> list[triton.Config]:
     return out
 
 
+# A tile that spans samples gathers its modulation as [BLOCK_M, BLOCK_K] fp32 tiles, and the software pipeline
+# buffers those in shared memory too: built for sm_90 (benchmarks/conv_aot.py, batch 32), such tiles asked for
+# 243,712-385,024 B where BLOCK_M * BLOCK_K * stages >= 24,576 (over the 232,448 a block may have), and at most
+# 212,992 B where it was 16,384.
+SPANNING_STAGE_ELEMENTS = 16_384
+
+
 def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """The configs no wider than the layer: BLOCK_N = COUT at <= 32 channels, BLOCK_K <= CIN, BLOCK_M <= M (a
-    4x4 layer at batch 1 is 16 rows); the narrowest survive where none fits."""
+    4x4 layer at batch 1 is 16 rows), and, where a tile spans samples (HO * WO not a multiple of BLOCK_M), the
+    pipelined modulation gathers within shared memory; the narrowest survive where none fits."""
     def fits(c: triton.Config) -> bool:
         kw = c.kwargs
+        plane = named_args.get("HO", 0) * named_args.get("WO", 0)
+        spans = plane > 0 and plane % kw["BLOCK_M"] != 0
         return (kw["BLOCK_N"] <= max(16, _pow2(named_args["COUT"]))
                 and kw["BLOCK_K"] <= max(16, _pow2(named_args["CIN"]))
-                and kw["BLOCK_M"] <= max(64, _pow2(named_args["M"])))
+                and kw["BLOCK_M"] <= max(64, _pow2(named_args["M"]))
+                and (not spans or kw["BLOCK_M"] * kw["BLOCK_K"] * c.num_stages <= SPANNING_STAGE_ELEMENTS))
     kept = [c for c in configs if fits(c)]
     return kept or [min(configs, key=lambda c: (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["BLOCK_M"]))]
 

@@ -101,3 +101,18 @@ def test_full_size_on_cuda(dtype, mode):
         args = [a.cuda() if a is not None else None for a in _inputs(mode, n, cin, cout, h, h, dtype, noise_batch=n)]
         ref, m_ref, v_ref = modulated_conv_ref(*args[:5], mode, *args[5:])
         _check(*modulated_conv(*args[:5], mode, *args[5:], impl="triton"), ref, m_ref, v_ref, dtype)
+
+
+def test_autotune_list_pruned_to_the_layer():
+    """prune(): no tile wider than the layer (BLOCK_N = Cout at 16 channels), none whose pipelined modulation
+    gathers overflow sm_90's shared memory where tiles span samples (a 4x4 layer), never an empty list."""
+    pytest.importorskip("triton")
+    from alae_rt.kernels._modulated_conv_triton import SPANNING_STAGE_ELEMENTS, configs, prune
+
+    narrow = prune(configs(), {"M": 32 * 1024 * 1024, "CIN": 16, "COUT": 16, "HO": 1024, "WO": 1024})
+    assert narrow and {c.kwargs["BLOCK_N"] for c in narrow} == {16} and {c.kwargs["BLOCK_K"] for c in narrow} == {16}
+    wide = prune(configs(), {"M": 32 * 16, "CIN": 512, "COUT": 512, "HO": 4, "WO": 4})
+    assert wide and all(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_K"] * c.num_stages <= SPANNING_STAGE_ELEMENTS
+                        for c in wide)
+    assert len(prune(configs(), {"M": 32 * 32 * 32, "CIN": 512, "COUT": 512, "HO": 32, "WO": 32})) > len(wide)
+    assert prune(configs(), {"M": 1, "CIN": 1, "COUT": 1, "HO": 1, "WO": 1})
