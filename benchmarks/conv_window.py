@@ -10,12 +10,13 @@ leaves passes on), every measurement written as a JSON line the moment it is tak
             of the up-sampling layers, the strided 4x4 of the down-sampling ones - the per-layer choice's baseline;
   sweep     modulated_conv's autotune configs, each timed, at 512@32, 256@64, 128@128, 32@512, 16@1024 (channels @
             resolution, batch 32) in its three modes, then the autotuner's pick and its error against fp32 torch;
+  profile   torch.profiler on conv=gemm in bf16 at batch 32: the top kernels of a decode and an encode;
   e2e       ffhq-1024 encode and decode at batch 1/8/32 (alae_rt.bench.run_bench, random weights): eager bf16, the
             triton backend's fused 3x3 kernel path and its conv=gemm path in bf16, torch.compile(mode=
             "max-autotune") in bf16 (last: the slowest to build), eager fp32; each row's max error against eager
-            fp32 on the same inputs;
-  profile   torch.profiler on conv=gemm in bf16 at batch 32: the top kernels of a decode and an encode.
-The report: <stem>.jsonl (the rows) and <stem>.md (tables), stem conv_window_<device>_<date>_<commit>.
+            fp32 on the same inputs.
+The report: <stem>.jsonl (the rows) and <stem>.md (tables, rewritten at each row), stem
+conv_window_<device>_<date>_<commit>. On a lent GPU machine: `python3 benchmarks/conv_window.py --out $OUT`.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 TOTAL_S = 470  # the whole run: ~8 minutes, so a rerun fits a 15-minute lending
-SECTIONS = (("versions", 10), ("cudnn", 45), ("sweep", 160), ("e2e", 215), ("profile", 40))
-DRY_SECTIONS = (("versions", 10), ("cudnn", 20), ("sweep", 60), ("e2e", 120), ("profile", 40))
+# e2e last: torch.compile's max-autotune build, once begun, runs to its end whatever the budget says
+SECTIONS = (("versions", 10), ("cudnn", 45), ("sweep", 160), ("profile", 40), ("e2e", 215))
+DRY_SECTIONS = (("versions", 10), ("cudnn", 20), ("sweep", 60), ("profile", 40), ("e2e", 120))
 # (channels, resolution) the sweep measures: the issue's five, wide-and-small to narrow-and-huge
 SWEEP = [(512, 32), (256, 64), (128, 128), (32, 512), (16, 1024)]
 DRY_SWEEP = [(8, 8)]
@@ -64,6 +66,7 @@ class Run:
         self.rows.append(row)
         with self.jsonl.open("a") as f:
             f.write(json.dumps(row, default=str) + "\n")
+        (self.out / f"{self.stem}.md").write_text(markdown(self))  # a run cut off keeps its tables too
         print(json.dumps(row, default=str), flush=True)
 
 
@@ -225,9 +228,9 @@ def section_e2e(run: Run, dev) -> None:
 
     variants: dict[str, tuple] = {"eager-fp32": ("eager", {}, ["fp32"]), "triton-gemm": ("triton", {"conv": "gemm"})}
     backends = ["eager", "triton"]
-    if run.dry_run:  # the interpreter takes seconds a call: the kit's own code, once
+    if run.dry_run:  # the interpreter takes seconds a call, torch.compile builds for minutes on a CPU
         backends = ["eager"]
-    else:  # torch.compile builds for minutes on a CPU
+    else:  # last: the slowest to build
         variants["compile-max-autotune"] = ("compile", {"mode": "max-autotune"})
     run_bench("tiny" if run.dry_run else "ffhq-1024", backends=backends,
               dtypes=["fp16" if run.dry_run else "bf16"], batches=(1,) if run.dry_run else (1, 8, 32),
