@@ -30,7 +30,6 @@ import re
 import sys
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,30 +107,6 @@ def _flops(layer: dict[str, Any], n: int) -> float:
     return 2.0 * n * pixels * cin * cout * taps
 
 
-def _time(fn: Callable[[], Any], dev, reps: int) -> float:
-    """Median seconds per call (CUDA events on a GPU), after two untimed calls."""
-    import statistics
-
-    import torch
-
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(reps):
-        if dev.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def _layer_inputs(layer: dict[str, Any], n: int, dtype, dev) -> dict[str, Any]:
     import torch
 
@@ -149,6 +124,8 @@ def _layer_inputs(layer: dict[str, Any], n: int, dtype, dev) -> dict[str, Any]:
 def section_cudnn(run: Run, dev) -> None:
     import torch
     import torch.nn.functional as F
+
+    from alae_rt.bench import median_time
 
     torch.backends.cudnn.benchmark = True
     n = DRY_BATCH if run.dry_run else BATCH
@@ -168,7 +145,7 @@ def section_cudnn(run: Run, dev) -> None:
             else:
                 def fn(x=x, w=w): return F.conv_transpose2d(x, w, stride=2, padding=1)
             with torch.inference_mode():
-                s = _time(fn, dev, 1 if run.dry_run else 10)
+                s = median_time(fn, dev, 1 if run.dry_run else 10, warmup=2)
             run.emit(**layer, batch=n, impl="cudnn" if dev.type == "cuda" else "torch-cpu", layout=layout,
                      ms=round(s * 1e3, 4), tflop_s=round(_flops(layer, n) / s / 1e12, 2))
 
@@ -177,6 +154,7 @@ def section_sweep(run: Run, dev) -> None:
     import torch
     from triton.runtime.errors import OutOfResources
 
+    from alae_rt.bench import median_time
     from alae_rt.kernels import modulated_conv, modulated_conv_ref, pack_modulated_conv
     from alae_rt.kernels._modulated_conv_triton import configs, modulated_conv_tuned, prune
 
@@ -204,14 +182,14 @@ def section_sweep(run: Run, dev) -> None:
             config = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
             tile = f"{config['BLOCK_M']}x{config['BLOCK_N']}x{config['BLOCK_K']}/w{cfg.num_warps}/s{cfg.num_stages}"
             try:
-                s = _time(lambda config=config, call=call: call(config), dev, 1 if run.dry_run else 10)
+                s = median_time(lambda config=config, call=call: call(config), dev, 1 if run.dry_run else 10, warmup=2)
             except OutOfResources as e:
                 run.emit(**layer, batch=n, impl="modulated_conv", config=tile, launches=False, error=str(e)[:200])
                 continue
             run.emit(**layer, batch=n, impl="modulated_conv", config=tile, ms=round(s * 1e3, 4),
                      tflop_s=round(_flops(layer, n) / s / 1e12, 2))
         if dev.type == "cuda" and run.left() > 10:  # the autotuner's own pick, and its error against fp32 torch
-            s = _time(lambda call=call: call(None), dev, 10)
+            s = median_time(lambda call=call: call(None), dev, 10, warmup=2)
             out, _, _ = call(None)
             ref, _, _ = modulated_conv_ref(a["x"], a["weight"], a["mean"], a["scale"], a["shift"], layer["mode"],
                                            bias=a["bias"], act=act, stats=False)
