@@ -231,6 +231,28 @@ def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 1, min_
     return times
 
 
+def median_time(fn: Callable[[], Any], device: torch.device, reps: int, warmup: int = 3) -> float:
+    """Seconds per call, the median of `reps` after `warmup` untimed calls: CUDA events on a GPU (no host sync
+    between the calls' launches and their timing), the wall clock elsewhere. For the kernel and device benchmarks
+    (benchmarks/gpu_check.py, benchmarks/conv_window.py); time_call is the whole-call timing of run_bench."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def _p90(values: Sequence[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]

@@ -1,7 +1,7 @@
-"""Per-kernel benchmark, one entry per op of alae_rt.kernels (act_stats, modulate, modulated_conv3x3, each in the
-variants the triton backend runs): the Triton kernel against its torch reference run eagerly and under
-torch.compile, at the ffhq-1024 layer shapes; reports time, achieved GB/s (the bytes each op must move at
-least) and TFLOP/s, with the bytes and FLOPs counted.
+"""Per-kernel benchmark, one entry per op of alae_rt.kernels (act_stats, modulate, modulated_conv3x3, modulated_conv,
+modulated_blur, each in the variants the triton backend runs): the Triton kernel against its torch reference run
+eagerly and under torch.compile, at the ffhq-1024 layer shapes; reports time, achieved GB/s (the bytes each op must
+move at least) and TFLOP/s, with the bytes and FLOPs counted.
 
     python benchmarks/bench_kernels.py                 # CUDA: fp32/fp16/bf16, batch 8, writes benchmarks/results/
     python benchmarks/bench_kernels.py --device cpu    # CPU: the torch references only, batch 1, fp32
@@ -44,9 +44,14 @@ def cases(n: int, c: int, r: int, dtype: torch.dtype, device: str) -> list[dict]
         act_stats_ref,
         modulate,
         modulate_ref,
+        modulated_blur,
+        modulated_blur_ref,
+        modulated_conv,
         modulated_conv3x3,
         modulated_conv3x3_ref,
+        modulated_conv_ref,
         pack_conv3x3,
+        pack_modulated_conv,
     )
 
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -63,6 +68,22 @@ def cases(n: int, c: int, r: int, dtype: torch.dtype, device: str) -> list[dict]
     plane = n * c * r * r * e
     noise_bytes = n * r * r * e
     y_pool = rnd(n, c, 2 * r, 2 * r)
+
+    # conv=gemm's layers, NHWC: the 3x3, the up-sampling transposed 4x4 from r/2, the down-sampling strided 4x4
+    cl = torch.channels_last
+    x_cl = x.contiguous(memory_format=cl)
+    x_half = rnd(n, c, max(1, r // 2), max(1, r // 2)).contiguous(memory_format=cl)
+    w4 = rnd(c, c, 4, 4, scale=(2 / (16 * c)) ** 0.5)
+    gemm = {mode: (w, pack_modulated_conv(w, mode)) for mode, w in (("same", weight), ("up", w4), ("down", w4))}
+
+    def gemm_entry(mode, src, nbytes, flops):
+        w, pk = gemm[mode]
+        act = mode != "up"  # the decoder's up-sampling conv is bare: its blur pass follows
+        return entry("modulated_conv", f"mode={mode}",
+                     lambda: modulated_conv(src, None, mean, scale, shift, mode, bias=b, act=act, stats=act,
+                                            packed=pk, impl="triton"),
+                     modulated_conv_ref, (src, w, mean, scale, shift, mode, None, None, b, act, act),
+                     nbytes + w.numel() * e, flops)
 
     def entry(op, variant, triton, ref, args, nbytes, flops=0, unfused=None):
         return {"op": op, "variant": variant, "triton": triton, "ref": ref, "args": args, "bytes": nbytes,
@@ -89,6 +110,15 @@ def cases(n: int, c: int, r: int, dtype: torch.dtype, device: str) -> list[dict]
               lambda: modulated_conv3x3(x, mean, scale, shift, weight, noise, nw, b, packed=packed, impl="triton"),
               modulated_conv3x3_ref, (x, mean, scale, shift, weight, noise, nw, b),
               2 * plane + noise_bytes + weight.numel() * e, 2 * n * r * r * c * c * 9, unfused=unfused_conv),
+        gemm_entry("same", x_cl, 2 * plane, 2 * n * r * r * c * c * 9),
+        gemm_entry("up", x_half, plane + plane // 4, 2 * n * r * r * c * c * 4),
+        gemm_entry("down", x_cl, plane + plane // 4, 2 * n * r * r * c * c * 4),
+        # The generator's blur after an up-sampling conv, with its epilogue; the encoder's norm + blur.
+        entry("modulated_blur", "noise, bias, act, stats",
+              lambda: modulated_blur(x_cl, noise=noise, noise_weight=nw, bias=b, act=True, stats=True, impl="triton"),
+              modulated_blur_ref, (x_cl, None, None, None, noise, nw, b, True, True), 2 * plane + noise_bytes),
+        entry("modulated_blur", "norm", lambda: modulated_blur(x_cl, mean, scale, shift, impl="triton"),
+              modulated_blur_ref, (x_cl, mean, scale, shift), 2 * plane),
     ]
 
 

@@ -43,7 +43,6 @@ import re
 import shlex
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -167,7 +166,7 @@ class Ctx:
 def step_device(ctx: Ctx) -> dict[str, Any]:
     import torch
 
-    from alae_rt.bench import machine_info
+    from alae_rt.bench import machine_info, median_time
 
     dev = torch.device(ctx.device)
     info = machine_info(dev)
@@ -190,11 +189,11 @@ def step_device(ctx: Ctx) -> dict[str, Any]:
     reps = 10 if dev.type == "cuda" else 3
     pair = [torch.empty(nbytes, dtype=torch.uint8, device=dev).random_(), torch.empty(nbytes, dtype=torch.uint8,
                                                                                      device=dev)]
-    sec = _median_time(lambda: pair[1].copy_(pair[0]), dev, reps)
+    sec = median_time(lambda: pair[1].copy_(pair[0]), dev, reps)
     out["measured"] = {"copy_bytes": 2 * nbytes, "copy_tb_s": 2 * nbytes / sec / 1e12}
     pair.clear()
     a, b = (torch.randn(n, n, device=dev, dtype=torch.bfloat16) for _ in range(2))
-    sec = _median_time(lambda: a @ b, dev, reps)
+    sec = median_time(lambda: a @ b, dev, reps)
     out["measured"].update({"matmul_n": n, "bf16_matmul_tflop_s": 2 * n**3 / sec / 1e12})
     print(f"{info['device_name']}: copy {out['measured']['copy_tb_s']:.2f} TB/s, bf16 matmul "
           f"{out['measured']['bf16_matmul_tflop_s']:.1f} TFLOP/s; datasheet {out['datasheet']}")
@@ -210,28 +209,6 @@ def _nvidia_smi(field: str) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return res.stdout.strip().splitlines()[0] if res.returncode == 0 and res.stdout.strip() else None
-
-
-def _median_time(fn: Callable[[], Any], dev, reps: int, warmup: int = 3) -> float:
-    """Seconds per call, the median of `reps` (CUDA events on a GPU)."""
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        if dev.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def step_tests(ctx: Ctx) -> dict[str, Any]:

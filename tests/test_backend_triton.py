@@ -36,6 +36,44 @@ def test_unfused_convolutions_match_the_official_fixture(gray32, cudnn_max_res):
         Runtime.load(path, backend="triton", backend_options={"cudnn_max_res": -1})
 
 
+def test_gemm_path_matches_the_official_fixture(gray32):
+    """conv=gemm: every convolution one NHWC implicit GEMM, the 32x32 model's up-sampling layers (nearest 2x + 3x3)
+    as transposed 4x4 convs and its pooled down-sampling layers as strided 4x4 convs."""
+    path, ref = gray32
+    rt = Runtime.load(path, backend="triton", backend_options={"conv": "gemm"})
+    assert rt.backend.conv == "gemm"
+    check_all_outputs(rt, ref)
+    with pytest.raises(InputError, match="conv: one of kernel3x3, gemm, got 'cudnn'"):
+        Runtime.load(path, backend="triton", backend_options={"conv": "cudnn"})
+
+
+def test_resampling_rewrites_match_the_reference_blocks(gray32):
+    """The exact rewrites on the fixture's weights, in float64 (the convolutions modulated_conv's modes compute):
+    nearest 2x + 3x3 == transposed 4x4 of corner_sum(flip(w)); 3x3 + 2x2 average pool == strided 4x4 of
+    corner_sum(w) / 4. (Without the flip the up-sampling layer is off by O(1).)"""
+    import torch.nn.functional as F
+
+    from alae_rt.backends.triton import down_weight, up_weight
+
+    rt = Runtime.load(gray32[0])
+    gen, enc = rt.model.generator.double(), rt.model.encoder.double()
+    g = torch.Generator().manual_seed(0)
+    checked = 0
+    for blk in gen.blocks[1:]:
+        x = torch.randn(2, blk.conv_1.shape[1], 5, 6, generator=g, dtype=torch.float64)
+        ref = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), blk.conv_1, padding=1)
+        got = F.conv_transpose2d(x, up_weight(blk), stride=2, padding=1)
+        torch.testing.assert_close(got, ref, atol=1e-10, rtol=1e-10)
+        checked += not blk.fused
+    for blk in enc.blocks:
+        x = torch.randn(2, blk.conv_2.shape[1], 8, 6, generator=g, dtype=torch.float64)
+        ref = F.avg_pool2d(F.conv2d(x, blk.conv_2, padding=1), 2, 2)
+        got = F.conv2d(x, down_weight(blk), stride=2, padding=1)
+        torch.testing.assert_close(got, ref, atol=1e-10, rtol=1e-10)
+        checked += not blk.fused
+    assert checked == len(gen.blocks) - 1 + len(enc.blocks)  # every layer of the 32x32 model is an unfused one
+
+
 @pytest.mark.slow
 def test_matches_the_rgb128_fixture():
     """The fused (stride-2 / transposed) paths at 128x128; minutes under the interpreter."""
@@ -44,24 +82,27 @@ def test_matches_the_rgb128_fixture():
                       torch.load(folder / "reference.pt", weights_only=True))
 
 
-def test_fused_resampling_paths_on_a_small_model():
+@pytest.mark.parametrize("conv", ["kernel3x3", "gemm"])
+def test_fused_resampling_paths_on_a_small_model(conv):
     """Blocks at 128x128 use the fused transposed / strided convolutions; a narrow 128x128 model keeps the
     interpreter quick."""
     from alae_rt import ModelConfig
 
     cfg = ModelConfig(6, 4, 8, 16, 2, name="narrow-128")
     eager = Runtime.from_config(cfg, seed=3)
-    fused = Runtime(eager.model, backend="triton")
+    fused = Runtime(eager.model, backend="triton", backend_options={"conv": conv})
     x = eager.generate(seeds=[0], noise="const")
     torch.testing.assert_close(fused.encode(x), eager.encode(x), atol=1e-4, rtol=1e-4)
     w = eager.encode(x)
     torch.testing.assert_close(fused.decode(w, noise="const"), eager.decode(w, noise="const"), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_low_precision_close_to_eager_fp32(gray32, dtype):
+# conv=gemm in fp16 only: bf16 changes only its casts (the interpreter multiplies bf16 in fp32), and the suite's time
+@pytest.mark.parametrize("dtype, conv", [(torch.float16, "kernel3x3"), (torch.bfloat16, "kernel3x3"),
+                                         (torch.float16, "gemm")], ids=["fp16", "bf16", "fp16-gemm"])
+def test_low_precision_close_to_eager_fp32(gray32, dtype, conv):
     path, ref = gray32
-    rt = Runtime.load(path, backend="triton", dtype=dtype)
+    rt = Runtime.load(path, backend="triton", dtype=dtype, backend_options={"conv": conv})
     img = rt.decode(ref["encode_w"], noise=ref["reconstruct_noise"])
     assert img.dtype == dtype
     assert (img.float() - ref["reconstruct_img"]).abs().max() <= TOL[dtype]
@@ -84,13 +125,14 @@ EAGER_LOW_PRECISION_FACTOR = 2.0
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("conv", ["kernel3x3", "gemm"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-def test_ffhq1024_on_cuda_matches_eager(dtype):
+def test_ffhq1024_on_cuda_matches_eager(dtype, conv):
     """Full size, compiled: the backend with CUDA graphs against eager fp32 (no TF32: conftest) at batch 2."""
     def runtime(**kw) -> Runtime:
         return Runtime.from_config("ffhq-1024", seed=0, device="cuda", **kw)  # the same weights each time
 
-    eager, fast = runtime(), runtime(dtype=dtype, backend="triton")
+    eager, fast = runtime(), runtime(dtype=dtype, backend="triton", backend_options={"conv": conv})
     x = eager.generate(seeds=[0, 1], noise="const")
     w = eager.encode(x)
     img = eager.decode(w, noise="const")

@@ -18,10 +18,11 @@ def test_kernel_benchmark_smoke(tmp_path, monkeypatch):
     assert code == 0
     report = json.loads(next(tmp_path.glob("kernels_*.json")).read_text())
     # one entry per op of alae_rt.kernels, each variant timed with both implementations asked for
-    assert {r["op"] for r in report["rows"]} == {"act_stats", "modulate", "modulated_conv3x3"}
+    assert {r["op"] for r in report["rows"]} == {"act_stats", "modulate", "modulated_conv3x3", "modulated_conv",
+                                                 "modulated_blur"}
     cases = {(r["op"], r["variant"], r["impl"], tuple(r["shape"])) for r in report["rows"]}
     # variants x (triton, torch) x smoke shapes, and the convolution unfused (modulate + conv2d + act_stats)
-    assert len(cases) == len(report["rows"]) == 5 * 2 * 2 + 2
+    assert len(cases) == len(report["rows"]) == 10 * 2 * 2 + 2
     assert {r["op"] for r in report["rows"] if r["impl"] == "unfused"} == {"modulated_conv3x3"}
     for r in report["rows"]:
         assert r["gb_per_s"] == pytest.approx(r["bytes"] / (r["ms"] / 1e3) / 1e9)

@@ -301,3 +301,46 @@ def test_a_failure_is_printed_when_it_happens_and_read_back(gpu_check, tmp_path)
                             "test_sample.py"], cwd=tmp_path, env={**env, "ALAE_RT_FAILURES_AT_ONCE": "0"},
                            capture_output=True, text=True, timeout=300)
     assert quiet.returncode == 1 and gpu_check.printed_failures(quiet.stdout + quiet.stderr) == []
+
+
+# ---- the convolution kernels' window (benchmarks/conv_window.py) and their ahead-of-time build report ----------
+
+
+def test_conv_window_dry_run_writes_every_section_as_it_goes(tmp_path):
+    """The window script on the CPU (interpreter, tiny shapes): a row per measurement in the .jsonl, every section
+    present and none failed, the markdown's tables from them."""
+    script = ROOT / "benchmarks" / "conv_window.py"
+    res = subprocess.run([sys.executable, str(script), "--dry-run", "--out", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    (jsonl,) = tmp_path.glob("conv_window_dry_*.jsonl")
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert not [r for r in rows if "error" in r], [r for r in rows if "error" in r]
+    sections = {r["section"] for r in rows}
+    assert sections == {"versions", "cudnn", "sweep", "e2e", "profile"}, sections
+    sweep = [r for r in rows if r["section"] == "sweep" and "ms" in r]
+    assert {r["mode"] for r in sweep} == {"same", "up", "down"} and all(r["ms"] > 0 for r in sweep)
+    e2e = {(r["backend"], r["op"]) for r in rows if r["section"] == "e2e" and "images_per_s" in r}
+    assert ("triton-gemm", "encode") in e2e or ("triton-gemm", "decode") in e2e, e2e
+    md = jsonl.with_suffix(".md").read_text()
+    assert "Per-layer choice" in md and "End to end" in md and "## Profile: decode" in md
+
+
+def test_conv_aot_builds_a_config_for_sm90_and_reads_its_resources(tmp_path):
+    """One modulated_conv config built for sm_90 on this CPU (--smoke): its shared memory, registers and spills are
+    read, and the tensor-core instruction is Hopper's wgmma. (Outside the interpreter: it builds nothing.)"""
+    pytest.importorskip("triton")
+    script = ROOT / "benchmarks" / "conv_aot.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, str(script), "--smoke", "--out", str(tmp_path)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    (path,) = tmp_path.glob("conv_aot_sm90_bf16_*.json")
+    (row,) = json.loads(path.read_text())["rows"]
+    assert row["built"] and (row["mode"], row["cin"], row["h"]) == ("same", 16, 1024), row
+    assert 0 < row["shared_bytes"] <= 232_448 and 0 < row["registers"] <= 255
+    assert row["spill_stores_bytes"] == 0 and row["wgmma"] and row["launches"]
+    assert "| same | 16 | 16 | 1024 |" in path.with_suffix(".md").read_text()
+    res = subprocess.run([sys.executable, str(script), "--smoke", "--out", str(tmp_path)], cwd=ROOT,
+                         env=dict(env, TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "TRITON_INTERPRET is set" in res.stderr
