@@ -9,11 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import FACES128, FIXTURE_NAMES, OFFICIAL, require, write_images
+from threadpoolctl import threadpool_limits
 
 # Without a GPU the Triton kernels run through Triton's interpreter (decided when a kernel is defined, so
 # before any test imports one).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# The child processes the tests start (CLI runs, servers, benchmark scripts) read this when they load numpy; this
+# process's own BLAS gets the same limit from one_intra_op_thread below.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def pytest_addoption(parser):
@@ -89,10 +93,13 @@ def image_folder(tmp_path) -> Path:
 def one_intra_op_thread():
     """The suite runs torch on one intra-op thread: its models are small, and on two shared cores a second thread
     only adds synchronisation (OpenMP spinning against other jobs made a tiny model's convolution take 10 ms
-    instead of a fraction of one). Session-wide, so that module fixtures (an export, a benchmark run) get it too."""
+    instead of a fraction of one). Session-wide, so that module fixtures (an export, a benchmark run) get it too.
+    numpy's and scikit-learn's OpenBLAS likewise: the eval test's SVD of 198 faces x 12288 pixels took 11.4 s on
+    OpenBLAS's two threads beside the other test process and other jobs, 0.66 s on one."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
     torch.set_num_threads(before)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -15,15 +16,37 @@ from helpers import ROOT
 SUBPACKAGES = ("kernels", "export", "training", "serve")
 
 
-def test_folders_import_under_alae_rt_only(tmp_path):
+@pytest.fixture(scope="module")
+def fresh_process(tmp_path_factory) -> dict:
+    """What a new Python process outside the checkout sees, in one process (each one imports torch, seconds of
+    CPU): first the client and the help (before anything imports torch), then the sub-packages."""
     code = (
-        "import importlib, importlib.util\n"
+        "import importlib, importlib.util, json, sys\n"
+        "import alae_rt, alae_rt.serve.client\n"
+        "from alae_rt.cli import main\n"
+        "for argv in (['--help'], ['client', '--help'], ['client', 'reconstruct', '--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "seen = {'torch_before_use': 'torch' in sys.modules}\n"
+        "seen['runtime'] = alae_rt.Runtime.__name__\n"
+        "seen['torch_after_use'] = 'torch' in sys.modules  # the model loads on use\n"
         f"for name in {SUBPACKAGES!r}:\n"
         "    mod = importlib.import_module('alae_rt.' + name)\n"
-        "    assert mod.__file__.replace('\\\\', '/').endswith(name + '/__init__.py'), mod.__file__\n"
-        "    assert importlib.util.find_spec(name) is None, 'top-level package ' + name + ' is installed'\n"
+        "    seen[name] = [mod.__file__.replace('\\\\', '/'), importlib.util.find_spec(name) is not None]\n"
+        "print('SEEN ' + json.dumps(seen))\n"
     )
-    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path_factory.mktemp("fresh"), check=True,
+                          capture_output=True, text=True)
+    return json.loads(done.stdout.rsplit("SEEN ", 1)[1])
+
+
+def test_folders_import_under_alae_rt_only(fresh_process):
+    for name in SUBPACKAGES:
+        file, top_level = fresh_process[name]
+        assert file.endswith(name + "/__init__.py"), file
+        assert not top_level, f"top-level package {name} is installed"
 
 
 def test_every_package_folder_is_listed_in_pyproject():
@@ -103,19 +126,8 @@ def test_core_never_imports_the_outer_packages():
     assert not ours, "kernels must be leaf ops"
 
 
-def test_the_client_and_the_help_start_without_torch(tmp_path):
+def test_the_client_and_the_help_start_without_torch(fresh_process):
     """Callers of a server need grpc and numpy only: the client module and `alae-rt --help` / `client --help`
     do not import torch (it takes seconds to load)."""
-    code = (
-        "import sys\n"
-        "import alae_rt, alae_rt.serve.client\n"
-        "from alae_rt.cli import main\n"
-        "for argv in (['--help'], ['client', '--help'], ['client', 'reconstruct', '--help']):\n"
-        "    try:\n"
-        "        main(argv)\n"
-        "    except SystemExit:\n"
-        "        pass\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n"
-        "assert alae_rt.Runtime.__name__ == 'Runtime' and 'torch' in sys.modules  # the model loads on use\n"
-    )
-    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, capture_output=True)
+    assert not fresh_process["torch_before_use"], "torch was imported"
+    assert fresh_process["runtime"] == "Runtime" and fresh_process["torch_after_use"]

@@ -65,44 +65,72 @@ def call_on_new_connection(address: str) -> pb.ModelInfo:
         return pb_grpc.AlaeStub(channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
 
 
-def served_by(log_path: Path) -> set[str]:
-    return {line["process"] for line in log_lines(log_path) if line.get("event") == "rpc" and "process" in line}
+def served_by(log_path: Path, start: int = 0) -> set[str]:
+    """The processes that logged an RPC in the log's lines from `start` on."""
+    return {line["process"] for line in log_lines(log_path)[start:]
+            if line.get("event") == "rpc" and "process" in line}
 
 
-def test_two_processes_share_the_port_and_both_serve(tmp_path):
-    with processes_server(tmp_path) as (proc, address, log_path):
-        # the kernel spreads connections over the two: 40 all landing on one would be a 2^-39 chance
-        for _ in range(40):
-            assert call_on_new_connection(address).resolution == 16
-            if served_by(log_path) == {"1/2", "2/2"}:
-                break
-        assert served_by(log_path) == {"1/2", "2/2"}
-        parent = next(line for line in log_lines(log_path) if line.get("processes") == 2)
-        assert parent["event"] == "listening" and len(set(parent["pids"])) == 2
-        with grpc.insecure_channel(address) as channel:  # the model answers, not only the info
-            images = pb_grpc.AlaeStub(channel).Generate(pb.GenerateRequest(seeds=[0, 1]), timeout=60)
-            assert len(images.images) == 2
+def children_of(pid: int) -> list[int]:
+    """The live processes whose parent is `pid` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return sorted(out)
 
 
-def test_alae_clients_each_have_a_connection_and_so_reach_both_processes(tmp_path):
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    """One `--processes 2` server for the tests that leave it as they found it (each start is three Python
+    processes importing torch). Each test looks at the log lines written since it began."""
+    with processes_server(tmp_path_factory.mktemp("processes")) as started:
+        yield started
+
+
+def test_two_processes_share_the_port_and_both_serve(shared_server):
+    proc, address, log_path = shared_server
+    start = len(log_lines(log_path))
+    # the kernel spreads connections over the two: 40 all landing on one would be a 2^-39 chance
+    for _ in range(40):
+        assert call_on_new_connection(address).resolution == 16
+        if served_by(log_path, start) == {"1/2", "2/2"}:
+            break
+    assert served_by(log_path, start) == {"1/2", "2/2"}
+    parent = next(line for line in log_lines(log_path) if line.get("processes") == 2)
+    assert parent["event"] == "listening" and len(set(parent["pids"])) == 2
+    with grpc.insecure_channel(address) as channel:  # the model answers, not only the info
+        images = pb_grpc.AlaeStub(channel).Generate(pb.GenerateRequest(seeds=[0, 1]), timeout=60)
+        assert len(images.images) == 2
+
+
+def test_alae_clients_each_have_a_connection_and_so_reach_both_processes(shared_server):
     """AlaeClient objects do not share one connection (gRPC's default for channels with the same settings): a
     program with several clients uses several server processes."""
-    with processes_server(tmp_path) as (proc, address, log_path):
-        clients = [AlaeClient(address, timeout=30) for _ in range(40)]
-        try:
-            for c in clients:
-                assert c.info().resolution == 16
-                if served_by(log_path) == {"1/2", "2/2"}:
-                    break
-        finally:
-            for c in clients:
-                c.close()
-        assert served_by(log_path) == {"1/2", "2/2"}
+    proc, address, log_path = shared_server
+    start = len(log_lines(log_path))
+    clients = [AlaeClient(address, timeout=30) for _ in range(40)]
+    try:
+        for c in clients:
+            assert c.info().resolution == 16
+            if served_by(log_path, start) == {"1/2", "2/2"}:
+                break
+    finally:
+        for c in clients:
+            c.close()
+    assert served_by(log_path, start) == {"1/2", "2/2"}
 
 
-def test_a_process_that_dies_is_started_again_while_the_other_serves(tmp_path):
+def test_a_process_that_dies_is_started_again_and_sigterm_then_stops_them_all(tmp_path):
+    """One server for both (a start is three processes importing torch): a killed process is replaced while the
+    other serves; SIGTERM then stops every process, the new one included, and removes the port file."""
     with processes_server(tmp_path) as (proc, address, log_path):
         pids = next(line for line in log_lines(log_path) if line.get("processes") == 2)["pids"]
+        assert children_of(proc.pid) == sorted(pids)
         os.kill(pids[0], signal.SIGKILL)
         # (a connection that reached the killed process's queue in its last moment is reset: clients retry those)
         restart = wait_for(lambda: next((line for line in log_lines(log_path)
@@ -117,17 +145,16 @@ def test_a_process_that_dies_is_started_again_while_the_other_serves(tmp_path):
                  "the new process took no connection")
         assert proc.poll() is None
 
-
-def test_sigterm_stops_every_process_and_removes_the_port_file(tmp_path):
-    with processes_server(tmp_path) as (proc, address, log_path):
-        pids = next(line for line in log_lines(log_path) if line.get("processes") == 2)["pids"]
+        running = children_of(proc.pid)
+        assert len(running) == 2 and pids[1] in running and pids[0] not in running
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
         assert not (tmp_path / "port").exists()
-        for pid in pids:
+        for pid in pids + running:
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
-        assert sum(line.get("event") == "stopped" for line in log_lines(log_path)) == 2  # each drained and stopped
+        # each drained and stopped: the survivor and the new process (the killed one had no say)
+        assert sum(line.get("event") == "stopped" for line in log_lines(log_path)) == 2
 
 
 def test_a_process_that_cannot_start_ends_the_server_with_its_error(tmp_path):
@@ -141,12 +168,14 @@ def test_a_process_that_cannot_start_ends_the_server_with_its_error(tmp_path):
     assert missing.returncode == 2 and missing.stderr.count("no such file") == 1  # said once, not per process
 
 
-def test_a_port_in_use_is_refused_not_shared(tmp_path):
+def test_a_port_in_use_is_refused_not_shared(shared_server):
     """Neither a single server nor another --processes server joins processes already on the port."""
-    with processes_server(tmp_path) as (proc, address, log_path):
-        port = address.rsplit(":", 1)[1]
-        for processes in ("1", "2"):
-            res = subprocess.run([*ALAE_RT, "serve", "--preset", "tiny", "--port", port, "--no-warmup",
-                                  "--processes", processes], capture_output=True, text=True, timeout=120)
-            assert res.returncode == 2 and "port in use" in res.stderr and "Traceback" not in res.stderr
-        assert sum(line.get("event") == "listening" for line in log_lines(log_path)) == 3  # its own, still alone
+    proc, address, log_path = shared_server
+    listening = sum(line.get("event") == "listening" for line in log_lines(log_path))
+    assert listening == 3  # the parent's and its two processes'
+    port = address.rsplit(":", 1)[1]
+    for processes in ("1", "2"):
+        res = subprocess.run([*ALAE_RT, "serve", "--preset", "tiny", "--port", port, "--no-warmup",
+                              "--processes", processes], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and "port in use" in res.stderr and "Traceback" not in res.stderr
+    assert sum(line.get("event") == "listening" for line in log_lines(log_path)) == 3  # its own, still alone

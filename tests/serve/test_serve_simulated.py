@@ -66,7 +66,9 @@ def test_tree_cpu_counts_the_children():
     spec = importlib.util.spec_from_file_location("serve_load", ROOT / "benchmarks" / "serve_load.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    busy = "import time\nt = time.time()\nwhile time.time() - t < 4: pass"
+    # The child spends 0.3 s of CPU, then waits on the stdin it shares with its parent: it stays in the tree until
+    # the test closes that pipe, however busy the machine (a fixed 4 s of spinning cost 4 s of CPU every run).
+    busy = "import sys, time\nwhile time.process_time() < 0.3: pass\nsys.stdin.read()"
     parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', "
                                f"{busy!r}]); sys.stdin.read()"], stdin=subprocess.PIPE)
     try:
