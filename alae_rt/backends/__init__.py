@@ -1,6 +1,6 @@
 """Backends: the two hot calls, `encode(x) -> w` and `decode(styles, noise) -> images`, behind one interface.
 
-One module per backend (eager, compile, official, triton, onnxruntime, tensorrt); this one holds the registry.
+One module per backend (eager, compile, official, triton, onnxruntime, tensorrt, openvino); this one holds the registry.
 The Runtime picks a backend once at load; the network code stays free of backend switches. Every backend
 is tested against `eager` on the same inputs. A backend's options are its constructor's keyword arguments,
 checked here, once, for all of them.
@@ -42,6 +42,7 @@ _BUILTIN = {
     "triton": "alae_rt.backends.triton:TritonBackend",
     "onnxruntime": "alae_rt.backends.onnxruntime:OnnxRuntimeBackend",
     "tensorrt": "alae_rt.backends.tensorrt:TensorRTBackend",
+    "openvino": "alae_rt.backends.openvino:OpenVinoBackend",
 }
 _BACKENDS: dict[str, BackendFactory | str] = dict(_BUILTIN)
 

@@ -13,7 +13,9 @@ off so fp32 results stay within 1e-4 of eager. `providers=[...]` overrides the c
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from torch import Tensor
 
 from alae_rt.errors import CheckpointError, InputError
 from alae_rt.exported import (
+    FORMAT,
     META_DTYPE,
     META_ROLE,
     META_WEIGHTS,
@@ -55,6 +58,54 @@ def default_providers(device: torch.device, available: list[str]) -> list[Any]:
                          f"(it has {', '.join(available)}); install onnxruntime-gpu instead of onnxruntime")
     index = device.index if device.index is not None else torch.cuda.current_device()
     return [("CUDAExecutionProvider", {"device_id": index, "use_tf32": 0}), "CPUExecutionProvider"]
+
+
+def cache_root() -> Path:
+    """Where ONNX-file backends keep the files they export on the fly: $ALAE_RT_CACHE, else the user's cache."""
+    if os.environ.get("ALAE_RT_CACHE"):
+        return Path(os.environ["ALAE_RT_CACHE"]) / "onnx"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alae-rt" / "onnx"
+
+
+def weights_hash(model: StyleALAE) -> str:
+    """SHA-256 of the exported networks' tensors (name, shape, fp32 bytes) and the file format: the cache's key."""
+    digest = hashlib.sha256(f"{FORMAT} {json.dumps(model.config.to_dict(), sort_keys=True)}".encode())
+    for role in ("encoder", "generator", "mapping"):
+        for name, tensor in getattr(model, role).state_dict().items():
+            t = tensor.detach().to("cpu", torch.float32).contiguous()
+            digest.update(f"{role}.{name}{list(t.shape)}".encode())
+            digest.update(t.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def onnx_folder(backend: str, model: StyleALAE, onnx_dir: str | Path | None, cache_dir: str | Path | None = None,
+                export: bool = True, progress=None) -> Path:
+    """The export folder an ONNX-file backend reads: `onnx_dir` when given (it must exist); otherwise, with
+    `export`, the model's own export in the cache (`cache_dir`, default `cache_root()`), in a folder named by
+    `weights_hash` and written by `alae-rt export onnx`'s exporter on first use (verified against eager as always).
+
+    The exporter lives in the outer `alae_rt.export` package; it is imported here, only when a folder has to be
+    written, as the CLI imports a subcommand's package only when it runs.
+    """
+    if onnx_dir is not None:
+        folder = Path(onnx_dir)
+        if not folder.is_dir():
+            raise CheckpointError(f"{folder}: no such export folder; write it with `alae-rt export onnx`")
+        return folder
+    if not export:
+        raise InputError(f"backend {backend!r} needs --backend-option onnx_dir=DIR "
+                         "(backend_options={'onnx_dir': DIR} in Python), the folder written by "
+                         "`alae-rt export onnx`")
+    folder = Path(cache_dir or cache_root()) / f"{model.config.name}-{weights_hash(model)[:24]}"
+    if all(find_onnx(folder, role).is_file() for role in ("encoder", "generator")):
+        return folder
+    try:
+        from alae_rt.export.onnx_export import export_onnx
+    except ImportError as exc:
+        raise InputError(f"backend {backend!r} without onnx_dir exports the model first, which needs the export "
+                         f"tools: pip install 'alae-rt[export]' ({exc})") from None
+    export_onnx(model, folder, source=f"exported on the fly by the {backend} backend", progress=progress)
+    return folder
 
 
 class OnnxSession:
@@ -148,13 +199,7 @@ class OnnxRuntimeBackend:
     def __init__(self, model: StyleALAE, device: torch.device, onnx_dir: str | Path | None = None,
                  providers: str | list[Any] | None = None, threads: int | None = None,
                  check_weights_match: bool = True):
-        if onnx_dir is None:
-            raise InputError("backend 'onnxruntime' needs --backend-option onnx_dir=DIR "
-                             "(backend_options={'onnx_dir': DIR} in Python), the folder written by "
-                             "`alae-rt export onnx`")
-        folder = Path(onnx_dir)
-        if not folder.is_dir():
-            raise CheckpointError(f"{folder}: no such export folder; write it with `alae-rt export onnx`")
+        folder = onnx_folder(self.name, model, onnx_dir, export=False)
         self.model, self.device, self.config = model, device, model.config
         self.encoder = self._open(folder, "encoder", model.encoder, providers, threads, check_weights_match)
         self.generator = self._open(folder, "generator", model.generator, providers, threads, check_weights_match)
