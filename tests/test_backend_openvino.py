@@ -4,6 +4,8 @@ precision, with several streams, and its refusals; rgb128 runs it on its `alae-r
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from helpers import OFFICIAL, check_all_outputs, require
@@ -89,3 +91,28 @@ def test_openvino_refuses_bad_options_and_other_weights(ov_rt, rt128):
         other.model.encoder.from_rgb[0].weight.mul_(2)
     with pytest.raises(CheckpointError, match="exported from other weights"):
         Runtime(other.model, backend="openvino", backend_options={"onnx_dir": folder})
+
+
+def test_auto_on_cpu_picks_by_measurement_and_records_it(tmp_path, monkeypatch):
+    """`auto` on a CPU times the candidates on the model itself, keeps the fastest within tolerance, records the
+    figures in the cache under a key naming the CPU, threads, dtype, weights and versions, and reads them there next
+    time (no second measurement)."""
+    import alae_rt.backends as backends
+
+    monkeypatch.setenv("ALAE_RT_CACHE", str(tmp_path))
+    monkeypatch.setattr(backends, "COMPILE_MIN_GFLOPS", 0.0)  # the tiny preset stands in for a large model
+    monkeypatch.setattr(backends, "cpu_candidates", lambda model: ["eager", "openvino"])
+    built = []  # the candidates the measurement builds (the Runtime builds its backend through its own import)
+    real = backends.create_backend
+    monkeypatch.setattr(backends, "create_backend", lambda name, *a, **k: built.append(name) or real(name, *a, **k))
+    rt = Runtime.from_config("tiny", seed=0, backend="auto")
+    assert built == ["eager", "openvino"]
+    [record] = json.loads((tmp_path / backends.AUTO_RECORD).read_text()).values()
+    assert set(record["ms"]) == {"eager", "openvino"} and all(t > 0 for t in record["ms"].values())
+    assert record["choice"] == min(record["ms"], key=record["ms"].get) == rt.backend.name
+    assert record["errors"]["openvino"] < 1e-3 and record["key"]["threads"] == torch.get_num_threads()
+    x = torch.rand(2, 3, rt.config.resolution, rt.config.resolution) * 2 - 1
+    torch.testing.assert_close(rt.encode(x), Runtime(rt.model, backend="eager").encode(x), atol=1e-4, rtol=1e-4)
+
+    assert Runtime.from_config("tiny", seed=0, backend="auto").backend.name == record["choice"]
+    assert built == ["eager", "openvino"]  # read from the record, not measured again

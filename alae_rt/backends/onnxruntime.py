@@ -61,10 +61,11 @@ def default_providers(device: torch.device, available: list[str]) -> list[Any]:
 
 
 def cache_root() -> Path:
-    """Where ONNX-file backends keep the files they export on the fly: $ALAE_RT_CACHE, else the user's cache."""
+    """alae-rt's cache: $ALAE_RT_CACHE, else the user's (~/.cache/alae-rt). ONNX-file backends keep the files they
+    export on the fly in its onnx/ folder; `auto` keeps its measurements there."""
     if os.environ.get("ALAE_RT_CACHE"):
-        return Path(os.environ["ALAE_RT_CACHE"]) / "onnx"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alae-rt" / "onnx"
+        return Path(os.environ["ALAE_RT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alae-rt"
 
 
 def weights_hash(model: StyleALAE) -> str:
@@ -81,7 +82,7 @@ def weights_hash(model: StyleALAE) -> str:
 def onnx_folder(backend: str, model: StyleALAE, onnx_dir: str | Path | None, cache_dir: str | Path | None = None,
                 export: bool = True, progress=None) -> Path:
     """The export folder an ONNX-file backend reads: `onnx_dir` when given (it must exist); otherwise, with
-    `export`, the model's own export in the cache (`cache_dir`, default `cache_root()`), in a folder named by
+    `export`, the model's own export in the cache (`cache_dir`, default `cache_root()/onnx`), in a folder named by
     `weights_hash` and written by `alae-rt export onnx`'s exporter on first use (verified against eager as always).
 
     The exporter lives in the outer `alae_rt.export` package; it is imported here, only when a folder has to be
@@ -96,7 +97,7 @@ def onnx_folder(backend: str, model: StyleALAE, onnx_dir: str | Path | None, cac
         raise InputError(f"backend {backend!r} needs --backend-option onnx_dir=DIR "
                          "(backend_options={'onnx_dir': DIR} in Python), the folder written by "
                          "`alae-rt export onnx`")
-    folder = Path(cache_dir or cache_root()) / f"{model.config.name}-{weights_hash(model)[:24]}"
+    folder = Path(cache_dir or cache_root() / "onnx") / f"{model.config.name}-{weights_hash(model)[:24]}"
     if all(find_onnx(folder, role).is_file() for role in ("encoder", "generator")):
         return folder
     try:

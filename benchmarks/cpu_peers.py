@@ -1,0 +1,195 @@
+"""Our CPU paths against the CPU runtimes a user would pick instead (onnxruntime, OpenVINO), in one run.
+
+    python benchmarks/cpu_peers.py                        # ffhq-1024, batch 1, 2 threads: writes benchmarks/results/
+    python benchmarks/cpu_peers.py --preset tiny --reps 3 --out /tmp/peers   # a quick check that every path runs
+
+Random weights of the preset (seed 0; speed does not depend on their values), exported once with the project's
+exporter (`--onnx-dir` keeps or reuses the export); every runtime gets the same inputs. The candidates are timed
+interleaved - one call of each in turn, `--reps` rounds - so that a shared machine's drift falls on all of them
+alike; the table gives each one's median and range in ms, the speed against OpenVINO's path of the same precision
+class, and the max abs error against eager fp32 (images in [-1, 1]; w). Writes `cpu_peers_<preset>_<cpu>_<date>_
+<commit>.json` and `.md`, tagged with the CPU, its bf16/AMX flags, threads, library versions, date and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import json
+import statistics
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from alae_rt import Runtime
+from alae_rt.bench import machine_info, unused_stem
+from alae_rt.errors import InputError
+from alae_rt.flops import count_flops
+
+ROOT = Path(__file__).resolve().parents[1]
+OPS = ("decode", "encode")
+LABELS = {"decode": "generator (styles + noise -> image)", "encode": "encoder (image -> w)"}
+
+
+def candidates(onnx_dir: Path, ov_default: str) -> list[tuple[str, str, str, str, dict]]:
+    """(label, precision class, backend, dtype, backend options). On a CPU `auto` picks the fastest of the fp32
+    rows by this same kind of measurement (alae_rt.backends.measure_cpu_backends)."""
+    return [
+        ("Runtime fp32 (eager)", "fp32", "eager", "fp32", {}),
+        ("Runtime fp32 (compile)", "fp32", "compile", "fp32", {}),
+        ("onnxruntime", "fp32", "onnxruntime", "fp32", {"onnx_dir": onnx_dir}),
+        ("OpenVINO f32", "fp32", "openvino", "fp32", {"onnx_dir": onnx_dir, "precision": "f32"}),
+        ("Runtime bf16 (eager)", "reduced", "eager", "bf16", {}),
+        ("Runtime bf16 (compile)", "reduced", "compile", "bf16", {}),
+        ("Runtime bf16 (compile, freezing)", "reduced", "compile", "bf16", {"freezing": True}),
+        (f"OpenVINO default ({ov_default})", "reduced", "openvino", "fp32", {"onnx_dir": onnx_dir,
+                                                                             "precision": ov_default}),
+    ]
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's reduced-precision flags (bf16 and AMX decide what OpenVINO's default precision is)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return sorted(f for f in flags.split(":", 1)[1].split() if f.startswith(("amx", "avx512_bf16", "avx512_fp16")))
+
+
+def run(preset: str, threads: int, reps: int, onnx_dir: Path | None, only: list[str] | None) -> dict:
+    import openvino
+
+    torch.set_num_threads(threads)
+    ref = Runtime.from_config(preset, seed=0)
+    cfg = ref.config
+    scratch = None
+    if onnx_dir is None:
+        scratch = tempfile.TemporaryDirectory(prefix="alae-rt-peers-")
+        onnx_dir = Path(scratch.name)
+    if not (onnx_dir / "generator.onnx").is_file():
+        from alae_rt.export.onnx_export import export_onnx
+
+        print(f"exporting {cfg.name} to {onnx_dir}...", file=sys.stderr)
+        export_onnx(ref.model, onnx_dir, progress=lambda m: print(m, file=sys.stderr))
+    ov_default = openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
+
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        styles = ref.truncate(ref.map(torch.randn(1, cfg.latent_size, generator=gen)))  # [1, 2L, D]
+        noise = ref.noise(1, "const")
+        x = ref.decode(styles, noise=noise).clamp(-1, 1)  # [1, C, R, R]: a generated face to encode
+        want = {"decode": ref.backend.decode(styles, noise), "encode": ref.backend.encode(x)}
+
+    runs = []
+    for label, kind, backend, dtype, options in candidates(onnx_dir, ov_default):
+        if only and not any(o in label for o in only):
+            continue
+        if backend in ("onnxruntime", "openvino"):
+            options = {**options, "threads": threads}
+        start = time.perf_counter()
+        try:
+            rt = Runtime(copy.deepcopy(ref.model), dtype=dtype, backend=backend, backend_options=options)
+        except InputError as exc:
+            print(f"{label}: skipped ({exc})", file=sys.stderr)
+            continue
+        args = {"decode": (styles.to(rt.dtype), [m.to(rt.dtype) for m in noise]), "encode": (x.to(rt.dtype),)}
+        calls = {op: functools.partial(getattr(rt.backend, op), *args[op]) for op in OPS}
+        row = {"candidate": label, "class": kind, "backend": rt.backend.name, "dtype": dtype,
+               "options": {k: str(v) for k, v in options.items()}, "times_ms": {op: [] for op in OPS}}
+        with torch.inference_mode():
+            for op in OPS:
+                out = calls[op]()  # the first call compiles, where something compiles
+                row[f"{op}_max_err"] = float((out.float() - want[op]).abs().max())
+                calls[op]()
+        row["setup_s"] = round(time.perf_counter() - start, 1)
+        print(f"{label}: ready in {row['setup_s']} s (backend {row['backend']}); errors "
+              f"decode {row['decode_max_err']:.1e}, encode {row['encode_max_err']:.1e}", file=sys.stderr)
+        runs.append((row, calls))
+
+    # Interleaved: round r calls every candidate once (A B C ... A B C ...).
+    with torch.inference_mode():
+        for r in range(reps):
+            for row, calls in runs:
+                for op in OPS:
+                    start = time.perf_counter()
+                    calls[op]()
+                    row["times_ms"][op].append((time.perf_counter() - start) * 1e3)
+            print(f"round {r + 1}/{reps}: " + ", ".join(
+                f"{row['candidate']} {row['times_ms']['decode'][-1]:.0f}/{row['times_ms']['encode'][-1]:.0f}"
+                for row, _ in runs), file=sys.stderr)
+    rows = [row for row, _ in runs]
+    for row in rows:
+        for op in OPS:
+            row[f"{op}_ms"] = statistics.median(row["times_ms"][op])
+    for row in rows:
+        peer = next((p for p in rows if p["backend"] == "openvino" and p["class"] == row["class"]), None)
+        for op in OPS:
+            row[f"{op}_vs_openvino"] = peer[f"{op}_ms"] / row[f"{op}_ms"] if peer else None
+    if scratch is not None:
+        scratch.cleanup()
+    machine = machine_info(torch.device("cpu"))
+    for dist in ("openvino", "onnxruntime"):
+        machine["versions"][dist] = metadata.version(dist)
+    machine["cpu_flags"] = cpu_flags()
+    machine["threads"] = threads
+    flops = count_flops(cfg)
+    return {"benchmark": "cpu_peers", "preset": cfg.name, "batch": 1, "reps": reps, "machine": machine,
+            "openvino_default_precision": ov_default,
+            "gflop_per_image": {op: round(flops[op] / 1e9, 2) for op in OPS}, "rows": rows}
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [f"# CPU peers: {report['preset']}, batch 1, {m['threads']} threads", "",
+             f"- CPU: {m['cpu']} ({m['cpu_count']} logical CPUs; flags {', '.join(m['cpu_flags']) or 'none'}), "
+             f"date {m['date']}, commit {m['commit']}",
+             f"- versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}",
+             f"- median (min-max) of {report['reps']} interleaved calls per candidate, ms; x OpenVINO: its time over "
+             "ours for the same precision class (fp32: OpenVINO f32; reduced: OpenVINO's default, "
+             f"{report['openvino_default_precision']} on this CPU); err: max abs against eager fp32 (images in "
+             "[-1, 1]; w)",
+             "- the machine is shared with other work: compare rows of one run, not runs", "",
+             "| candidate | backend | generator ms | x OpenVINO | err | encoder ms | x OpenVINO | err |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in report["rows"]:
+        cells = []
+        for op in OPS:
+            t = r["times_ms"][op]
+            cells += [f"{r[f'{op}_ms']:.0f} ({min(t):.0f}-{max(t):.0f})", f"{r[f'{op}_vs_openvino'] or 0:.2f}x",
+                      f"{r[f'{op}_max_err']:.1e}"]
+        how = f"{r['backend']} {r['options'].get('precision', r['dtype'])}"
+        lines.append(f"| {r['candidate']} | {how} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="ffhq-1024")
+    p.add_argument("--threads", type=int, default=2, help="threads for every runtime (default 2)")
+    p.add_argument("--reps", type=int, default=7, help="interleaved rounds (default 7)")
+    p.add_argument("--only", help="comma-separated substrings of candidate labels")
+    p.add_argument("--onnx-dir", type=Path, help="reuse (or keep) the export of the preset (seed 0) here")
+    p.add_argument("-o", "--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = p.parse_args(argv)
+    if args.threads < 1 or args.reps < 1:
+        p.error("--threads and --reps must be >= 1")
+    report = run(args.preset, args.threads, args.reps, args.onnx_dir, args.only.split(",") if args.only else None)
+    m = report["machine"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    cpu = "-".join(m["cpu"].lower().replace("(r)", "").split())[:40] or "cpu"
+    stem = unused_stem(args.out, f"cpu_peers_{report['preset']}_{cpu}_{m['date'][:10]}_{m['commit'][:12]}")
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    text = markdown(report)
+    (args.out / f"{stem}.md").write_text(text)
+    print(text)
+    print(f"wrote {args.out / stem}.json and .md", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
