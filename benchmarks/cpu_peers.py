@@ -41,11 +41,12 @@ def candidates(onnx_dir: Path, ov_default: str) -> list[tuple[str, str, str, str
     rows by this same kind of measurement (alae_rt.backends.measure_cpu_backends)."""
     return [
         ("Runtime fp32 (eager)", "fp32", "eager", "fp32", {}),
+        ("Runtime fp32 (eager, channels_last)", "fp32", "eager", "fp32", {"channels_last": True}),
         ("Runtime fp32 (compile)", "fp32", "compile", "fp32", {}),
         ("onnxruntime", "fp32", "onnxruntime", "fp32", {"onnx_dir": onnx_dir}),
         ("OpenVINO f32", "fp32", "openvino", "fp32", {"onnx_dir": onnx_dir, "precision": "f32"}),
         ("Runtime bf16 (eager)", "reduced", "eager", "bf16", {}),
-        ("Runtime bf16 (compile)", "reduced", "compile", "bf16", {}),
+        ("Runtime bf16 (eager, channels_last)", "reduced", "eager", "bf16", {"channels_last": True}),
         ("Runtime bf16 (compile, freezing)", "reduced", "compile", "bf16", {"freezing": True}),
         (f"OpenVINO default ({ov_default})", "reduced", "openvino", "fp32", {"onnx_dir": onnx_dir,
                                                                              "precision": ov_default}),

@@ -5,10 +5,11 @@ precision, with several streams, and its refusals; rgb128 runs it on its `alae-r
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
-from helpers import OFFICIAL, check_all_outputs, require
+from helpers import OFFICIAL, ROOT, check_all_outputs, require
 
 from alae_rt import CheckpointError, InputError, Runtime
 
@@ -116,3 +117,25 @@ def test_auto_on_cpu_picks_by_measurement_and_records_it(tmp_path, monkeypatch):
 
     assert Runtime.from_config("tiny", seed=0, backend="auto").backend.name == record["choice"]
     assert built == ["eager", "openvino"]  # read from the record, not measured again
+
+
+@pytest.mark.slow  # an export and four runtimes: a minute on two busy cores
+def test_cpu_peers_benchmark_runs_and_tags_its_results(tmp_path, monkeypatch):
+    """benchmarks/cpu_peers.py end to end on the tiny preset (eager, onnxruntime and the two OpenVINO rows)."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import cpu_peers
+
+    only = "Runtime fp32 (eager),onnxruntime,OpenVINO"
+    assert cpu_peers.main(["--preset", "tiny", "--reps", "2", "--only", only, "-o", str(tmp_path)]) == 0
+    report = json.loads(next(tmp_path.glob("cpu_peers_tiny_*.json")).read_text())
+    rows = {r["candidate"]: r for r in report["rows"]}
+    default = f"OpenVINO default ({report['openvino_default_precision']})"
+    assert set(rows) == {"Runtime fp32 (eager)", "onnxruntime", "OpenVINO f32", default}
+    assert rows["OpenVINO f32"]["encode_vs_openvino"] == rows[default]["decode_vs_openvino"] == 1.0
+    assert all(len(r["times_ms"]["encode"]) == 2 and r["decode_max_err"] < 1e-4 for r in rows.values()
+               if r["class"] == "fp32")
+    assert {"openvino", "onnxruntime", "torch"} <= set(report["machine"]["versions"])
+    assert report["machine"]["commit"] and report["machine"]["date"]
+    assert "| OpenVINO f32 | openvino f32 |" in next(tmp_path.glob("cpu_peers_tiny_*.md")).read_text()
+    sys.modules.pop("cpu_peers", None)
