@@ -144,6 +144,55 @@ def run(preset: str, threads: int, reps: int, onnx_dir: Path | None, only: list[
             "gflop_per_image": {op: round(flops[op] / 1e9, 2) for op in OPS}, "rows": rows}
 
 
+def profile_encoder(preset: str, threads: int, onnx_dir: Path, channels_last: bool, top: int = 12) -> dict:
+    """The fp32 encoder by op, ours (torch.profiler over eager, NCHW or channels-last) beside OpenVINO's (its
+    per-node performance counters, by node and kernel type): where the time goes, one call each after a warm-up."""
+    import openvino
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(threads)
+    ref = Runtime.from_config(preset, seed=0, backend_options={"channels_last": channels_last})
+    cfg = ref.config
+    x = torch.rand(1, cfg.channels, cfg.resolution, cfg.resolution, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.inference_mode():
+        ref.backend.encode(x)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            start = time.perf_counter()
+            ref.backend.encode(x)
+            ours_ms = (time.perf_counter() - start) * 1e3
+    events = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
+    ours = [{"op": e.key, "shapes": str(e.input_shapes)[:90], "calls": e.count, "ms": e.self_cpu_time_total / 1e3}
+            for e in events[:top]]
+    core = openvino.Core()
+    compiled = core.compile_model(str(onnx_dir / "encoder.onnx"), "CPU", {
+        "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERF_COUNT": True,
+        "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    request.infer({"images": x.numpy()})
+    start = time.perf_counter()
+    request.infer({"images": x.numpy()})
+    theirs_ms = (time.perf_counter() - start) * 1e3
+    by_type: dict[tuple[str, str], list[float]] = {}
+    for info in request.get_profiling_info():
+        by_type.setdefault((info.node_type, info.exec_type), []).append(info.real_time.total_seconds() * 1e3)
+    theirs = sorted(({"op": f"{t} ({e})", "calls": len(v), "ms": sum(v)} for (t, e), v in by_type.items()),
+                    key=lambda r: -r["ms"])[:top]
+    return {"channels_last": channels_last, "ours_ms": ours_ms, "openvino_ms": theirs_ms, "ours": ours,
+            "openvino": theirs}
+
+
+def profile_markdown(prof: dict) -> str:
+    layout = "channels-last" if prof["channels_last"] else "NCHW"
+    lines = ["", f"## fp32 encoder by op: eager ({layout}) {prof['ours_ms']:.0f} ms, OpenVINO f32 "
+             f"{prof['openvino_ms']:.0f} ms (one call each, profiled)", "",
+             "| ours: op | input shapes | calls | ms | | OpenVINO: node (kernel) | nodes | ms |",
+             "|---|---|---:|---:|---|---|---:|---:|"]
+    for a, b in zip(prof["ours"], prof["openvino"] + [None] * len(prof["ours"])):
+        right = f"{b['op']} | {b['calls']} | {b['ms']:.1f}" if b else " | | "
+        lines.append(f"| {a['op']} | {a['shapes']} | {a['calls']} | {a['ms']:.1f} | | {right} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [f"# CPU peers: {report['preset']}, batch 1, {m['threads']} threads", "",
@@ -175,17 +224,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=7, help="interleaved rounds (default 7)")
     p.add_argument("--only", help="comma-separated substrings of candidate labels")
     p.add_argument("--onnx-dir", type=Path, help="reuse (or keep) the export of the preset (seed 0) here")
+    p.add_argument("--profile", choices=("nchw", "channels_last"),
+                   help="also profile the fp32 encoder by op, eager in this layout beside OpenVINO f32 (needs "
+                        "--onnx-dir)")
     p.add_argument("-o", "--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args(argv)
     if args.threads < 1 or args.reps < 1:
         p.error("--threads and --reps must be >= 1")
+    if args.profile and not args.onnx_dir:
+        p.error("--profile needs --onnx-dir (the export OpenVINO's encoder is read from)")
     report = run(args.preset, args.threads, args.reps, args.onnx_dir, args.only.split(",") if args.only else None)
+    if args.profile:
+        report["profile"] = profile_encoder(args.preset, args.threads, args.onnx_dir, args.profile == "channels_last")
     m = report["machine"]
     args.out.mkdir(parents=True, exist_ok=True)
     cpu = "-".join(m["cpu"].lower().replace("(r)", "").split())[:40] or "cpu"
     stem = unused_stem(args.out, f"cpu_peers_{report['preset']}_{cpu}_{m['date'][:10]}_{m['commit'][:12]}")
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown(report)
+    text = markdown(report) + (profile_markdown(report["profile"]) if "profile" in report else "")
     (args.out / f"{stem}.md").write_text(text)
     print(text)
     print(f"wrote {args.out / stem}.json and .md", file=sys.stderr)

@@ -29,6 +29,7 @@ class CompileBackend:
     """
 
     name = "compile"
+    channels_last = False
 
     def __init__(self, model: StyleALAE, device: torch.device, mode: str | None = None,
                  freezing: bool = False, channels_last: bool = False, **options: Any):
