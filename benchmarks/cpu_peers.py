@@ -66,6 +66,7 @@ def run(preset: str, threads: int, reps: int, onnx_dir: Path | None, only: list[
     import openvino
 
     torch.set_num_threads(threads)
+    machine = machine_info(torch.device("cpu"))  # the commit the run starts at
     ref = Runtime.from_config(preset, seed=0)
     cfg = ref.config
     scratch = None
@@ -133,7 +134,6 @@ def run(preset: str, threads: int, reps: int, onnx_dir: Path | None, only: list[
             row[f"{op}_vs_openvino"] = peer[f"{op}_ms"] / row[f"{op}_ms"] if peer else None
     if scratch is not None:
         scratch.cleanup()
-    machine = machine_info(torch.device("cpu"))
     for dist in ("openvino", "onnxruntime"):
         machine["versions"][dist] = metadata.version(dist)
     machine["cpu_flags"] = cpu_flags()
