@@ -43,6 +43,7 @@ def candidates(onnx_dir: Path, ov_default: str) -> list[tuple[str, str, str, str
         ("Runtime fp32 (eager)", "fp32", "eager", "fp32", {}),
         ("Runtime fp32 (eager, channels_last)", "fp32", "eager", "fp32", {"channels_last": True}),
         ("Runtime fp32 (compile)", "fp32", "compile", "fp32", {}),
+        ("Runtime fp32 (compile, channels_last)", "fp32", "compile", "fp32", {"channels_last": True}),
         ("onnxruntime", "fp32", "onnxruntime", "fp32", {"onnx_dir": onnx_dir}),
         ("OpenVINO f32", "fp32", "openvino", "fp32", {"onnx_dir": onnx_dir, "precision": "f32"}),
         ("Runtime bf16 (eager)", "reduced", "eager", "bf16", {}),
