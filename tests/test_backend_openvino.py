@@ -5,6 +5,7 @@ precision, with several streams, and its refusals; rgb128 runs it on its `alae-r
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import pytest
@@ -75,7 +76,7 @@ def test_openvino_follows_a_bf16_runtime_and_splits_a_batch_over_streams(ov_rt, 
                                rtol=1e-5)
 
 
-def test_openvino_refuses_bad_options_and_other_weights(ov_rt, rt128):
+def test_openvino_refuses_bad_options_and_other_weights(ov_rt, rt128, tmp_path):
     folder = ov_rt.backend.onnx_dir
     for options, message in (({"precision": "int4"}, "option precision: 'int4'; choose from f32, bf16, f16"),
                              ({"threads": -1}, "option threads: -1 is out of range"),
@@ -85,6 +86,13 @@ def test_openvino_refuses_bad_options_and_other_weights(ov_rt, rt128):
             Runtime(ov_rt.model, backend="openvino", backend_options={"onnx_dir": folder, **options})
     with pytest.raises(CheckpointError, match="exported for another architecture"):
         Runtime(rt128.model, backend="openvino", backend_options={"onnx_dir": folder})
+    swapped = tmp_path / "swapped"
+    swapped.mkdir()
+    shutil.copy(folder / "generator.onnx", swapped / "encoder.onnx")
+    shutil.copy(folder / "generator.onnx", swapped / "generator.onnx")
+    for backend in ("openvino", "onnxruntime"):  # one check of the files for both (alae_rt.exported.check_graph)
+        with pytest.raises(CheckpointError, match="encoder.onnx: holds the generator graph, expected the encoder"):
+            Runtime(ov_rt.model, backend=backend, backend_options={"onnx_dir": swapped})
     with pytest.raises(CheckpointError, match="no such export folder"):
         Runtime(ov_rt.model, backend="openvino", backend_options={"onnx_dir": folder / "nope"})
     other = Runtime.load(OFFICIAL / "gray32" / "checkpoint.pth")

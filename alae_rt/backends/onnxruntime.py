@@ -27,15 +27,11 @@ from alae_rt.errors import CheckpointError, InputError
 from alae_rt.exported import (
     FORMAT,
     META_DTYPE,
-    META_ROLE,
-    META_WEIGHTS,
     NUMPY_DTYPES,
     TORCH_DTYPES,
     batch_noise,
-    check_config,
-    check_weights,
+    check_graph,
     find_onnx,
-    io_shapes,
 )
 from alae_rt.network import StyleALAE
 
@@ -116,7 +112,7 @@ class OnnxSession:
     so nothing crosses to the host.
     """
 
-    def __init__(self, path: Path, role: str, device: torch.device, providers: list[Any] | None = None,
+    def __init__(self, path: Path, device: torch.device, providers: list[Any] | None = None,
                  threads: int | None = None):
         ort = _import_onnxruntime()
         if not path.is_file():
@@ -146,9 +142,6 @@ class OnnxSession:
             raise CheckpointError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from None
         self.path, self.device = path, device
         self.meta = dict(self.session.get_modelmeta().custom_metadata_map)
-        if self.meta.get(META_ROLE) != role:
-            found = self.meta.get(META_ROLE) or "unknown"
-            raise CheckpointError(f"{path}: holds the {found} graph, expected the {role}")
         self.dtype_name = self.meta.get(META_DTYPE, "fp32")
         if self.dtype_name not in NUMPY_DTYPES:
             raise CheckpointError(f"{path}: unsupported dtype {self.dtype_name!r} in its metadata")
@@ -207,14 +200,9 @@ class OnnxRuntimeBackend:
         self.onnx_dir = folder
 
     def _open(self, folder: Path, role: str, module, providers, threads, check_weights_match: bool) -> OnnxSession:
-        session = OnnxSession(find_onnx(folder, role), role, self.device, providers, threads)
-        where = str(session.path)
-        check_config(session.meta, self.config, where)
-        expected = list(io_shapes(self.config, role)[0])
-        if session.input_names != expected:
-            raise CheckpointError(f"{where}: inputs {session.input_names}, expected {expected}")
-        if check_weights_match:
-            check_weights(json.loads(session.meta.get(META_WEIGHTS, "{}")), module, where)
+        session = OnnxSession(find_onnx(folder, role), self.device, providers, threads)
+        check_graph(session.meta, session.input_names, self.config, role, module, str(session.path),
+                    check_weights_match)
         return session
 
     @property

@@ -15,7 +15,6 @@ bf16 and f16 are OpenVINO's reduced-precision paths, within `TOLERANCES` below (
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +25,9 @@ from alae_rt.backends.onnxruntime import onnx_folder
 from alae_rt.errors import CheckpointError, InputError
 from alae_rt.exported import (
     META_DTYPE,
-    META_ROLE,
-    META_WEIGHTS,
     batch_noise,
-    check_config,
-    check_weights,
+    check_graph,
     find_onnx,
-    io_shapes,
 )
 from alae_rt.network import StyleALAE
 
@@ -55,7 +50,7 @@ def _import_openvino():
 class OpenVinoModel:
     """One exported graph compiled by OpenVINO's CPU plugin, fed and read as torch tensors."""
 
-    def __init__(self, ov, core, path: Path, role: str, precision: str, threads: int, streams: int):
+    def __init__(self, ov, core, path: Path, precision: str, threads: int, streams: int):
         if not path.is_file():
             raise CheckpointError(f"{path}: no such file; write the export folder with `alae-rt export onnx`")
         try:
@@ -66,9 +61,6 @@ class OpenVinoModel:
         info = model.get_rt_info()
         keys = list(info["framework"].keys()) if "framework" in list(info.keys()) else []
         self.meta = {k: model.get_rt_info(["framework", k]).astype(str) for k in keys}
-        if self.meta.get(META_ROLE) != role:
-            found = self.meta.get(META_ROLE) or "unknown"
-            raise CheckpointError(f"{path}: holds the {found} graph, expected the {role}")
         if self.meta.get(META_DTYPE, "fp32") != "fp32":
             raise CheckpointError(f"{path}: an {self.meta[META_DTYPE]} export; OpenVINO takes the fp32 files and "
                                   "lowers the precision itself (--backend-option precision=bf16)")
@@ -132,14 +124,8 @@ class OpenVinoBackend:
         self.generator = self._open(ov, core, folder, "generator", model.generator, check_weights_match)
 
     def _open(self, ov, core, folder: Path, role: str, module, check_weights_match: bool) -> OpenVinoModel:
-        graph = OpenVinoModel(ov, core, find_onnx(folder, role), role, self.precision, self.threads, self.streams)
-        where = str(graph.path)
-        check_config(graph.meta, self.config, where)
-        expected = list(io_shapes(self.config, role)[0])
-        if graph.input_names != expected:
-            raise CheckpointError(f"{where}: inputs {graph.input_names}, expected {expected}")
-        if check_weights_match:
-            check_weights(json.loads(graph.meta.get(META_WEIGHTS, "{}")), module, where)
+        graph = OpenVinoModel(ov, core, find_onnx(folder, role), self.precision, self.threads, self.streams)
+        check_graph(graph.meta, graph.input_names, self.config, role, module, str(graph.path), check_weights_match)
         return graph
 
     def encode(self, x: Tensor) -> Tensor:
