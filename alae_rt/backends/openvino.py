@@ -9,7 +9,7 @@ for everything else (mapping, truncation, edits).
 Options: `precision` f32 / bf16 / f16 (OpenVINO's inference precision; default: the Runtime's dtype, so a bf16
 Runtime runs OpenVINO's bf16 path), `threads` (default torch's thread count, as the other CPU backends), `streams`
 (CPU streams: a batch is split over them and its parts run side by side; default 1, the latency setting).
-Tolerances against eager fp32 (tests/test_backend_openvino.py, the official fixtures): f32 1e-4, as every backend;
+Tolerances against the official fixtures' outputs (tests/test_backend_openvino.py): f32 1e-4, as every backend;
 bf16 and f16 are OpenVINO's reduced-precision paths, within `TOLERANCES` below (bf16: as eager bf16's own error).
 """
 
@@ -23,12 +23,7 @@ from torch import Tensor
 
 from alae_rt.backends.onnxruntime import onnx_folder
 from alae_rt.errors import CheckpointError, InputError
-from alae_rt.exported import (
-    META_DTYPE,
-    batch_noise,
-    check_graph,
-    find_onnx,
-)
+from alae_rt.exported import META_DTYPE, batch_noise, check_graph, find_onnx
 from alae_rt.network import StyleALAE
 
 PRECISIONS = ("f32", "bf16", "f16")
