@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import inspect
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -222,7 +223,11 @@ def _measure(model: StyleALAE, candidates: list[str] | None = None, reps: int = 
             try:
                 backend = create_backend(name, model, torch.device("cpu"), **_auto_options(name, model, cache_dir))
                 out = (backend.encode(x).float(), backend.decode(styles, noise).float())  # the first calls compile
-            except InputError:
+            except Exception as exc:  # an optional candidate that cannot run here (export, compiler) is passed over
+                if name == "eager":
+                    raise
+                errors[name] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+                warnings.warn(f"backend auto: {name} left out of the measurement ({errors[name]})", stacklevel=2)
                 continue
             if want is None:
                 want = out
