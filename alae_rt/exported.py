@@ -108,6 +108,20 @@ def check_config(meta: Mapping[str, str], cfg: ModelConfig, where: str) -> dict[
     return theirs
 
 
+def check_graph(meta: Mapping[str, str], input_names: Sequence[str], cfg: ModelConfig, role: str, module: nn.Module,
+                where: str, check_weights_match: bool = True) -> None:
+    """What every ONNX-file backend checks of a graph it opened: its role, the loaded model's architecture, the
+    inputs by name and in order, and (unless told not to) that it was exported from the loaded weights."""
+    if meta.get(META_ROLE) != role:
+        raise CheckpointError(f"{where}: holds the {meta.get(META_ROLE) or 'unknown'} graph, expected the {role}")
+    check_config(meta, cfg, where)
+    expected = list(io_shapes(cfg, role)[0])
+    if list(input_names) != expected:
+        raise CheckpointError(f"{where}: inputs {list(input_names)}, expected {expected}")
+    if check_weights_match:
+        check_weights(json.loads(meta.get(META_WEIGHTS, "{}")), module, where)
+
+
 def batch_noise(noise: Sequence[Tensor | None], n: int, cfg: ModelConfig, dtype: torch.dtype,
                 device: torch.device) -> list[Tensor]:
     """The Runtime's 2L noise maps ([1 or N, 1, h, w] or None) as the exported graphs take them: [N, 1, h, w] each.

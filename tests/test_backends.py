@@ -22,7 +22,7 @@ def test_every_backend_checks_its_options_the_same_way(rt128):
     naming what the backend does take."""
     assert available_backends()[:6] == ["eager", "compile", "official", "triton", "onnxruntime", "tensorrt"]
     model, device = rt128.model, rt128.device
-    with pytest.raises(InputError, match=r"backend 'eager' has no option\(s\) speed; it takes none"):
+    with pytest.raises(InputError, match=r"backend 'eager' has no option\(s\) speed; it takes channels_last"):
         create_backend("eager", model, device, speed=1)
     with pytest.raises(InputError, match=r"backend 'official' has no option\(s\) x; it takes none"):
         create_backend("official", model, device, x=1)
@@ -70,6 +70,16 @@ def test_official_order_backend_matches_the_fixtures(official):
     check_all_outputs(Runtime.load(folder / "checkpoint.pth", backend="official"), ref)
     with pytest.raises(InputError, match="fp32 only"):
         Runtime.load(folder / "checkpoint.pth", backend="official", dtype="bf16")
+
+
+def test_eager_channels_last_matches_the_fixtures(official):
+    """The CPU fast path's memory order: both networks channels-last, same answers, images back in the default
+    layout."""
+    folder, ref = official
+    rt = Runtime.load(folder / "checkpoint.pth", backend="eager", backend_options={"channels_last": True})
+    assert rt.model.encoder.blocks[0].conv_1.is_contiguous(memory_format=torch.channels_last)
+    check_all_outputs(rt, ref)
+    assert rt.decode(ref["encode_w"], noise="const").is_contiguous()
 
 
 @pytest.mark.skipif(not cpp_compiler_available(), reason="inductor needs a C++ compiler")

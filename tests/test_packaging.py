@@ -117,8 +117,13 @@ def test_core_never_imports_the_outer_packages():
     """serve/export/training depend on alae_rt, not the other way round (the CLI loads them lazily)."""
     pattern = re.compile(r"^\s*(from|import)\s+(alae_rt\.|\.\.?)(serve|export|training)\b", re.MULTILINE)
     allowed = [ROOT / "alae_rt" / name for name in ("cli", "serve", "export", "training")]  # the CLI, outer packages
+    # The one exception, imported where it is used: an ONNX-file backend given no export folder exports the model on
+    # first use (alae_rt.backends.onnxruntime.onnx_folder, shared by onnxruntime and openvino).
+    on_the_fly = {ROOT / "alae_rt" / "backends" / "onnxruntime.py": "        from alae_rt.export.onnx_export import "
+                                                                    "export_onnx\n"}
     offenders = [p.name for p in (ROOT / "alae_rt").rglob("*.py")
-                 if not any(a in p.parents for a in allowed) and pattern.search(p.read_text())]
+                 if not any(a in p.parents for a in allowed)
+                 and pattern.search(p.read_text().replace(on_the_fly.get(p, "\0"), "", 1))]
     assert offenders == []
     kernels = "\n".join(p.read_text() for p in (ROOT / "kernels").rglob("*.py"))
     # leaf ops: torch, triton and alae_rt.kernels itself

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from alae_rt.backends.eager import channels_last_input, to_channels_last
 from alae_rt.errors import InputError
 from alae_rt.network import StyleALAE
 
@@ -23,16 +24,22 @@ class CompileBackend:
     Compiles on the first call of each input signature (tens of seconds on a small CPU; inductor caches
     the result on disk for later processes). A compilation failure falls back to eager, once, with a warning.
     Options: mode, freezing (inductor's weight freezing: constant-folded, prepacked for oneDNN; it measured no
-    faster here and compiles slower, benchmarks/results/cpu_fastpath_*), and anything else torch.compile takes.
+    faster here and compiles slower, benchmarks/results/cpu_fastpath_*), channels_last (both networks in
+    channels-last order, as the eager backend's option), and anything else torch.compile takes.
     """
 
     name = "compile"
+    channels_last = False
 
     def __init__(self, model: StyleALAE, device: torch.device, mode: str | None = None,
-                 freezing: bool = False, **options: Any):
+                 freezing: bool = False, channels_last: bool = False, **options: Any):
         if device.type == "cpu" and not cpp_compiler_available():
             raise InputError("backend 'compile' on CPU needs a C++ compiler (g++ or clang++) on PATH")
-        self.model = model
+        self.model, self.channels_last = model, channels_last
+        if not isinstance(channels_last, bool):
+            raise InputError(f"backend 'compile' option channels_last: expected true or false, got {channels_last!r}")
+        if channels_last:
+            to_channels_last(model)
         if mode is not None and mode not in COMPILE_MODES:
             raise InputError(f"backend 'compile' option mode: {mode!r}; choose from {', '.join(COMPILE_MODES)}")
         for key in ("fullgraph", "dynamic"):
@@ -64,13 +71,15 @@ class CompileBackend:
         return eager(*args)
 
     def encode(self, x: Tensor) -> Tensor:
-        return self._run(self._encode, self.model.encoder, x)
+        return self._run(self._encode, self.model.encoder, channels_last_input(x) if self.channels_last else x)
 
     def decode(self, styles: Tensor, noise: list[Tensor | None]) -> Tensor:
         # One kind of tensor for every caller: a compiled graph is specialised on strides and dispatch keys, and w
         # broadcast to all style inputs (a stride-0 view) or styles made outside inference mode would each compile
         # another graph. The copy is [N, 2L, D]: kilobytes.
-        return self._run(self._decode, self.model.generator, styles.clone(memory_format=torch.contiguous_format), noise)
+        images = self._run(self._decode, self.model.generator, styles.clone(memory_format=torch.contiguous_format),
+                           noise)
+        return images.contiguous() if self.channels_last else images
 
 
 def _is_compile_failure(exc: Exception) -> bool:

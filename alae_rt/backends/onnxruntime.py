@@ -13,7 +13,9 @@ off so fp32 results stay within 1e-4 of eager. `providers=[...]` overrides the c
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +25,13 @@ from torch import Tensor
 
 from alae_rt.errors import CheckpointError, InputError
 from alae_rt.exported import (
+    FORMAT,
     META_DTYPE,
-    META_ROLE,
-    META_WEIGHTS,
     NUMPY_DTYPES,
     TORCH_DTYPES,
     batch_noise,
-    check_config,
-    check_weights,
+    check_graph,
     find_onnx,
-    io_shapes,
 )
 from alae_rt.network import StyleALAE
 
@@ -57,6 +56,55 @@ def default_providers(device: torch.device, available: list[str]) -> list[Any]:
     return [("CUDAExecutionProvider", {"device_id": index, "use_tf32": 0}), "CPUExecutionProvider"]
 
 
+def cache_root() -> Path:
+    """alae-rt's cache: $ALAE_RT_CACHE, else the user's (~/.cache/alae-rt). ONNX-file backends keep the files they
+    export on the fly in its onnx/ folder; `auto` keeps its measurements there."""
+    if os.environ.get("ALAE_RT_CACHE"):
+        return Path(os.environ["ALAE_RT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alae-rt"
+
+
+def weights_hash(model: StyleALAE) -> str:
+    """SHA-256 of the exported networks' tensors (name, shape, fp32 bytes) and the file format: the cache's key."""
+    digest = hashlib.sha256(f"{FORMAT} {json.dumps(model.config.to_dict(), sort_keys=True)}".encode())
+    for role in ("encoder", "generator", "mapping"):
+        for name, tensor in getattr(model, role).state_dict().items():
+            t = tensor.detach().to("cpu", torch.float32).contiguous()
+            digest.update(f"{role}.{name}{list(t.shape)}".encode())
+            digest.update(t.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def onnx_folder(backend: str, model: StyleALAE, onnx_dir: str | Path | None, cache_dir: str | Path | None = None,
+                export: bool = True, progress=None) -> Path:
+    """The export folder an ONNX-file backend reads: `onnx_dir` when given (it must exist); otherwise, with
+    `export`, the model's own export in the cache (`cache_dir`, default `cache_root()/onnx`), in a folder named by
+    `weights_hash` and written by `alae-rt export onnx`'s exporter on first use (verified against eager as always).
+
+    The exporter lives in the outer `alae_rt.export` package; it is imported here, only when a folder has to be
+    written, as the CLI imports a subcommand's package only when it runs.
+    """
+    if onnx_dir is not None:
+        folder = Path(onnx_dir)
+        if not folder.is_dir():
+            raise CheckpointError(f"{folder}: no such export folder; write it with `alae-rt export onnx`")
+        return folder
+    if not export:
+        raise InputError(f"backend {backend!r} needs --backend-option onnx_dir=DIR "
+                         "(backend_options={'onnx_dir': DIR} in Python), the folder written by "
+                         "`alae-rt export onnx`")
+    folder = Path(cache_dir or cache_root() / "onnx") / f"{model.config.name}-{weights_hash(model)[:24]}"
+    if all(find_onnx(folder, role).is_file() for role in ("encoder", "generator")):
+        return folder
+    try:
+        from alae_rt.export.onnx_export import export_onnx
+    except ImportError as exc:
+        raise InputError(f"backend {backend!r} without onnx_dir exports the model first, which needs the export "
+                         f"tools: pip install 'alae-rt[export]' ({exc})") from None
+    export_onnx(model, folder, source=f"exported on the fly by the {backend} backend", progress=progress)
+    return folder
+
+
 class OnnxSession:
     """One exported graph in an onnxruntime session, fed and read as torch tensors on the Runtime's device.
 
@@ -64,7 +112,7 @@ class OnnxSession:
     so nothing crosses to the host.
     """
 
-    def __init__(self, path: Path, role: str, device: torch.device, providers: list[Any] | None = None,
+    def __init__(self, path: Path, device: torch.device, providers: list[Any] | None = None,
                  threads: int | None = None):
         ort = _import_onnxruntime()
         if not path.is_file():
@@ -94,9 +142,6 @@ class OnnxSession:
             raise CheckpointError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from None
         self.path, self.device = path, device
         self.meta = dict(self.session.get_modelmeta().custom_metadata_map)
-        if self.meta.get(META_ROLE) != role:
-            found = self.meta.get(META_ROLE) or "unknown"
-            raise CheckpointError(f"{path}: holds the {found} graph, expected the {role}")
         self.dtype_name = self.meta.get(META_DTYPE, "fp32")
         if self.dtype_name not in NUMPY_DTYPES:
             raise CheckpointError(f"{path}: unsupported dtype {self.dtype_name!r} in its metadata")
@@ -148,27 +193,16 @@ class OnnxRuntimeBackend:
     def __init__(self, model: StyleALAE, device: torch.device, onnx_dir: str | Path | None = None,
                  providers: str | list[Any] | None = None, threads: int | None = None,
                  check_weights_match: bool = True):
-        if onnx_dir is None:
-            raise InputError("backend 'onnxruntime' needs --backend-option onnx_dir=DIR "
-                             "(backend_options={'onnx_dir': DIR} in Python), the folder written by "
-                             "`alae-rt export onnx`")
-        folder = Path(onnx_dir)
-        if not folder.is_dir():
-            raise CheckpointError(f"{folder}: no such export folder; write it with `alae-rt export onnx`")
+        folder = onnx_folder(self.name, model, onnx_dir, export=False)
         self.model, self.device, self.config = model, device, model.config
         self.encoder = self._open(folder, "encoder", model.encoder, providers, threads, check_weights_match)
         self.generator = self._open(folder, "generator", model.generator, providers, threads, check_weights_match)
         self.onnx_dir = folder
 
     def _open(self, folder: Path, role: str, module, providers, threads, check_weights_match: bool) -> OnnxSession:
-        session = OnnxSession(find_onnx(folder, role), role, self.device, providers, threads)
-        where = str(session.path)
-        check_config(session.meta, self.config, where)
-        expected = list(io_shapes(self.config, role)[0])
-        if session.input_names != expected:
-            raise CheckpointError(f"{where}: inputs {session.input_names}, expected {expected}")
-        if check_weights_match:
-            check_weights(json.loads(session.meta.get(META_WEIGHTS, "{}")), module, where)
+        session = OnnxSession(find_onnx(folder, role), self.device, providers, threads)
+        check_graph(session.meta, session.input_names, self.config, role, module, str(session.path),
+                    check_weights_match)
         return session
 
     @property

@@ -348,10 +348,11 @@ def add_model_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     add_device_arg(g)
     g.add_argument("--dtype", default="fp32", choices=DTYPES, help="compute dtype (default fp32)")
     g.add_argument("--backend", default="auto",
-                   help="auto (the fastest available), eager, compile, triton, onnxruntime, tensorrt, official")
+                   help="auto (the fastest available), eager, compile, triton, onnxruntime, tensorrt, openvino, "
+                        "official")
     g.add_argument("--backend-option", action="append", metavar="KEY=VALUE",
-                   help="an option for the backend, e.g. onnx_dir=onnx/ (onnxruntime) or engine_dir=engines/ "
-                        "(tensorrt); repeat for several")
+                   help="an option for the backend, e.g. onnx_dir=onnx/ (onnxruntime, openvino), "
+                        "precision=bf16 (openvino) or engine_dir=engines/ (tensorrt); repeat for several")
     g.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
                    help="images per forward pass: the Runtime's chunk size (default 8)")
     add_trust_pickle_arg(g)

@@ -115,6 +115,21 @@ def test_onnxruntime_backend_reproduces_the_official_outputs(ort_rt, rgb128):
     torch.testing.assert_close(mixed, ref["mix_img"], **TOL)
 
 
+def test_openvino_backend_reads_the_export_folder_from_the_cli(rgb128, exported, faces128, tmp_path):
+    """The `openvino` backend on the same folder (tests/test_backend_openvino.py has its options): the official
+    outputs in f32, and `--backend openvino --backend-option onnx_dir=DIR` from the command line."""
+    pytest.importorskip("openvino")
+    from helpers import check_all_outputs
+
+    faces3 = sorted(faces128.glob("*.png"))[:3]
+    check_all_outputs(Runtime.load(rgb128[0], backend="openvino", backend_options={"onnx_dir": exported}), rgb128[1])
+    out = tmp_path / "w.npy"
+    assert main(["-q", "encode", *map(str, faces3), "-c", str(rgb128[0]), "--backend", "openvino",
+                 "--backend-option", f"onnx_dir={exported}", "-o", str(out)]) == 0
+    want = Runtime.load(rgb128[0]).encode(list(map(str, faces3)))
+    np.testing.assert_allclose(np.load(out), want.numpy(), atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("n,noise_modes", [(1, ["random"]), (3, ["random", "const", "none"])])
 def test_batch_sizes_other_than_the_export_batch(ort_rt, eager, n, noise_modes):
     assert n != EXPORT_BATCH
