@@ -27,9 +27,9 @@ def test_matches_the_official_fixture(gray32):
 @pytest.mark.parametrize("cudnn_max_res", [8])
 def test_unfused_convolutions_match_the_official_fixture(gray32, cudnn_max_res):
     """cudnn_max_res: the 3x3 convolutions up to that resolution as modulate + conv2d + act_stats (8: the low
-    layers only, 4096: every layer), the same outputs. Encode and decode run every convolution of both networks;
-    the other outputs (discriminate, map, generate, mix) share no code with cudnn_max_res and are checked in full
-    by test_matches_the_official_fixture."""
+    layers only, 4096: every layer), the same outputs. Encode and decode run every convolution cudnn_max_res
+    reroutes; generate and mix run the decoder's same layers on other styles, discriminate and map are MLPs it
+    leaves alone: those four are checked by test_matches_the_official_fixture."""
     path, ref = gray32
     rt = Runtime.load(path, backend="triton", backend_options={"cudnn_max_res": cudnn_max_res})
     assert rt.backend.cudnn_max_res == cudnn_max_res
