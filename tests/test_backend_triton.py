@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import OFFICIAL, check_all_outputs, require
+from helpers import OFFICIAL, PARITY_TOL, check_all_outputs, require
 
 from alae_rt import InputError, Runtime
 
@@ -27,11 +27,15 @@ def test_matches_the_official_fixture(gray32):
 @pytest.mark.parametrize("cudnn_max_res", [8])
 def test_unfused_convolutions_match_the_official_fixture(gray32, cudnn_max_res):
     """cudnn_max_res: the 3x3 convolutions up to that resolution as modulate + conv2d + act_stats (8: the low
-    layers only, 4096: every layer), the same outputs."""
+    layers only, 4096: every layer), the same outputs. Encode and decode run every convolution cudnn_max_res
+    reroutes; generate and mix run the decoder's same layers on other styles, discriminate and map are MLPs it
+    leaves alone: those four are checked by test_matches_the_official_fixture."""
     path, ref = gray32
     rt = Runtime.load(path, backend="triton", backend_options={"cudnn_max_res": cudnn_max_res})
     assert rt.backend.cudnn_max_res == cudnn_max_res
-    check_all_outputs(rt, ref)
+    torch.testing.assert_close(rt.encode(ref["x"]), ref["encode_w"], **PARITY_TOL)
+    reconstructed = rt.decode(ref["encode_w"], noise=ref["reconstruct_noise"])
+    torch.testing.assert_close(reconstructed, ref["reconstruct_img"], **PARITY_TOL)
     with pytest.raises(InputError, match="cudnn_max_res: a resolution"):
         Runtime.load(path, backend="triton", backend_options={"cudnn_max_res": -1})
 
@@ -101,13 +105,16 @@ def test_fused_resampling_paths_on_a_small_model(conv):
 @pytest.mark.parametrize("dtype, conv", [(torch.float16, "kernel3x3"), (torch.bfloat16, "kernel3x3"),
                                          (torch.float16, "gemm")], ids=["fp16", "bf16", "fp16-gemm"])
 def test_low_precision_close_to_eager_fp32(gray32, dtype, conv):
+    """One sample: the kernels treat the batch alike in every dtype (the batch is covered in fp32 above)."""
     path, ref = gray32
     rt = Runtime.load(path, backend="triton", dtype=dtype, backend_options={"conv": conv})
-    img = rt.decode(ref["encode_w"], noise=ref["reconstruct_noise"])
+    img = rt.decode(ref["encode_w"][:1], noise=[n[:1] for n in ref["reconstruct_noise"]])
     assert img.dtype == dtype
-    assert (img.float() - ref["reconstruct_img"]).abs().max() <= TOL[dtype]
-    w = rt.encode(ref["x"])
-    assert (w.float() - ref["encode_w"]).abs().max() <= TOL[dtype] * ref["encode_w"].abs().max()
+    assert img.shape == ref["reconstruct_img"][:1].shape
+    assert (img.float() - ref["reconstruct_img"][:1]).abs().max() <= TOL[dtype]
+    w = rt.encode(ref["x"][:1])
+    assert w.shape == ref["encode_w"][:1].shape
+    assert (w.float() - ref["encode_w"][:1]).abs().max() <= TOL[dtype] * ref["encode_w"].abs().max()
 
 
 def test_refused_without_cuda_or_the_interpreter(gray32, monkeypatch):

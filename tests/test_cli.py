@@ -17,6 +17,7 @@ from helpers import run_cli as run
 from alae_rt import Runtime, save_checkpoint
 from alae_rt.cli import main, parse_int_list
 from alae_rt.images import read_image
+from alae_rt.runtime import default_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -44,26 +45,31 @@ def test_convert_then_use_the_safetensors(capsys, rgb128_checkpoint, tmp_path, f
     np.testing.assert_allclose(w, expected.numpy(), atol=1e-5)
 
 
-def test_encode_decode_reconstruct(capsys, rgb128_checkpoint, tmp_path, faces3):
-    ck = str(rgb128_checkpoint)
-    assert run(capsys, "encode", *faces3, "-c", ck, "-o", str(tmp_path / "w.npy"))[0] == 0
+def test_encode_decode_reconstruct(capsys, tmp_path, faces3):
+    """On the bundled 64x64 model (no --checkpoint; the official checkpoints' loading: test_convert_..., test_info_...,
+    test_generate_...): the 128x128 faces resized to 64, its 64x64 outputs shown 2x in the grid."""
+    ck = default_checkpoint()
+    assert run(capsys, "encode", *faces3, "-o", str(tmp_path / "w.npy"))[0] == 0
     w = np.load(tmp_path / "w.npy")
     assert w.shape == (3, 64) and w.dtype == np.float32
-    code, _, _ = run(capsys, "decode", str(tmp_path / "w.npy"), "-c", ck, "-o", str(tmp_path / "dec"))
+    code, _, _ = run(capsys, "decode", str(tmp_path / "w.npy"), "-o", str(tmp_path / "dec"))
     assert code == 0
     decoded = sorted((tmp_path / "dec").glob("*.png"))
     assert [p.name for p in decoded] == ["w_0000.png", "w_0001.png", "w_0002.png"]
-    rt = Runtime.load(rgb128_checkpoint)
+    rt = Runtime.load(ck)
+    assert rt.config.resolution == 64
     expected = rt.to_uint8(rt.decode(torch.from_numpy(w), noise="const"))
     assert np.array_equal(read_image(decoded[1]), expected[1])
-    code, out, _ = run(capsys, "reconstruct", *faces3, "-c", ck, "-o", str(tmp_path / "rec"), "--batch-size", "2")
+    code, out, _ = run(capsys, "reconstruct", *faces3, "-o", str(tmp_path / "rec"), "--batch-size", "2")
     assert code == 0 and "grid.png" in out
     assert len(list((tmp_path / "rec").glob("0*.png"))) == 3
     grid = read_image(tmp_path / "rec" / "grid.png")
-    # One row of 3 (original, reconstruction) pairs under a header, the caption below them.
-    y = find_row(grid, rt.to_uint8(rt.prepare_images(faces3[:1]))[0], column=0)
+    # One row of 3 (original, reconstruction) pairs under a header, the caption below them; 64x64 cells shown 2x.
+    big = lambda img: np.repeat(np.repeat(img, 2, 0), 2, 1)  # noqa: E731
+    y = find_row(grid, big(rt.to_uint8(rt.prepare_images(faces3[:1]))[0]), column=0)
     assert y is not None and y > 2 and grid.shape[1] == 2 + 6 * 130 and grid.shape[0] > y + 130
-    assert np.array_equal(grid[y:y + 128, 132:260], read_image(tmp_path / "rec" / f"0000_{Path(faces3[0]).stem}.png"))
+    reconstruction = read_image(tmp_path / "rec" / f"0000_{Path(faces3[0]).stem}.png")
+    assert reconstruction.shape == (64, 64, 3) and np.array_equal(grid[y:y + 128, 132:260], big(reconstruction))
     assert has_text(grid[:y]) and has_text(grid[y + 130:])  # the column labels, the caption (weights, PSNR)
 
 
@@ -257,19 +263,25 @@ def test_edit_with_named_official_directions(capsys, tmp_path):
     assert "smile +3.00" in out
 
 
-def test_demo_says_which_weights(capsys, rgb128_checkpoint, faces128, tmp_path):
-    code, out, _ = run(capsys, "demo", "-c", str(rgb128_checkpoint), "--faces", str(faces128), "--count", "3",
+def test_demo_says_which_weights(capsys, rgb128_checkpoint, faces3, tmp_path):
+    """Three faces (the fewest the principal components take), two of them shown."""
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for f in faces3:
+        (faces / Path(f).name).symlink_to(f)
+    code, out, _ = run(capsys, "demo", "-c", str(rgb128_checkpoint), "--faces", str(faces), "--count", "2",
                        "-o", str(tmp_path / "demo"))
     assert code == 0
     assert f"weights: official ALAE checkpoint {rgb128_checkpoint}" in out
-    assert "principal components" in out and "reconstruction PSNR" in out
+    assert "principal components of the 3 faces' w" in out and "reconstruction PSNR over the 2 faces" in out
     grid = read_image(tmp_path / "demo" / "grid.png")
     assert grid.shape[1] == 2 + 6 * 130
     rt = Runtime.load(rgb128_checkpoint)
-    first = rt.to_uint8(rt.prepare_images([sorted(faces128.glob("*.png"))[0]]))[0]
+    first = rt.to_uint8(rt.prepare_images(faces3[:1]))[0]
     y = find_row(grid, first, 0)
-    # The columns are labelled above the first face; the weights and the PSNR are written under the 3 rows.
-    assert y is not None and has_text(grid[:y]) and has_text(grid[y + 3 * 130:])
+    # The columns are labelled above the first face; the weights and the PSNR are written under the 2 rows.
+    assert y is not None and has_text(grid[:y]) and has_text(grid[y + 2 * 130:])
+    assert "2 rows (faces)" in out
 
 
 # ---- bad input ---------------------------------------------------------------------------------------------

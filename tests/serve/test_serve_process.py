@@ -118,7 +118,16 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([*ALAE_RT, "-q", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-def test_cli_client_round_trip(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_process(tmp_path_factory):
+    """One `alae-rt serve --preset tiny --max-images 2` process for the tests that leave it as they found it (they
+    only call it); yields its address."""
+    with server_process(tmp_path_factory.mktemp("tiny_process"), "--preset", "tiny", "--max-images", "2") as (
+            _, address, _):
+        yield address
+
+
+def test_cli_client_round_trip(tmp_path, tiny_process):
     """Every client verb against a server that takes 2 inputs a request: the client sends its inputs in requests
     within that (the README's flow: encode many faces, then edit, mix and decode all their latents), writes the local
     commands' files and grids, and starts without torch."""
@@ -126,31 +135,28 @@ def test_cli_client_round_trip(tmp_path):
     files = sorted(faces.glob("*.png"))[:3]
     direction = tmp_path / "dir.npy"
     np.save(direction, np.random.default_rng(1).standard_normal(32).astype(np.float32))
-    with server_process(tmp_path, "--preset", "tiny", "--max-images", "2") as (_, address, _):
-        srv = ["--server", address]
-        info = run_cli("client", "info", "--json", *srv, cwd=tmp_path)
-        assert info.returncode == 0, info.stderr
-        assert json.loads(info.stdout)["config"]["name"] == "tiny" and json.loads(info.stdout)["max_images"] == 2
-        enc = run_cli("client", "encode", *map(str, files), "-o", "w.npy", *srv, cwd=tmp_path)
-        # reconstruct in a process that reports whether it imported torch (the grid's originals need none)
-        reports_torch = ("import sys; from alae_rt.cli import main; code = main(sys.argv[1:]); "
-                         "print('torch imported' if 'torch' in sys.modules else 'no torch'); sys.exit(code)")
-        rec = subprocess.run([sys.executable, "-c", reports_torch, "-q", "client", "reconstruct", *map(str, files),
-                              "-o", "rec", *srv], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-        gen = run_cli("client", "generate", "--seeds", "0-2", "--noise", "const", "-o", "gen", *srv, cwd=tmp_path)
-        edit = run_cli("client", "edit", "seeds:1-2", "--direction", f"{direction}=2", "-o", "edit", *srv, cwd=tmp_path)
-        edit_image = run_cli("client", "edit", str(files[0]), "--direction", f"{direction}=2", "-o", "edit_image",
-                             *srv, cwd=tmp_path)
-        mix = run_cli("client", "mix", "--a", str(files[0]), "--b", "seeds:3-4", "-o", "mix", *srv, cwd=tmp_path)
-        # 3 latents against a limit of 2 a request (the README's `client edit out/w.npy` failed with RESOURCE_EXHAUSTED)
-        edit_all = run_cli("client", "edit", "w.npy", "--direction", f"{direction}=1", "-o", "edit_all", *srv,
-                           cwd=tmp_path)
-        mix_all = run_cli("client", "mix", "--a", "w.npy", "--b", "seeds:0-2", "-o", "mix_all", *srv, cwd=tmp_path)
-        dec = run_cli("client", "decode", "w.npy", "-o", "dec", *srv, cwd=tmp_path)
-        interp = run_cli("client", "interpolate", "--a", "seeds:0", "--b", "seeds:1-3", "--steps", "3", "-o", "interp",
+    srv = ["--server", tiny_process]
+    info = run_cli("client", "info", "--json", *srv, cwd=tmp_path)
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["config"]["name"] == "tiny" and json.loads(info.stdout)["max_images"] == 2
+    enc = run_cli("client", "encode", *map(str, files), "-o", "w.npy", *srv, cwd=tmp_path)
+    # reconstruct in a process that reports whether it imported torch (the grid's originals need none)
+    reports_torch = ("import sys; from alae_rt.cli import main; code = main(sys.argv[1:]); "
+                     "print('torch imported' if 'torch' in sys.modules else 'no torch'); sys.exit(code)")
+    rec = subprocess.run([sys.executable, "-c", reports_torch, "-q", "client", "reconstruct", *map(str, files),
+                          "-o", "rec", *srv], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    gen = run_cli("client", "generate", "--seeds", "0-2", "--noise", "const", "-o", "gen", *srv, cwd=tmp_path)
+    edit = run_cli("client", "edit", "seeds:1-2", "--direction", f"{direction}=2", "-o", "edit", *srv, cwd=tmp_path)
+    edit_image = run_cli("client", "edit", str(files[0]), "--direction", f"{direction}=2", "-o", "edit_image",
                          *srv, cwd=tmp_path)
-        unknown = run_cli("client", "edit", "seeds:1", "--direction", "smile=2", "-o", "e2", *srv, cwd=tmp_path)
-        psi = run_cli("client", "generate", "--seeds", "0", "--psi", "1e30", "-o", "psi", *srv, cwd=tmp_path)
+    mix = run_cli("client", "mix", "--a", str(files[0]), "--b", "seeds:3-4", "-o", "mix", *srv, cwd=tmp_path)
+    # 3 latents against a limit of 2 a request (the README's `client edit out/w.npy` failed with RESOURCE_EXHAUSTED)
+    edit_all = run_cli("client", "edit", "w.npy", "--direction", f"{direction}=1", "-o", "edit_all", *srv,
+                       cwd=tmp_path)
+    mix_all = run_cli("client", "mix", "--a", "w.npy", "--b", "seeds:0-2", "-o", "mix_all", *srv, cwd=tmp_path)
+    dec = run_cli("client", "decode", "w.npy", "-o", "dec", *srv, cwd=tmp_path)
+    interp = run_cli("client", "interpolate", "--a", "seeds:0", "--b", "seeds:1-3", "--steps", "3", "-o", "interp",
+                     *srv, cwd=tmp_path)
     for done in (enc, rec, gen, edit, edit_image, mix, edit_all, mix_all, dec, interp):
         assert done.returncode == 0, done.stderr
     assert rec.stdout.strip().endswith("no torch")
@@ -190,10 +196,6 @@ def test_cli_client_round_trip(tmp_path):
     assert y is not None and has_text(remote[:y])  # the column labels over the cells
     # The same labels and cells (only the caption's description of the weights differs: a file, random weights)
     assert np.abs(local[:y + 130] - remote[:y + 130]).max() <= 1
-    assert unknown.returncode == 2
-    assert unknown.stderr.strip().splitlines()[-1].startswith("alae-rt: error: Edit: INVALID_ARGUMENT: edits[0].name")
-    assert "Traceback" not in unknown.stderr
-    assert psi.returncode == 2 and "--psi: 1e+30 is out of range" in psi.stderr and "[-2.0, 2.0]" in psi.stderr
 
 
 def test_client_writes_as_it_goes_and_says_how_much_when_the_server_goes(tmp_path):
@@ -293,7 +295,16 @@ def test_client_retries_while_the_server_starts(tmp_path):
     assert err.count("retrying for up to") == 1  # said once, not at every try
 
 
-def test_cli_errors_are_one_line(tmp_path):
+def test_cli_errors_are_one_line(tmp_path, tiny_process):
+    """Errors from a server that runs (an unknown direction, a --psi out of range) and from none, and bad options:
+    one line each, no traceback, exit status 2."""
+    srv = ["--server", tiny_process]
+    unknown = run_cli("client", "edit", "seeds:1", "--direction", "smile=2", "-o", "e2", *srv, cwd=tmp_path)
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip().splitlines()[-1].startswith("alae-rt: error: Edit: INVALID_ARGUMENT: edits[0].name")
+    assert "Traceback" not in unknown.stderr
+    psi = run_cli("client", "generate", "--seeds", "0", "--psi", "1e30", "-o", "psi", *srv, cwd=tmp_path)
+    assert psi.returncode == 2 and "--psi: 1e+30 is out of range" in psi.stderr and "[-2.0, 2.0]" in psi.stderr
     down = run_cli("client", "info", "--server", "127.0.0.1:1", "--timeout", "3", "--retry-s", "0", cwd=tmp_path)
     assert down.returncode == 2 and "Traceback" not in down.stderr
     assert down.stderr.strip().startswith("alae-rt: error: GetModelInfo: UNAVAILABLE")
