@@ -350,8 +350,8 @@ class AlaeService(pb_grpc.AlaeServicer):
         # A refused call raises a fresh copy of its error, held by no local: the error caught holds its traceback,
         # whose frames hold the request message (a refused 60 MB Decode) and this frame, whose locals would hold
         # the error again - a cycle that only the garbage collector frees, long after (alae_rt.serve.wire's
-        # RequestError.copy). gRPC's callers get it as a status (add_to_server), never through context.abort:
-        # its AbortError and the call's state hold each other, and with them every frame of the call.
+        # RequestError.copy). gRPC's callers get it as a status from add_to_server's wrapper, which aborts only
+        # once this call's frames are gone: its AbortError and the call's state hold each other.
         refused = None
         try:
             if isinstance(request, BadMessage):
@@ -610,27 +610,34 @@ def add_to_server(service: AlaeService, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(name, handlers)
 
 
+# A refused call ends with context.abort, outside the except block and without the request: a status set with
+# set_code on a returning handler goes out after response headers, and a channel's retry policy (the balanced client's,
+# alae_rt.serve.balancing) never retries a call whose headers came - a draining server's UNAVAILABLE reached the caller.
+# abort's error and the call's state hold each other, and with them this frame: by then it holds neither the request
+# (a refused 60 MB Decode) nor the RequestError's traceback (see AlaeService._call).
 def _unary_status(rpc: Callable) -> Callable:
-    """A unary RPC whose RequestError becomes the call's status, set on the context (see AlaeService._call)."""
+    """A unary RPC whose RequestError becomes the call's status (trailers only: retryable where the code is)."""
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await rpc(request, context)
         except RequestError as exc:
-            context.set_code(exc.code)
-            context.set_details(exc.message)
-            return None
+            refused = (exc.code, exc.message)
+        del request
+        await context.abort(*refused)
 
     return unary
 
 
 def _streamed_status(rpc: Callable) -> Callable:
-    """A streaming RPC whose RequestError becomes the call's status, set on the context (see AlaeService._call)."""
+    """A streaming RPC whose RequestError becomes the call's status (before a frame: trailers only)."""
     async def streamed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
             async for item in rpc(request, context):
                 yield item
+            return
         except RequestError as exc:
-            context.set_code(exc.code)
-            context.set_details(exc.message)
+            refused = (exc.code, exc.message)
+        del request
+        await context.abort(*refused)
 
     return streamed
