@@ -12,14 +12,18 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 from helpers import ROOT
-from serve_helpers import GenerateLoad, same_images, u8
+from serve_helpers import GenerateLoad, ServerThread, same_images, tiny_rt, u8
 
 from alae_rt import Runtime
 from alae_rt.errors import AlaeError
-from alae_rt.serve.balancing import BalancedClient, balanced_target
+from alae_rt.serve import alae_rt_pb2 as pb
+from alae_rt.serve import alae_rt_pb2_grpc as pb_grpc
+from alae_rt.serve.balancing import RETRY_POLICY, BalancedClient, balanced_target, service_config
 from alae_rt.serve.client import AlaeClient
+from alae_rt.serve.config import ServeConfig
 
 ALAE_RT = [sys.executable, "-m", "alae_rt.cli"]
 
@@ -110,3 +114,16 @@ def test_balanced_target_takes_ip_addresses_of_one_family():
     assert balanced_target(["[::1]:1", "[fe80::2]:2"]) == "ipv6:[::1]:1,[fe80::2]:2"
     with pytest.raises(AlaeError, match="one DNS name"):
         balanced_target(["alae-a:1", "alae-b:2"])
+
+
+def test_a_refused_call_is_retried_by_the_channels_retry_policy(tiny_rt):
+    """A refusal goes out as trailers only, so a channel's retry policy tries again: a server still warming up
+    (UNAVAILABLE) is called RETRY_POLICY's maxAttempts times for one call. A status set after response headers
+    (set_code on a handler that returns) is never retried, and a draining server's refusal reached the caller."""
+    with ServerThread(tiny_rt, ServeConfig(port=0, warmup=False), wait_ready=False) as s:
+        s.server.service.state = "warming"
+        with grpc.insecure_channel(s.address, options=[("grpc.service_config", service_config())]) as channel:
+            with pytest.raises(grpc.RpcError) as err:
+                pb_grpc.AlaeStub(channel).Generate(pb.GenerateRequest(seeds=[0]), timeout=30)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert s.metric("alae_rt_requests_total", method="Generate", code="UNAVAILABLE") == RETRY_POLICY["maxAttempts"]
