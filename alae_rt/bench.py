@@ -12,6 +12,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -113,6 +114,20 @@ def unused_stem(folder: str | Path, stem: str) -> str:
         k += 1
         candidate = f"{stem}-{k}"
     return candidate
+
+
+def save_record(folder: str | Path, stem: str, report: dict, text: str, tag: str | None = None) -> Path:
+    """A benchmark's record: `report` as <name>.json and `text` (its markdown) as <name>.md in `folder`, the name
+    `tag` as given or else the first unused one from `stem` (unused_stem); prints the text and says what it wrote.
+    Returns the path without its extension."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    base = folder / (tag or unused_stem(folder, stem))
+    base.with_name(base.name + ".json").write_text(json.dumps(report, indent=2) + "\n")
+    base.with_name(base.name + ".md").write_text(text)
+    print(text)
+    print(f"wrote {base}.json and .md", file=sys.stderr)
+    return base
 
 
 def _track_cpu_memory() -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import json
 import statistics
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 import torch
 
 from alae_rt import Runtime
-from alae_rt.bench import machine_info, unused_stem
+from alae_rt.bench import machine_info, save_record
 from alae_rt.errors import InputError
 from alae_rt.flops import count_flops
 
@@ -238,14 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         report["profile"] = profile_encoder(args.preset, args.threads, args.onnx_dir, args.profile == "channels_last")
     m = report["machine"]
-    args.out.mkdir(parents=True, exist_ok=True)
     cpu = "-".join(m["cpu"].lower().replace("(r)", "").split())[:40] or "cpu"
-    stem = unused_stem(args.out, f"cpu_peers_{report['preset']}_{cpu}_{m['date'][:10]}_{m['commit'][:12]}")
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report) + (profile_markdown(report["profile"]) if "profile" in report else "")
-    (args.out / f"{stem}.md").write_text(text)
-    print(text)
-    print(f"wrote {args.out / stem}.json and .md", file=sys.stderr)
+    save_record(args.out, f"cpu_peers_{report['preset']}_{cpu}_{m['date'][:10]}_{m['commit'][:12]}", report, text)
     return 0
 
 

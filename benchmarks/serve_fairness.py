@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import os
 import platform
 import re
@@ -174,7 +173,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from alae_rt.bench import cpu_model, git_commit, unused_stem
+    from alae_rt.bench import cpu_model, git_commit, save_record
 
     args = parse_args(argv)
     load_before = os.getloadavg()[0]  # the machine's load beside ours: on a shared machine it moves the figures
@@ -204,14 +203,8 @@ def main(argv=None) -> int:
             "python": platform.python_version(),
             "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     report = {"meta": meta, "result": result}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-")[:40]
-    tag = args.tag or unused_stem(out, f"serve_fairness_{slug}_{now.strftime('%Y%m%d')}")
-    (out / f"{tag}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / f"{tag}.md").write_text(markdown(report))
-    print(markdown(report))
-    print(f"wrote {out / tag}.json and .md", file=sys.stderr)
+    save_record(args.out, f"serve_fairness_{slug}_{now.strftime('%Y%m%d')}", report, markdown(report), args.tag)
     return 0
 
 

@@ -684,7 +684,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.simulate_model:
         return main_simulated(args, argv)
-    from alae_rt.bench import git_commit, unused_stem
+    from alae_rt.bench import git_commit, save_record
     from alae_rt.flops import count_flops
 
     server = None
@@ -743,14 +743,9 @@ def main(argv=None) -> int:
             "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else " ".join(argv),
             "python": platform.python_version()}
     report = {"meta": meta, "levels": levels, "direct_batch1": direct1, "goals": goals}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-")[:40]
-    tag = args.tag or unused_stem(out, f"serve_load_{args.op}_{info.config_name}_{slug}_{now.strftime('%Y%m%d')}")
-    (out / f"{tag}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / f"{tag}.md").write_text(markdown(report))
-    print(markdown(report))
-    print(f"wrote {out / tag}.json and .md", file=sys.stderr)
+    save_record(args.out, f"serve_load_{args.op}_{info.config_name}_{slug}_{now.strftime('%Y%m%d')}", report,
+                 markdown(report), args.tag)
     return 0
 
 
